@@ -1,0 +1,138 @@
+//! Finding parameters by dotted path (`layers.0.attn.q_proj.weight`) and freezing them by
+//! glob pattern (`layers.*.attn.*`, `tok_embeddings.*`).
+//!
+//! Paths follow the module's field names; enum variants (such as `Norm::LayerNorm`) are
+//! left out, so a norm's scale is `layers.0.attn_norm.gamma` whichever kind it is.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+/// One float parameter of a module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    /// Dotted path, e.g. `layers.0.mlp.up_proj.weight`.
+    pub path: String,
+    pub shape: Vec<usize>,
+    pub id: ParamId,
+}
+
+/// Tracks the dotted path while a visitor or mapper walks a module.
+#[derive(Default)]
+struct PathStack {
+    names: Vec<String>,
+    /// Whether each entered level contributed a name (enum variants do not).
+    named: Vec<bool>,
+}
+
+impl PathStack {
+    fn enter(&mut self, name: &str, container_type: &str) {
+        let is_variant = container_type.starts_with("Enum:");
+        if !is_variant {
+            self.names.push(name.to_string());
+        }
+        self.named.push(!is_variant);
+    }
+
+    fn exit(&mut self) {
+        if self.named.pop() == Some(true) {
+            self.names.pop();
+        }
+    }
+
+    fn path(&self) -> String {
+        self.names.join(".")
+    }
+}
+
+struct Lister {
+    stack: PathStack,
+    params: Vec<ParamInfo>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Lister {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.params.push(ParamInfo {
+            path: self.stack.path(),
+            shape: param.shape().dims::<D>().to_vec(),
+            id: param.id,
+        });
+    }
+}
+
+/// Every float parameter of `module`, in declaration order.
+pub fn param_infos<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
+    let mut lister = Lister {
+        stack: PathStack::default(),
+        params: Vec::new(),
+    };
+    module.visit(&mut lister);
+    lister.params
+}
+
+/// `true` when `path` matches `pattern`, where `*` matches any run of characters
+/// (dots included) and everything else matches itself.
+pub fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), path.as_bytes());
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut star_si) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            star_si = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            star_si += 1;
+            si = star_si;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+struct Freezer<'a> {
+    stack: PathStack,
+    patterns: &'a [&'a str],
+    frozen: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Freezer<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let path = self.stack.path();
+        if self.patterns.iter().any(|p| matches_pattern(p, &path)) {
+            self.frozen.push(path);
+            param.set_require_grad(false)
+        } else {
+            param
+        }
+    }
+}
+
+/// Stops gradients for every float parameter whose path matches one of `patterns`.
+/// Returns the module and the paths that were frozen.
+pub fn freeze_matching<B: Backend, M: Module<B>>(module: M, patterns: &[&str]) -> (M, Vec<String>) {
+    let mut freezer = Freezer {
+        stack: PathStack::default(),
+        patterns,
+        frozen: Vec::new(),
+    };
+    let module = module.map(&mut freezer);
+    (module, freezer.frozen)
+}

@@ -1,0 +1,28 @@
+//! Ember's layers and its decoder-only [`Transformer`].
+//!
+//! One model covers the GPT-2 family (learned positions, LayerNorm, GELU MLP, biases)
+//! and the Llama family (RoPE, RMSNorm, SwiGLU, no biases), with multi-head, grouped-query
+//! and multi-query attention selected by `n_kv_heads`.
+//!
+//! Every projection is a named `burn_nn::Linear` field (`q_proj`, `k_proj`, `v_proj`,
+//! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `lm_head`), so adapters can find and wrap
+//! them by path; see [`freeze`] for selecting parameters by pattern.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod freeze;
+pub mod init;
+pub mod kv_cache;
+pub mod mlp;
+pub mod norm;
+pub mod transformer;
+
+pub use attention::{Attention, KvPrefix};
+pub use block::Block;
+pub use config::{ConfigError, DTypeName, MlpKind, NormKind, PositionKind, TransformerConfig};
+pub use freeze::{ParamInfo, freeze_matching, matches_pattern, param_infos};
+pub use kv_cache::{ContiguousKvCache, KvCache};
+pub use mlp::Mlp;
+pub use norm::Norm;
+pub use transformer::{ForwardOptions, Transformer};

@@ -1,0 +1,75 @@
+//! Slow, explicit implementations used as independent references in tests.
+//!
+//! They avoid the fused kernels entirely: scores are materialised as `[seq_q, seq_kv]`
+//! matrices, masks are built element by element, and GQA is resolved by indexing.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+/// Explicit attention over host memory: `q` is `[batch, n_heads, seq_q, d]`, `k`/`v` are
+/// `[batch, n_kv_heads, seq_kv, d]`; query head `h` reads key/value head
+/// `h / (n_heads / n_kv_heads)`. Causal masking is bottom-right aligned.
+pub fn naive_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+) -> Tensor<B, 4> {
+    let device = q.device();
+    let [batch, n_heads, seq_q, d] = q.dims();
+    let [_, n_kv_heads, seq_kv, _] = k.dims();
+    let q: Vec<f32> = q.into_data().convert::<f32>().to_vec().unwrap();
+    let k: Vec<f32> = k.into_data().convert::<f32>().to_vec().unwrap();
+    let v: Vec<f32> = v.into_data().convert::<f32>().to_vec().unwrap();
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let offset = seq_kv as isize - seq_q as isize;
+    let mut out = vec![0f32; batch * n_heads * seq_q * d];
+    for b in 0..batch {
+        for h in 0..n_heads {
+            let kh = h / group;
+            for i in 0..seq_q {
+                let qi = ((b * n_heads + h) * seq_q + i) * d;
+                let mut scores = vec![f64::NEG_INFINITY; seq_kv];
+                for (j, score) in scores.iter_mut().enumerate() {
+                    if causal && j as isize > i as isize + offset {
+                        continue;
+                    }
+                    let kj = ((b * n_kv_heads + kh) * seq_kv + j) * d;
+                    let dot: f64 = (0..d).map(|x| q[qi + x] as f64 * k[kj + x] as f64).sum();
+                    *score = dot * scale;
+                }
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for (j, w) in weights.iter().enumerate() {
+                    let vj = ((b * n_kv_heads + kh) * seq_kv + j) * d;
+                    for x in 0..d {
+                        out[qi + x] += (w / total * v[vj + x] as f64) as f32;
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [batch, n_heads, seq_q, d]), &device)
+}
+
+/// Rotary embedding of one `[seq, head_dim]` slice in the rotate-half layout, computed
+/// in f64 from the closed form: for `i < d/2`, with `a = pos * theta^(-2i/d)`,
+/// `out[i] = x[i] cos a - x[i + d/2] sin a` and `out[i + d/2] = x[i + d/2] cos a + x[i] sin a`.
+pub fn naive_rope(x: &[f32], seq: usize, head_dim: usize, start: usize, theta: f64) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; x.len()];
+    for t in 0..seq {
+        let pos = (start + t) as f64;
+        for i in 0..half {
+            let angle = pos * theta.powf(-2.0 * i as f64 / head_dim as f64);
+            let (sin, cos) = angle.sin_cos();
+            let a = x[t * head_dim + i] as f64;
+            let b = x[t * head_dim + i + half] as f64;
+            out[t * head_dim + i] = (a * cos - b * sin) as f32;
+            out[t * head_dim + i + half] = (b * cos + a * sin) as f32;
+        }
+    }
+    out
+}
