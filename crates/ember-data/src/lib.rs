@@ -1,1 +1,20 @@
+//! Ember's data pipeline: corpora, tokenizers, cached token files and batches.
+//!
+//! - [`corpus`]: text from a file, a directory of files, or JSONL with a `text` field;
+//! - [`tokenizer`]: character-level (nanoGPT) and byte-level BPE (the `tokenizers` crate);
+//! - [`cache`]: a corpus tokenized once into a token file reused while the source is unchanged;
+//! - [`batch`]: the train/val split and seeded nanoGPT-style random windows.
 
+pub mod batch;
+pub mod cache;
+pub mod corpus;
+pub mod error;
+pub mod rng;
+pub mod tokenizer;
+
+pub use batch::{Batch, BatchSampler, TokenSplits};
+pub use cache::{TokenCache, TokenizerKind};
+pub use corpus::Corpus;
+pub use error::DataError;
+pub use rng::SplitMix64;
+pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer};

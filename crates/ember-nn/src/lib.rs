@@ -6,23 +6,25 @@
 //!
 //! Every projection is a named `burn_nn::Linear` field (`q_proj`, `k_proj`, `v_proj`,
 //! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `lm_head`), so adapters can find and wrap
-//! them by path; see [`freeze`] for selecting parameters by pattern.
+//! them by path; see [`params`] for selecting parameters by pattern.
 
 pub mod attention;
 pub mod block;
 pub mod config;
-pub mod freeze;
 pub mod init;
 pub mod kv_cache;
 pub mod mlp;
 pub mod norm;
+pub mod params;
 pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
 pub use config::{ConfigError, DTypeName, MlpKind, NormKind, PositionKind, TransformerConfig};
-pub use freeze::{ParamInfo, freeze_matching, matches_pattern, param_infos};
 pub use kv_cache::{ContiguousKvCache, KvCache};
 pub use mlp::Mlp;
 pub use norm::Norm;
+pub use params::{
+    ParamInfo, assign_stable_ids, freeze_matching, matches_pattern, param_infos, stable_param_id,
+};
 pub use transformer::{ForwardOptions, Transformer};

@@ -56,7 +56,7 @@ impl<B: Backend> Transformer<B> {
             weight: Initializer::Normal { mean: 0.0, std }.init([rows, config.d_model], device),
         };
         let learned = config.position == PositionKind::Learned;
-        Ok(Self {
+        let model = Self {
             tok_embeddings: embedding(config.vocab_size),
             pos_embeddings: learned.then(|| embedding(config.max_seq_len)),
             layers: (0..config.n_layers)
@@ -81,7 +81,8 @@ impl<B: Backend> Transformer<B> {
                 )
             }),
             config: config.clone(),
-        })
+        };
+        Ok(crate::params::assign_stable_ids(model))
     }
 
     /// The configuration the model was built from.

@@ -1,1 +1,15 @@
+//! Ember's training loop: configuration and presets, the step loop with AdamW parameter
+//! groups, warmup + cosine schedule, global-norm clipping, gradient accumulation and
+//! periodic evaluation, metrics, and atomic checkpoints that resume bit-exactly.
 
+pub mod checkpoint;
+pub mod config;
+pub mod loss;
+pub mod metrics;
+pub mod trainer;
+
+pub use checkpoint::{Checkpoint, CheckpointError, TrainState};
+pub use config::{ConfigError, PRESETS, TrainConfig};
+pub use loss::{CrossEntropy, LmLoss};
+pub use metrics::StepMetrics;
+pub use trainer::{TrainError, TrainOptions, TrainSummary, train};

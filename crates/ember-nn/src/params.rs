@@ -1,3 +1,5 @@
+//! Parameters by dotted path: listing them, giving them stable ids, and freezing them.
+//!
 //! Finding parameters by dotted path (`layers.0.attn.q_proj.weight`) and freezing them by
 //! glob pattern (`layers.*.attn.*`, `tok_embeddings.*`).
 //!
@@ -135,4 +137,37 @@ pub fn freeze_matching<B: Backend, M: Module<B>>(module: M, patterns: &[&str]) -
     };
     let module = module.map(&mut freezer);
     (module, freezer.frozen)
+}
+
+/// FNV-1a hash of a parameter path: the same path gives the same id in every process.
+pub fn stable_param_id(path: &str) -> ParamId {
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ParamId::from(hash)
+}
+
+struct StableIds {
+    stack: PathStack,
+}
+
+impl<B: Backend> ModuleMapper<B> for StableIds {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        Param::from_mapped_value(stable_param_id(&self.stack.path()), tensor, mapper)
+    }
+}
+
+/// Replaces every float parameter's random id with [`stable_param_id`] of its path, so
+/// that optimizer state keyed by id survives a save/load cycle in another process.
+pub fn assign_stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
+    module.map(&mut StableIds {
+        stack: PathStack::default(),
+    })
 }

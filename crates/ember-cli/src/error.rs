@@ -1,0 +1,43 @@
+//! Errors and exit codes: 2 for bad usage or configuration, 1 for runtime failures.
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum CliError {
+    /// A flag, config value or input the user can fix (exit 2).
+    Usage(String),
+    /// Anything that failed while running (exit 1).
+    Runtime(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<ember_train::TrainError> for CliError {
+    fn from(err: ember_train::TrainError) -> Self {
+        match err {
+            ember_train::TrainError::Config(_) => CliError::Usage(err.to_string()),
+            _ => CliError::Runtime(err.to_string()),
+        }
+    }
+}
+
+impl From<ember_train::CheckpointError> for CliError {
+    fn from(err: ember_train::CheckpointError) -> Self {
+        CliError::Runtime(err.to_string())
+    }
+}

@@ -1,0 +1,154 @@
+//! Reading training text: a text file, a directory of text files, or JSONL with a
+//! `text` field on every line.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::error::{DataError, io};
+
+/// The documents of every input, in order, with a fingerprint of their sources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Corpus {
+    pub documents: Vec<String>,
+    /// Changes whenever a source file's path, size or modification time changes.
+    pub fingerprint: String,
+}
+
+impl Corpus {
+    /// Reads every path: `.jsonl` files give one document per line (its `text` field),
+    /// directories give one document per file (recursively, sorted, hidden files skipped),
+    /// other files are one document each.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, DataError> {
+        if paths.is_empty() {
+            return Err(DataError::NoData);
+        }
+        let mut files = Vec::new();
+        for path in paths {
+            let meta = std::fs::metadata(path).map_err(io(path))?;
+            if meta.is_dir() {
+                let before = files.len();
+                collect_files(path, &mut files)?;
+                if files.len() == before {
+                    return Err(DataError::EmptyDirectory { path: path.clone() });
+                }
+            } else {
+                files.push(path.clone());
+            }
+        }
+        let mut documents = Vec::new();
+        let mut fingerprint = Fingerprint::default();
+        for file in &files {
+            let bytes = std::fs::read(file).map_err(io(file))?;
+            let meta = std::fs::metadata(file).map_err(io(file))?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            fingerprint.add(format!("{}\0{}\0{}", file.display(), bytes.len(), mtime).as_bytes());
+            let text = as_text(file, bytes)?;
+            if file.extension().is_some_and(|e| e == "jsonl") {
+                documents.extend(read_jsonl(file, &text)?);
+            } else {
+                documents.push(text);
+            }
+        }
+        Ok(Self {
+            documents,
+            fingerprint: fingerprint.hex(),
+        })
+    }
+
+    /// Every document joined by a newline: the stream a character model trains on.
+    pub fn joined(&self) -> String {
+        self.documents.join("\n")
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .map(|e| e.map(|e| e.path()).map_err(io(dir)))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// UTF-8 text without NUL bytes; anything else is reported as binary.
+fn as_text(path: &Path, bytes: Vec<u8>) -> Result<String, DataError> {
+    if bytes.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(DataError::Binary {
+            path: path.to_path_buf(),
+            reason: format!("NUL byte at offset {at}"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| DataError::Binary {
+        path: path.to_path_buf(),
+        reason: format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+    })
+}
+
+fn read_jsonl(path: &Path, text: &str) -> Result<Vec<String>, DataError> {
+    let mut documents = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |message: String| DataError::Jsonl {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
+        match value.get("text") {
+            Some(serde_json::Value::String(s)) => documents.push(s.clone()),
+            Some(_) => return Err(err("field `text` is not a string".into())),
+            None => return Err(err("no `text` field".into())),
+        }
+    }
+    if documents.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(documents)
+}
+
+/// FNV-1a over the sources' descriptions.
+#[derive(Default)]
+pub(crate) struct Fingerprint(u64, bool);
+
+impl Fingerprint {
+    pub(crate) fn add(&mut self, bytes: &[u8]) {
+        if !self.1 {
+            self.0 = 0xcbf2_9ce4_8422_2325;
+            self.1 = true;
+        }
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}

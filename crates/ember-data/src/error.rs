@@ -1,0 +1,60 @@
+//! Errors of the data pipeline; each names the file or input at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: no such file or directory")]
+    NotFound { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the file is empty")]
+    Empty { path: PathBuf },
+    #[error("{path}: not a text file ({reason})")]
+    Binary { path: PathBuf, reason: String },
+    #[error("{path}:{line}: {message}")]
+    Jsonl {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: contains no text files")]
+    EmptyDirectory { path: PathBuf },
+    #[error("no data given: pass --data PATH (a text file, a directory of text files, or .jsonl)")]
+    NoData,
+    #[error("character {ch:?} at offset {offset} is not in the tokenizer's vocabulary")]
+    UnknownChar { ch: char, offset: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab_size}")]
+    UnknownToken { id: u32, vocab_size: usize },
+    #[error("{path}: invalid tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    TokenizerRun(String),
+    #[error(
+        "the corpus has {tokens} tokens; at least {needed} are needed for block size {block} in each split"
+    )]
+    TooSmall {
+        tokens: usize,
+        needed: usize,
+        block: usize,
+    },
+}
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Autoregressive generation with or without the KV cache.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_nn::{ContiguousKvCache, ForwardOptions, KvCache, Transformer};
+
+use crate::sampling::Sampler;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt is empty: give at least one token")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the model's vocabulary of {vocab_size}")]
+    TokenOutOfRange { id: u32, vocab_size: usize },
+}
+
+/// Generates tokens from a model.
+///
+/// Beyond the context window (`max_seq_len`), the uncached path looks at the last
+/// `max_seq_len` tokens (nanoGPT's crop); the cached path shifts its context: it keeps
+/// the most recent half of the window and re-encodes it, so both are exact within the
+/// window and the cached one stays linear-time past it.
+pub struct Generator<'a, B: Backend> {
+    model: &'a Transformer<B>,
+    device: B::Device,
+    use_cache: bool,
+}
+
+impl<'a, B: Backend> Generator<'a, B> {
+    pub fn new(model: &'a Transformer<B>, device: &B::Device, use_cache: bool) -> Self {
+        Self {
+            model,
+            device: device.clone(),
+            use_cache,
+        }
+    }
+
+    /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new
+    /// token as soon as it is chosen. Returns the new tokens.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>, GenerateError> {
+        let config = self.model.config();
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(GenerateError::TokenOutOfRange {
+                id,
+                vocab_size: config.vocab_size,
+            });
+        }
+        let window = config.max_seq_len;
+        let mut tokens = prompt.to_vec();
+        let mut new_tokens = Vec::with_capacity(max_new_tokens);
+        let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
+        for _ in 0..max_new_tokens {
+            let logits = if self.use_cache {
+                let pending = if cache.is_empty() {
+                    // (Re-)encode the most recent context that fits.
+                    let keep = if tokens.len() > window {
+                        window / 2
+                    } else {
+                        tokens.len()
+                    };
+                    &tokens[tokens.len() - keep..]
+                } else {
+                    &tokens[tokens.len() - 1..]
+                };
+                let logits = self.logits_last(pending, Some(&mut cache));
+                if cache.len() >= window {
+                    cache.clear();
+                }
+                logits
+            } else {
+                let from = tokens.len().saturating_sub(window);
+                self.logits_last(&tokens[from..], None)
+            };
+            let next = sampler.sample(&logits);
+            tokens.push(next);
+            new_tokens.push(next);
+            on_token(next);
+        }
+        Ok(new_tokens)
+    }
+
+    /// Logits `[vocab]` at the last of `tokens`, which continue the cache when one is given.
+    fn logits_last(&self, tokens: &[u32], cache: Option<&mut ContiguousKvCache<B>>) -> Vec<f32> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let seq = tokens.len();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), &self.device);
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let options = ForwardOptions {
+            cache: cache.map(|c| c as &mut dyn KvCache<B>),
+            prefixes: None,
+        };
+        let x = self.model.embed(input, start);
+        let hidden = self.model.hidden(x, options);
+        let d_model = hidden.dims()[2];
+        let last = hidden.slice([0..1, seq - 1..seq, 0..d_model]);
+        self.model
+            .logits(last)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits")
+    }
+}

@@ -1,0 +1,71 @@
+//! Learning-rate schedules as closed forms of the step, so resuming only needs the step.
+
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::tensor::backend::Backend;
+
+/// A learning rate as a function of the optimizer step (0-based).
+pub trait LrSchedule: Send + Sync {
+    fn lr_at(&self, step: usize) -> f64;
+}
+
+/// Linear warmup then cosine decay to `min_lr`, as in nanoGPT:
+///
+/// - `step < warmup_steps`: `peak_lr * (step + 1) / (warmup_steps + 1)`
+/// - `step > decay_steps`: `min_lr`
+/// - otherwise `min_lr + 0.5 (1 + cos(pi r)) (peak_lr - min_lr)` with
+///   `r = (step - warmup_steps) / (decay_steps - warmup_steps)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmupCosine {
+    pub peak_lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub decay_steps: usize,
+    /// Position for burn's [`LrScheduler`] interface.
+    pub step: usize,
+}
+
+impl WarmupCosine {
+    pub fn new(peak_lr: f64, min_lr: f64, warmup_steps: usize, decay_steps: usize) -> Self {
+        Self {
+            peak_lr,
+            min_lr,
+            warmup_steps,
+            decay_steps,
+            step: 0,
+        }
+    }
+}
+
+impl LrSchedule for WarmupCosine {
+    fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.peak_lr * (step + 1) as f64 / (self.warmup_steps + 1) as f64;
+        }
+        if step > self.decay_steps || self.decay_steps <= self.warmup_steps {
+            return self.min_lr;
+        }
+        let ratio =
+            (step - self.warmup_steps) as f64 / (self.decay_steps - self.warmup_steps) as f64;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+        self.min_lr + coeff * (self.peak_lr - self.min_lr)
+    }
+}
+
+impl LrScheduler for WarmupCosine {
+    type Record<B: Backend> = usize;
+
+    fn step(&mut self) -> f64 {
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record<B: Backend>(&self) -> usize {
+        self.step
+    }
+
+    fn load_record<B: Backend>(mut self, record: usize) -> Self {
+        self.step = record;
+        self
+    }
+}

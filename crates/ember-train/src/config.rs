@@ -1,0 +1,293 @@
+//! Training configuration: a TOML file or a named preset, plus `section.key=value`
+//! overrides.
+
+use std::path::Path;
+
+use ember_data::TokenizerKind;
+use ember_nn::TransformerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything a training run is made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: TransformerConfig,
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub train: LoopConfig,
+    pub sample: SampleConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `"char"` or `"bpe"`.
+    pub tokenizer: String,
+    /// Vocabulary size of a trained BPE tokenizer.
+    pub bpe_vocab_size: usize,
+    /// The held-out tail of the token stream.
+    pub val_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate after warmup.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    /// Step at which the cosine decay reaches `min_lr`.
+    pub decay_steps: usize,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay, applied to matrices only.
+    pub weight_decay: f32,
+    /// Maximum global gradient norm; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// Optimizer steps to run in total (a resumed run continues up to this step).
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Evaluate on the validation split every this many steps (and at the end); 0 = never.
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub log_every: usize,
+    /// Write a checkpoint every this many steps (and always at the end); 0 = only at the end.
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    pub prompt: String,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    /// 0 = no top-k filtering.
+    pub top_k: usize,
+    /// 1.0 = no nucleus filtering.
+    pub top_p: f64,
+}
+
+/// A configuration that cannot be used; the message names the file, flag or key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The named presets, embedded in the binary.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("tiny", include_str!("../presets/tiny.toml")),
+    ("nanogpt-cpu", include_str!("../presets/nanogpt-cpu.toml")),
+];
+
+impl TrainConfig {
+    /// A preset by name.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let table = preset_table(name)?;
+        Self::from_table(table, &format!("preset `{name}`"))
+    }
+
+    /// Builds a configuration: the preset (default `tiny`), then the TOML file merged over
+    /// it, then each `section.key=value` override. Unknown keys and bad values are errors.
+    pub fn resolve(
+        preset: Option<&str>,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table = preset_table(preset.unwrap_or("tiny"))?;
+        let mut origin = format!("preset `{}`", preset.unwrap_or("tiny"));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
+            let file_table: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigError(format!(
+                    "--config {}: malformed TOML: {}",
+                    path.display(),
+                    e.message()
+                ))
+            })?;
+            merge(&mut table, file_table, "", &path.display().to_string())?;
+            origin = path.display().to_string();
+        }
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        Self::from_table(table, &origin)
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let config: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that serde's types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut model = self.model.clone();
+        if model.vocab_size == 0 {
+            model.vocab_size = 1; // filled in from the tokenizer
+        }
+        model.validate().map_err(|e| ConfigError(e.to_string()))?;
+        let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return fail("optim.lr", format!("must be positive, got {}", o.lr));
+        }
+        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return fail(
+                "optim.min_lr",
+                format!("must be in [0, optim.lr], got {}", o.min_lr),
+            );
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return fail("optim.beta1/beta2", "must be in [0, 1)".into());
+        }
+        if !(o.eps > 0.0) || o.weight_decay < 0.0 || o.grad_clip < 0.0 {
+            return fail(
+                "optim",
+                "eps must be positive; weight_decay and grad_clip non-negative".into(),
+            );
+        }
+        let t = &self.train;
+        for (key, v) in [
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+        ] {
+            if v == 0 {
+                return fail(key, "must be at least 1".into());
+            }
+        }
+        if t.eval_every > 0 && t.eval_batches == 0 {
+            return fail(
+                "train.eval_batches",
+                "must be at least 1 when train.eval_every > 0".into(),
+            );
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return fail(
+                "data.val_fraction",
+                format!("must be in (0, 1), got {}", self.data.val_fraction),
+            );
+        }
+        self.tokenizer_kind()?;
+        let s = &self.sample;
+        if !(s.temperature >= 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return fail(
+                "sample",
+                "temperature must be >= 0 and top_p in (0, 1]".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The tokenizer `data.tokenizer` names.
+    pub fn tokenizer_kind(&self) -> Result<TokenizerKind, ConfigError> {
+        match self.data.tokenizer.as_str() {
+            "char" => Ok(TokenizerKind::Char),
+            "bpe" if self.data.bpe_vocab_size >= 257 => Ok(TokenizerKind::Bpe {
+                vocab_size: self.data.bpe_vocab_size,
+            }),
+            "bpe" => Err(ConfigError(format!(
+                "data.bpe_vocab_size: must be at least 257 (256 bytes + <|endoftext|>), got {}",
+                self.data.bpe_vocab_size
+            ))),
+            other => Err(ConfigError(format!(
+                "data.tokenizer: expected \"char\" or \"bpe\", got {other:?}"
+            ))),
+        }
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config serialises")
+    }
+}
+
+fn preset_table(name: &str) -> Result<toml::Table, ConfigError> {
+    let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+        ConfigError(format!(
+            "--preset {name}: unknown preset (known: {})",
+            names.join(", ")
+        ))
+    })?;
+    Ok(toml::from_str(text).expect("embedded presets are valid TOML"))
+}
+
+/// Merges `from` into `into`; every key must already exist in `into`.
+fn merge(
+    into: &mut toml::Table,
+    from: toml::Table,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for (key, value) in from {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                merge(dst, src, &path, origin)?
+            }
+            (Some(dst), value) if !dst.is_table() => *dst = value,
+            (Some(_), _) => {
+                return Err(ConfigError(format!(
+                    "{origin}: `{path}` is a section, not a value"
+                )));
+            }
+            (None, _) => return Err(ConfigError(format!("{origin}: unknown key `{path}`"))),
+        }
+    }
+    Ok(())
+}
+
+/// Applies one `section.key=value`; the value is read as TOML (`3`, `1e-3`, `true`,
+/// `"text"`), falling back to a plain string.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let bad = |msg: &str| ConfigError(format!("--set {item}: {msg}"));
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| bad("expected section.key=value"))?;
+    let (section, field) = key
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| bad("expected section.key=value"))?;
+    let raw = raw.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let section_table = match table.get_mut(section) {
+        Some(toml::Value::Table(t)) => t,
+        _ => return Err(bad(&format!("unknown section `{section}`"))),
+    };
+    if !section_table.contains_key(field) {
+        let mut known: Vec<&str> = section_table.keys().map(|k| k.as_str()).collect();
+        known.sort_unstable();
+        return Err(bad(&format!(
+            "unknown key `{section}.{field}` (known: {})",
+            known.join(", ")
+        )));
+    }
+    let slot = section_table.get_mut(field).expect("checked above");
+    // Let an integer stand where a float is expected (`optim.lr=1`).
+    *slot = match (&*slot, value) {
+        (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+        (_, v) => v,
+    };
+    Ok(())
+}

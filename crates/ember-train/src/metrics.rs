@@ -1,0 +1,20 @@
+//! One JSON object per logged step, appended to `metrics.jsonl`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub train_loss: f64,
+    /// Mean validation loss, on the steps that evaluated.
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second over this step (evaluation excluded).
+    pub tokens_per_s: f64,
+    /// Duration of this optimizer step in milliseconds (evaluation excluded).
+    pub step_ms: f64,
+    /// Wall-clock seconds since the run (or the original run, when resumed) began.
+    pub elapsed_s: f64,
+}
