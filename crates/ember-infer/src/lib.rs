@@ -5,4 +5,4 @@ pub mod sampling;
 
 pub use ember_nn::{ContiguousKvCache, KvCache};
 pub use generate::{GenerateError, Generator};
-pub use sampling::{Sampler, SamplingConfig};
+pub use sampling::{Sampler, SamplingConfig, argmax};

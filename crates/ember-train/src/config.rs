@@ -285,9 +285,17 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError
     }
     let slot = section_table.get_mut(field).expect("checked above");
     // Let an integer stand where a float is expected (`optim.lr=1`).
-    *slot = match (&*slot, value) {
+    let value = match (&*slot, value) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
         (_, v) => v,
     };
+    if slot.type_str() != value.type_str() {
+        return Err(bad(&format!(
+            "expected {} for `{section}.{field}`, got {}",
+            slot.type_str(),
+            value.type_str()
+        )));
+    }
+    *slot = value;
     Ok(())
 }

@@ -1,0 +1,176 @@
+use std::path::PathBuf;
+
+use ember_data::{
+    BatchSampler, Corpus, DataError, SplitMix64, TokenCache, TokenSplits, Tokenizer, TokenizerKind,
+};
+
+fn write(dir: &std::path::Path, name: &str, contents: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+const TEXT: &str =
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
+
+#[test]
+fn char_tokenizer_round_trips_and_rejects_unknown_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = TokenCache::load_or_build(
+        &dir.path().join("c"),
+        &[write(dir.path(), "a.txt", TEXT.as_bytes())],
+        TokenizerKind::Char,
+    )
+    .unwrap();
+    let tok = &cache.tokenizer;
+    assert_eq!(tok.decode(&tok.encode(TEXT).unwrap()).unwrap(), TEXT);
+    // Sorted unique characters, as nanoGPT's prepare.py builds them.
+    let mut chars: Vec<char> = TEXT.chars().collect();
+    chars.sort();
+    chars.dedup();
+    assert_eq!(tok.vocab_size(), chars.len());
+    assert_eq!(tok.encode("\n").unwrap(), vec![0]);
+    match tok.encode("Speak!?") {
+        Err(DataError::UnknownChar { ch: '!', offset: 5 }) => {}
+        other => panic!("expected an unknown-character error, got {other:?}"),
+    }
+    // Saved and loaded tokenizers agree.
+    let loaded = Tokenizer::load(&dir.path().join("c")).unwrap();
+    assert_eq!(loaded.encode(TEXT).unwrap(), tok.encode(TEXT).unwrap());
+}
+
+#[test]
+fn bpe_tokenizer_round_trips_any_text_through_tokenizer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = TEXT.repeat(20);
+    let path = write(dir.path(), "a.txt", corpus.as_bytes());
+    let cache = TokenCache::load_or_build(
+        &dir.path().join("c"),
+        &[path],
+        TokenizerKind::Bpe { vocab_size: 300 },
+    )
+    .unwrap();
+    assert!(dir.path().join("c/tokenizer.json").exists());
+    let tok = Tokenizer::load(&dir.path().join("c")).unwrap();
+    assert!(tok.vocab_size() <= 300 && tok.vocab_size() > 257);
+    for text in [
+        TEXT,
+        "unseen words: ünïcödé ✓ and emoji 🦀",
+        "  leading spaces\tand tabs\n",
+    ] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    // Merges were learned: the corpus takes fewer tokens than bytes.
+    assert!(tok.encode(TEXT).unwrap().len() < TEXT.len() / 2);
+    assert!(!cache.tokens.is_empty());
+}
+
+#[test]
+fn token_cache_is_reused_until_the_source_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "a.txt", TEXT.as_bytes());
+    let cache_dir = dir.path().join("cache");
+    let first =
+        TokenCache::load_or_build(&cache_dir, &[path.clone()], TokenizerKind::Char).unwrap();
+    assert!(!first.reused);
+    let second =
+        TokenCache::load_or_build(&cache_dir, &[path.clone()], TokenizerKind::Char).unwrap();
+    assert!(second.reused);
+    assert_eq!(first.tokens, second.tokens);
+    std::fs::write(&path, format!("{TEXT}more text")).unwrap();
+    let third = TokenCache::load_or_build(&cache_dir, &[path], TokenizerKind::Char).unwrap();
+    assert!(!third.reused);
+    assert_eq!(third.tokens.len(), TEXT.len() + "more text".len());
+}
+
+#[test]
+fn directories_and_jsonl_are_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "docs/b.txt", b"second");
+    write(dir.path(), "docs/a.txt", b"first");
+    write(dir.path(), "docs/.hidden", b"skipped");
+    write(dir.path(), "docs/sub/c.md", b"third");
+    let jsonl = write(
+        dir.path(),
+        "d.jsonl",
+        b"{\"text\": \"fourth\"}\n\n{\"text\": \"fifth\", \"id\": 2}\n",
+    );
+    let corpus = Corpus::read(&[dir.path().join("docs"), jsonl]).unwrap();
+    assert_eq!(
+        corpus.documents,
+        ["first", "second", "third", "fourth", "fifth"]
+    );
+}
+
+#[test]
+fn bad_inputs_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let empty = write(dir.path(), "empty.txt", b"");
+    let binary = write(dir.path(), "binary.bin", &[0x7f, b'E', b'L', b'F', 0, 1, 2]);
+    let latin1 = write(dir.path(), "latin1.txt", &[b'c', b'a', b'f', 0xe9]);
+    let bad_jsonl = write(
+        dir.path(),
+        "bad.jsonl",
+        b"{\"text\": \"ok\"}\n{\"body\": \"no text\"}\n",
+    );
+    let empty_dir = dir.path().join("empty_dir");
+    std::fs::create_dir(&empty_dir).unwrap();
+    for (path, expected) in [
+        (&missing, "no such file"),
+        (&empty, "the file is empty"),
+        (&binary, "NUL byte"),
+        (&latin1, "invalid UTF-8"),
+        (&bad_jsonl, ":2: no `text` field"),
+        (&empty_dir, "contains no text files"),
+    ] {
+        let err = Corpus::read(std::slice::from_ref(path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn splits_and_batches_follow_nanogpt() {
+    let tokens: Vec<u32> = (0..1000).collect();
+    let splits = TokenSplits::new(&tokens, 0.1, 8).unwrap();
+    assert_eq!(splits.train.len(), 900);
+    assert_eq!(splits.val, (900..1000).collect::<Vec<u32>>());
+    let mut sampler = BatchSampler::new(7);
+    let batch = sampler.sample(&splits.train, 4, 8);
+    for row in 0..4 {
+        let inputs = &batch.inputs[row * 8..row * 8 + 8];
+        let targets = &batch.targets[row * 8..row * 8 + 8];
+        // Windows are contiguous and targets are the inputs shifted by one.
+        assert!(inputs.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(inputs.iter().zip(targets).all(|(i, t)| *t == i + 1));
+        assert!(inputs[0] < 900 - 8);
+    }
+    // The same seed draws the same batches; the sampler's state is all it needs.
+    let mut again = BatchSampler::new(7);
+    assert_eq!(again.sample(&splits.train, 4, 8), batch);
+    assert_eq!(again, sampler);
+    assert!(TokenSplits::new(&tokens[..50], 0.1, 8).is_err());
+}
+
+#[test]
+fn splitmix64_matches_the_published_sequence() {
+    // Reference values of SplitMix64 seeded with 1234567 (Vigna's splitmix64.c).
+    let mut rng = SplitMix64::new(1234567);
+    let expected = [
+        6457827717110365317u64,
+        3203168211198807973,
+        9817491932198370423,
+        4593380528125082431,
+        16408922859458223821,
+    ];
+    for want in expected {
+        assert_eq!(rng.next_u64(), want);
+    }
+}

@@ -1,0 +1,240 @@
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_store::ModuleSnapshot;
+use ember_nn::{ForwardOptions, Transformer, TransformerConfig, param_infos};
+use ember_optim::{AdamWGroups, AdamWSettings, decay_matrices};
+use ember_train::{Checkpoint, CrossEntropy, LmLoss, TrainConfig, TrainOptions, train};
+
+type B = Autodiff<Flex>;
+
+/// A small corpus built by the test: a few thousand characters of varied text.
+fn corpus(dir: &Path) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..400 {
+        text.push_str(&format!(
+            "line {i}: the quick brown fox {} jumps over the lazy dog.\n",
+            i * 7 % 13
+        ));
+    }
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn small_config(steps: usize) -> TrainConfig {
+    let overrides: Vec<String> = [
+        "model.d_model=32",
+        "model.n_layers=2",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.d_ff=64",
+        "model.max_seq_len=16",
+        "model.dropout=0.1",
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        "train.eval_every=5",
+        "train.eval_batches=2",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "optim.warmup_steps=3",
+        "optim.decay_steps=20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("train.steps={steps}")])
+    .collect();
+    TrainConfig::resolve(Some("tiny"), None, &overrides).unwrap()
+}
+
+/// Every parameter of the checkpoint in `dir`, by path, as raw f32 bits.
+fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    let model = Checkpoint::open(dir)
+        .unwrap()
+        .load_model::<Flex>(&Default::default())
+        .unwrap();
+    let mut out: Vec<(String, Vec<u32>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|snapshot| {
+            let values: Vec<f32> = snapshot.to_data().unwrap().to_vec().unwrap();
+            (
+                snapshot.full_path(),
+                values.iter().map(|v| v.to_bits()).collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn ten_steps_then_resume_ten_equals_twenty_straight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let device = Default::default();
+    let run = |out: &str, steps: usize, resume: Option<PathBuf>| {
+        let options = TrainOptions {
+            out_dir: tmp.path().join(out),
+            data: data.clone(),
+            resume,
+            verbose: false,
+        };
+        train::<B>(small_config(steps), &options, &device).unwrap()
+    };
+    let straight = run("straight", 20, None);
+    run("split", 10, None);
+    let resumed = run("split", 20, Some(tmp.path().join("split")));
+    assert_eq!(straight.step, 20);
+    assert_eq!(resumed.step, 20);
+    assert!(
+        weights(&tmp.path().join("straight")) == weights(&tmp.path().join("split")),
+        "weights after 20 steps differ from 10 + resume + 10"
+    );
+    // The sampler position and losses match too.
+    let a = Checkpoint::open(&tmp.path().join("straight")).unwrap();
+    let b = Checkpoint::open(&tmp.path().join("split")).unwrap();
+    assert_eq!(a.state.sampler, b.state.sampler);
+    assert_eq!(a.state.last_train_loss, b.state.last_train_loss);
+    // Metrics accumulate across the resume: 20 step records.
+    let metrics = std::fs::read_to_string(tmp.path().join("split/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 20);
+    // A different run (no resume) diverges from these weights: the check can fail.
+    run("other", 12, None);
+    assert!(weights(&tmp.path().join("other")) != weights(&tmp.path().join("straight")));
+}
+
+#[test]
+fn resume_with_a_different_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let options = TrainOptions {
+        out_dir: tmp.path().join("run"),
+        data: data.clone(),
+        resume: None,
+        verbose: false,
+    };
+    train::<B>(small_config(2), &options, &Default::default()).unwrap();
+    let mut config = small_config(4);
+    config.model.n_layers = 3;
+    let options = TrainOptions {
+        resume: Some(tmp.path().join("run")),
+        ..options
+    };
+    let err = train::<B>(config, &options, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.n_layers: checkpoint 2, now 3"), "{err}");
+}
+
+#[test]
+fn overfits_one_batch() {
+    let device = Default::default();
+    let config = TransformerConfig::gpt2(20, 32, 2, 4, 16);
+    let mut model = Transformer::<B>::new(&config, &device).unwrap();
+    let inputs: Vec<i64> = (0..32).map(|i| (i * 7 % 20) as i64).collect();
+    let targets: Vec<i64> = (0..32).map(|i| ((i * 7 + 3) % 20) as i64).collect();
+    let inputs = Tensor::<B, 2, Int>::from_data(TensorData::new(inputs, [2, 16]), &device);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [2, 16]), &device);
+    let settings = AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let params = param_infos::<B, _>(&model)
+        .into_iter()
+        .map(|p| (p.id, p.path, p.shape));
+    let mut optim = AdamWGroups::new(&settings, params, decay_matrices);
+    let loss_fn = CrossEntropy::<B>::new(None, &device);
+    let mut loss = f64::MAX;
+    for _ in 0..200 {
+        let logits = model.forward(inputs.clone(), ForwardOptions::default());
+        let l = loss_fn.loss(logits, targets.clone());
+        loss = l.clone().into_scalar().elem();
+        if loss < 0.05 {
+            break;
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    assert!(loss < 0.05, "loss after 200 steps: {loss}");
+    assert!(model.num_params() > 0);
+}
+
+#[test]
+fn config_errors_name_the_key_or_flag() {
+    let err = |preset: Option<&str>, sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        TrainConfig::resolve(preset, None, &sets)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err(Some("gpt5"), &[]).contains("--preset gpt5: unknown preset (known: tiny, nanogpt-cpu)")
+    );
+    assert!(err(None, &["train.stepz=3"]).contains("unknown key `train.stepz`"));
+    assert!(err(None, &["trian.steps=3"]).contains("unknown section `trian`"));
+    assert!(err(None, &["steps=3"]).contains("expected section.key=value"));
+    assert!(err(None, &["optim.lr=0"]).contains("optim.lr: must be positive"));
+    assert!(err(None, &["optim.lr=-1e-3"]).contains("optim.lr: must be positive"));
+    assert!(
+        err(None, &["model.d_model=130"])
+            .contains("model.d_model: 130 is not divisible by n_heads = 4")
+    );
+    assert!(err(None, &["model.n_kv_heads=3"]).contains("model.n_kv_heads"));
+    assert!(err(None, &["train.steps=many"]).contains("train.steps"));
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[train\nsteps = 3").unwrap();
+    let msg = TrainConfig::resolve(None, Some(&bad), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("bad.toml: malformed TOML"), "{msg}");
+    std::fs::write(&bad, "[train]\nstepz = 3").unwrap();
+    let msg = TrainConfig::resolve(None, Some(&bad), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("unknown key `train.stepz`"), "{msg}");
+    // The nanoGPT preset is exactly nanoGPT's CPU configuration.
+    let c = TrainConfig::preset("nanogpt-cpu").unwrap();
+    assert_eq!(
+        (
+            c.model.n_layers,
+            c.model.n_heads,
+            c.model.d_model,
+            c.model.max_seq_len
+        ),
+        (4, 4, 128, 64)
+    );
+    assert_eq!(
+        (
+            c.train.batch_size,
+            c.train.steps,
+            c.optim.warmup_steps,
+            c.optim.decay_steps
+        ),
+        (12, 2000, 100, 2000)
+    );
+    assert_eq!(
+        (
+            c.optim.lr,
+            c.optim.min_lr,
+            c.optim.beta2,
+            c.optim.weight_decay
+        ),
+        (1e-3, 1e-4, 0.99, 0.1)
+    );
+    assert_eq!(
+        (
+            c.optim.grad_clip,
+            c.model.dropout,
+            c.train.eval_every,
+            c.train.eval_batches
+        ),
+        (1.0, 0.0, 250, 20)
+    );
+}
