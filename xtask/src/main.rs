@@ -1,1 +1,331 @@
-fn main() {}
+//! `cargo xtask train | bench | test`: Ember's project tasks.
+//!
+//! xtask builds and runs the `ember` binary (release profile) with the backend features
+//! this xtask was built with (`flex` when none), so `cargo xtask` needs no arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("train") => train(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <train|bench|test> [-- ARGS for `ember train`]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Backend features forwarded to `ember-cli`.
+fn features() -> String {
+    let mut f = Vec::new();
+    for (on, name) in [
+        (cfg!(feature = "flex"), "flex"),
+        (cfg!(feature = "ndarray"), "ndarray"),
+        (cfg!(feature = "wgpu"), "wgpu"),
+        (cfg!(feature = "cuda"), "cuda"),
+    ] {
+        if on {
+            f.push(name);
+        }
+    }
+    if f.is_empty() {
+        f.push("flex");
+    }
+    f.join(",")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds `ember` and returns its path.
+fn build_ember() -> Result<PathBuf> {
+    run(Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "ember-cli",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(features()))?;
+    Ok(root().join("target/release/ember"))
+}
+
+/// Gathers the embedded default corpus: the repository's own docs and Rust sources.
+fn default_corpus() -> Result<PathBuf> {
+    let root = root();
+    let mut files = vec![root.join("README.md")];
+    let mut stack = vec![
+        root.join("docs"),
+        root.join("crates"),
+        root.join("examples"),
+        root.join("xtask/src"),
+    ];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut text = String::new();
+    for file in files.iter().filter(|f| f.exists()) {
+        text.push_str(
+            &std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?,
+        );
+        text.push('\n');
+    }
+    let out = root.join("target/xtask/default-corpus.txt");
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, text)?;
+    Ok(out)
+}
+
+fn train(extra: &[String]) -> Result<()> {
+    let ember = build_ember()?;
+    let extra: Vec<&String> = extra.iter().filter(|a| *a != "--").collect();
+    let out = root().join("runs/tiny");
+    let has = |flag: &str| extra.iter().any(|a| *a == flag);
+    let mut cmd = Command::new(&ember);
+    cmd.arg("train");
+    if !has("--data") {
+        let corpus = default_corpus()?;
+        println!(
+            "xtask: training on the embedded default corpus ({})",
+            corpus.display()
+        );
+        cmd.arg("--data").arg(corpus);
+    }
+    if !has("--preset") && !has("--config") {
+        cmd.args(["--preset", "tiny"]);
+    }
+    if !has("--out") {
+        cmd.arg("--out").arg(&out);
+    }
+    cmd.args(&extra);
+    run(&mut cmd)?;
+    let out = extra
+        .iter()
+        .position(|a| *a == "--out")
+        .and_then(|i| extra.get(i + 1))
+        .map_or(out, |o| PathBuf::from(o.as_str()));
+    println!("\nxtask: a sample from the trained model:\n");
+    run(Command::new(&ember)
+        .args(["generate", "--model"])
+        .arg(&out)
+        .args(["--max-new-tokens", "300"]))?;
+    println!("\ncheckpoint: {}", out.join("checkpoint").display());
+    println!(
+        "sample again: target/release/ember generate --model {} --prompt \"fn main\" --max-new-tokens 300",
+        out.display()
+    );
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let root = root();
+    let cargo = env!("CARGO");
+    run(Command::new(cargo)
+        .current_dir(&root)
+        .args(["test", "--release", "--workspace"])
+        .args(extra))?;
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--examples",
+        "-p",
+        "ember-examples",
+    ]))?;
+    if std::env::var_os("EMBER_TEST_WGPU").is_some() {
+        println!("xtask: model tests on wgpu");
+        run(Command::new(cargo).current_dir(&root).args([
+            "test",
+            "--release",
+            "-p",
+            "ember-nn",
+            "--features",
+            "test-wgpu",
+            "--test",
+            "model",
+            "wgpu::",
+        ]))?;
+    }
+    if std::env::var_os("EMBER_CHECK_CUDA").is_some() {
+        println!("xtask: building the CUDA backend");
+        run(Command::new(cargo).current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "ember-cli",
+            "--features",
+            "cuda",
+        ]))?;
+        let out = Command::new(root.join("target/release/ember"))
+            .args(["--backend", "cuda", "info", "--model", "/nonexistent"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "xtask: ember --backend cuda without a GPU: {}",
+            stderr.trim()
+        );
+        if out.status.code() != Some(1) || stderr.contains("panicked") {
+            bail!("the CUDA backend did not fail cleanly without a GPU");
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of finished child processes, in MB.
+fn children_peak_rss_mb() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let root = root();
+    let data = args
+        .iter()
+        .position(|a| a == "--data")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/data/tinyshakespeare.txt"));
+    if !data.exists() {
+        bail!(
+            "{}: benchmark data not found (pass --data FILE)",
+            data.display()
+        );
+    }
+    let steps = args
+        .iter()
+        .position(|a| a == "--steps")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(2000), |s| s.parse::<usize>())
+        .context("--steps")?;
+    let ember = build_ember()?;
+    let out = root.join("target/bench/nanogpt-cpu-run");
+    let _ = std::fs::remove_dir_all(&out);
+    run(Command::new(&ember)
+        .args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--set")
+        .arg(format!("train.steps={steps}")))?;
+    let peak_rss_mb = children_peak_rss_mb();
+    let metrics = read_metrics(&out.join("metrics.jsonl"))?;
+    let mut step_ms: Vec<f64> = metrics
+        .iter()
+        .filter_map(|m| m["step_ms"].as_f64())
+        .collect();
+    step_ms.sort_by(f64::total_cmp);
+    let ms_per_step = step_ms[step_ms.len() / 2];
+    let tokens_per_s = 12.0 * 64.0 / (ms_per_step / 1e3);
+    let val_at = |step: u64| {
+        metrics
+            .iter()
+            .find(|m| m["step"].as_u64() == Some(step))
+            .and_then(|m| m["val_loss"].as_f64())
+    };
+    let mut summary = serde_json::json!({
+        "bench": "nanogpt-cpu",
+        "backend": features(),
+        "steps": steps,
+        "val_loss": val_at(steps as u64),
+        "val_loss_250": val_at(250),
+        "val_loss_500": val_at(500),
+        "val_loss_1000": val_at(1000),
+        "val_loss_2000": val_at(2000),
+        "ms_per_step": ms_per_step,
+        "tokens_per_s": tokens_per_s,
+        "peak_rss_mb": peak_rss_mb,
+    });
+    let torch = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output();
+    if torch.is_ok_and(|o| o.status.success()) {
+        let ref_out = root.join("target/bench/reference.json");
+        run(Command::new("python3")
+            .arg(root.join("benches/reference/nanogpt_cpu.py"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--steps")
+            .arg(steps.to_string())
+            .arg("--out")
+            .arg(&ref_out))?;
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&ref_out)?)?;
+        let ref_tps = reference["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        summary["ref_tokens_per_s"] = ref_tps.into();
+        summary["ref_val_loss"] = reference["val_loss"].clone();
+        summary["ratio"] = (tokens_per_s / ref_tps).into();
+    } else {
+        println!("xtask: python3 with torch not found; skipping the PyTorch reference");
+    }
+    let line = summary
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::Number(n) if n.as_f64().is_some_and(|x| x.fract() != 0.0) => {
+                format!("{k}={:.4}", n.as_f64().unwrap())
+            }
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            v => format!("{k}={v}"),
+        })
+        .collect::<Vec<_>>();
+    // `bench=` first, as every summary line starts.
+    let mut line = line;
+    line.sort_by_key(|s| !s.starts_with("bench="));
+    println!("{}", line.join(" "));
+    let json_path = root.join("target/bench/nanogpt-cpu.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)?;
+    println!("xtask: wrote {}", json_path.display());
+    Ok(())
+}
+
+fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("parsing {}", path.display())))
+        .collect()
+}

@@ -110,12 +110,13 @@ impl<B: Backend> Runner for On<B> {
                 &mut sampler,
                 |id| {
                     ids.push(id);
-                    if let Ok(text) = ckpt.tokenizer.decode(&ids) {
-                        if !text.ends_with('\u{fffd}') && text.len() >= printed {
-                            let _ = write!(stdout, "{}", &text[printed..]);
-                            let _ = stdout.flush();
-                            printed = text.len();
-                        }
+                    if let Ok(text) = ckpt.tokenizer.decode(&ids)
+                        && !text.ends_with('\u{fffd}')
+                        && text.len() >= printed
+                    {
+                        let _ = write!(stdout, "{}", &text[printed..]);
+                        let _ = stdout.flush();
+                        printed = text.len();
                     }
                 },
             )

@@ -66,7 +66,7 @@ impl TokenCache {
                     tokens.extend(tokenizer.encode(doc)?);
                     tokens.extend(eot);
                 }
-                (Tokenizer::Bpe(tokenizer), tokens)
+                (Tokenizer::Bpe(Box::new(tokenizer)), tokens)
             }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;

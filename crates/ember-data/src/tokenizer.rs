@@ -167,7 +167,7 @@ impl BpeTokenizer {
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
     Char(CharTokenizer),
-    Bpe(BpeTokenizer),
+    Bpe(Box<BpeTokenizer>),
 }
 
 impl Tokenizer {
@@ -234,6 +234,6 @@ impl Tokenizer {
                 path: dir.join(format!("{CHAR_VOCAB_FILE} or {TOKENIZER_FILE}")),
             });
         }
-        Ok(Tokenizer::Bpe(BpeTokenizer::load(&path)?))
+        Ok(Tokenizer::Bpe(Box::new(BpeTokenizer::load(&path)?)))
     }
 }

@@ -75,10 +75,12 @@ fn token_cache_is_reused_until_the_source_changes() {
     let path = write(dir.path(), "a.txt", TEXT.as_bytes());
     let cache_dir = dir.path().join("cache");
     let first =
-        TokenCache::load_or_build(&cache_dir, &[path.clone()], TokenizerKind::Char).unwrap();
+        TokenCache::load_or_build(&cache_dir, std::slice::from_ref(&path), TokenizerKind::Char)
+            .unwrap();
     assert!(!first.reused);
     let second =
-        TokenCache::load_or_build(&cache_dir, &[path.clone()], TokenizerKind::Char).unwrap();
+        TokenCache::load_or_build(&cache_dir, std::slice::from_ref(&path), TokenizerKind::Char)
+            .unwrap();
     assert!(second.reused);
     assert_eq!(first.tokens, second.tokens);
     std::fs::write(&path, format!("{TEXT}more text")).unwrap();

@@ -177,7 +177,7 @@ impl TransformerConfig {
                 return err(field, "must be at least 1".into());
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return err(
                 "d_model",
                 format!(
@@ -186,7 +186,7 @@ impl TransformerConfig {
                 ),
             );
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return err(
                 "n_kv_heads",
                 format!(
@@ -195,7 +195,7 @@ impl TransformerConfig {
                 ),
             );
         }
-        if self.position == PositionKind::Rope && self.head_dim() % 2 != 0 {
+        if self.position == PositionKind::Rope && !self.head_dim().is_multiple_of(2) {
             return err(
                 "n_heads",
                 format!(

@@ -99,7 +99,7 @@ impl<B: Backend> Transformer<B> {
         let x = self.tok_embeddings.forward(tokens);
         match &self.pos_embeddings {
             Some(pos) => {
-                let rows = pos.weight.val().slice([start..start + seq]);
+                let rows = pos.weight.val().narrow(0, start, seq);
                 x + rows.unsqueeze::<3>()
             }
             None => x,

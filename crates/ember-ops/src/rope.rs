@@ -19,7 +19,10 @@ impl<B: Backend> RopeTables<B> {
     /// Tables for positions `0..max_seq` with frequencies `theta^(-2i/head_dim)`.
     /// Angles are computed in f64 and rounded once.
     pub fn new(head_dim: usize, max_seq: usize, theta: f64, device: &B::Device) -> Self {
-        assert!(head_dim % 2 == 0, "RoPE needs an even head dimension");
+        assert!(
+            head_dim.is_multiple_of(2),
+            "RoPE needs an even head dimension"
+        );
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_seq * head_dim);
         let mut sin = Vec::with_capacity(max_seq * head_dim);
@@ -51,16 +54,8 @@ impl<B: Backend> RopeTables<B> {
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
         let [_, _, seq, head_dim] = x.dims();
         let half = head_dim / 2;
-        let cos = self
-            .cos
-            .clone()
-            .slice([start..start + seq])
-            .unsqueeze::<4>();
-        let sin = self
-            .sin
-            .clone()
-            .slice([start..start + seq])
-            .unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

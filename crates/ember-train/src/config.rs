@@ -153,7 +153,8 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return fail("optim.beta1/beta2", "must be in [0, 1)".into());
         }
-        if !(o.eps > 0.0) || o.weight_decay < 0.0 || o.grad_clip < 0.0 {
+        let valid = o.eps > 0.0 && o.weight_decay >= 0.0 && o.grad_clip >= 0.0;
+        if !valid {
             return fail(
                 "optim",
                 "eps must be positive; weight_decay and grad_clip non-negative".into(),
@@ -183,7 +184,8 @@ impl TrainConfig {
         }
         self.tokenizer_kind()?;
         let s = &self.sample;
-        if !(s.temperature >= 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        let valid = s.temperature >= 0.0 && s.top_p > 0.0 && s.top_p <= 1.0;
+        if !valid {
             return fail(
                 "sample",
                 "temperature must be >= 0 and top_p in (0, 1]".into(),
