@@ -161,10 +161,12 @@ fn train(extra: &[String]) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     let cargo = env!("CARGO");
-    run(Command::new(cargo)
-        .current_dir(&root)
-        .args(["test", "--release", "--workspace"])
-        .args(extra))?;
+    let (passed, failed) = run_counting_tests(
+        Command::new(cargo)
+            .current_dir(&root)
+            .args(["test", "--release", "--workspace"])
+            .args(extra),
+    )?;
     run(Command::new(cargo).current_dir(&root).args([
         "build",
         "--release",
@@ -208,7 +210,47 @@ fn test(extra: &[String]) -> Result<()> {
             bail!("the CUDA backend did not fail cleanly without a GPU");
         }
     }
+    // One closing line for the whole suite.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_counting_tests(cmd: &mut Command) -> Result<(usize, usize)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .parse::<usize>()
+                                .unwrap_or(0)
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok((passed, failed))
 }
 
 /// Peak resident memory of finished child processes, in MB.
