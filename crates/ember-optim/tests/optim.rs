@@ -52,35 +52,24 @@ fn warmup_cosine_follows_nanogpt_closed_form() {
     assert_eq!(LrScheduler::step(&mut resumed), s.lr_at(10));
 }
 
+fn grad_values<const D: usize>(params: &GradientsParams, id: burn::module::ParamId) -> Vec<f32> {
+    params
+        .get::<Flex, D>(id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
 #[test]
 fn global_norm_clipping_matches_manual_computation() {
     let model = tiny();
     let grads = forward(&model, 50.0).backward();
     let mut params = GradientsParams::from_grads(grads, &model);
-    let w: Vec<f32> = params
-        .get::<Flex, 2>(model.linear.weight.id)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let gamma: Vec<f32> = params
-        .get::<Flex, 1>(model.norm.gamma.id)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let bias: Vec<f32> = params
-        .get::<Flex, 1>(model.linear.bias.as_ref().unwrap().id)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    let beta: Vec<f32> = params
-        .get::<Flex, 1>(model.norm.beta.as_ref().unwrap().id)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
+    let w = grad_values::<2>(&params, model.linear.weight.id);
+    let gamma = grad_values::<1>(&params, model.norm.gamma.id);
+    let bias = grad_values::<1>(&params, model.linear.bias.as_ref().unwrap().id);
+    let beta = grad_values::<1>(&params, model.norm.beta.as_ref().unwrap().id);
     let manual = w
         .iter()
         .chain(&gamma)
@@ -122,7 +111,7 @@ fn weight_decay_touches_matrices_only() {
         eps: 1e-8,
         weight_decay: 0.5,
     };
-    let params = ember_nn_free_params(&model);
+    let params = params_of(&model);
     let mut optim = AdamWGroups::<Tiny<B>, B>::new(&settings, params, decay_matrices);
     assert_eq!(optim.num_decayed(), 1);
     let model = optim.step(0.1, model, grads);
@@ -150,7 +139,7 @@ fn weight_decay_touches_matrices_only() {
 }
 
 /// `(id, path, shape)` of every float parameter, listed by hand for this module.
-fn ember_nn_free_params(model: &Tiny<B>) -> Vec<(burn::module::ParamId, String, Vec<usize>)> {
+fn params_of(model: &Tiny<B>) -> Vec<(burn::module::ParamId, String, Vec<usize>)> {
     vec![
         (model.linear.weight.id, "linear.weight".into(), vec![3, 4]),
         (
