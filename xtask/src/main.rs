@@ -174,9 +174,10 @@ fn test(extra: &[String]) -> Result<()> {
         "-p",
         "ember-examples",
     ]))?;
+    let (mut passed, mut failed) = (passed, failed);
     if std::env::var_os("EMBER_TEST_WGPU").is_some() {
         println!("xtask: model tests on wgpu");
-        run(Command::new(cargo).current_dir(&root).args([
+        let (p, f) = run_counting_tests(Command::new(cargo).current_dir(&root).args([
             "test",
             "--release",
             "-p",
@@ -187,6 +188,8 @@ fn test(extra: &[String]) -> Result<()> {
             "model",
             "wgpu::",
         ]))?;
+        passed += p;
+        failed += f;
     }
     if std::env::var_os("EMBER_CHECK_CUDA").is_some() {
         println!("xtask: building the CUDA backend");
@@ -251,6 +254,21 @@ fn run_counting_tests(cmd: &mut Command) -> Result<(usize, usize)> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok((passed, failed))
+}
+
+/// The first Python that can `import torch`: `$EMBER_PYTHON`, then `python3` on the
+/// PATH, then the system's `/usr/bin/python3` (where Debian's python3-torch installs).
+fn python_with_torch() -> Option<String> {
+    let candidates = std::env::var("EMBER_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string(), "/usr/bin/python3".to_string()]);
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// Peak resident memory of finished child processes, in MB.
@@ -319,12 +337,10 @@ fn bench(args: &[String]) -> Result<()> {
         "tokens_per_s": tokens_per_s,
         "peak_rss_mb": peak_rss_mb,
     });
-    let torch = Command::new("python3")
-        .args(["-c", "import torch"])
-        .output();
-    if torch.is_ok_and(|o| o.status.success()) {
+    if let Some(python) = python_with_torch() {
         let ref_out = root.join("target/bench/reference.json");
-        run(Command::new("python3")
+        println!("xtask: PyTorch reference with {python}");
+        run(Command::new(&python)
             .arg(root.join("benches/reference/nanogpt_cpu.py"))
             .arg("--data")
             .arg(&data)
@@ -337,9 +353,12 @@ fn bench(args: &[String]) -> Result<()> {
         let ref_tps = reference["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         summary["ref_tokens_per_s"] = ref_tps.into();
         summary["ref_val_loss"] = reference["val_loss"].clone();
+        summary["ref_torch"] = reference["torch_version"].clone();
         summary["ratio"] = (tokens_per_s / ref_tps).into();
     } else {
-        println!("xtask: python3 with torch not found; skipping the PyTorch reference");
+        println!(
+            "xtask: no python3 with torch found (tried $EMBER_PYTHON, python3, /usr/bin/python3); skipping the PyTorch reference"
+        );
     }
     let line = summary
         .as_object()

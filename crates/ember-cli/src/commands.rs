@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use ember_infer::{Generator, Sampler, SamplingConfig};
+use ember_nn::FusedBackend;
 use ember_train::{Checkpoint, TrainConfig, TrainOptions};
 
 use crate::error::CliError;
@@ -32,7 +33,7 @@ impl<B: Backend> On<B> {
     }
 }
 
-impl<B: Backend> Runner for On<B> {
+impl<B: FusedBackend> Runner for On<B> {
     fn train(&self, args: TrainArgs) -> Result<(), CliError> {
         let config = TrainConfig::resolve(
             args.preset.as_deref(),

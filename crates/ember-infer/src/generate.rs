@@ -2,6 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use ember_nn::FusedBackend;
 use ember_nn::{ContiguousKvCache, ForwardOptions, KvCache, Transformer};
 
 use crate::sampling::Sampler;
@@ -26,7 +27,7 @@ pub struct Generator<'a, B: Backend> {
     use_cache: bool,
 }
 
-impl<'a, B: Backend> Generator<'a, B> {
+impl<'a, B: FusedBackend> Generator<'a, B> {
     pub fn new(model: &'a Transformer<B>, device: &B::Device, use_cache: bool) -> Self {
         Self {
             model,

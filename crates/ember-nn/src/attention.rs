@@ -4,7 +4,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ember_ops::{RopeTables, scaled_dot_product_attention};
+use ember_ops::FusedBackend;
+use ember_ops::RopeTables;
 
 use crate::kv_cache::KvCache;
 
@@ -50,7 +51,7 @@ pub(crate) fn linear<B: Backend>(
     Linear { weight, bias }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: FusedBackend> Attention<B> {
     /// Projections initialised normal(0, `std`); `o_proj` uses `residual_std`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -89,9 +90,11 @@ impl<B: Backend> Attention<B> {
         layer: usize,
         prefix: Option<&KvPrefix<B>>,
     ) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
+        let [batch, seq, d_model] = x.dims();
+        // Projections on `[batch * seq, d_model]`: one 2-D gemm each, forward and backward.
+        let x = x.reshape([batch * seq, d_model]);
         let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+            |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let mut q = heads(self.q_proj.forward(x.clone()), self.n_heads);
         let mut k = heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
         let v = heads(self.v_proj.forward(x), self.n_kv_heads);
@@ -108,10 +111,10 @@ impl<B: Backend> Attention<B> {
             v = Tensor::cat(vec![prefix.value.clone(), v], 2);
         }
         // Bottom-right-aligned causal masking covers both the cache and the prefix.
-        let out = scaled_dot_product_attention(q, k, v, true, None);
+        let out = ember_ops::fused::attention(q, k, v, true);
         let out = out
             .swap_dims(1, 2)
-            .reshape([batch, seq, self.n_heads * self.head_dim]);
-        self.o_proj.forward(out)
+            .reshape([batch * seq, self.n_heads * self.head_dim]);
+        self.o_proj.forward(out).reshape([batch, seq, d_model])
     }
 }

@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use ember_ops::FusedBackend;
 use ember_ops::RopeTables;
 
 use crate::attention::{Attention, KvPrefix};
@@ -22,7 +23,7 @@ pub struct Block<B: Backend> {
     pub dropout: Dropout,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: FusedBackend> Block<B> {
     /// A block initialised per [`crate::init`].
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Self {
         let (std, residual_std) = (config.init_std, crate::init::residual_std(config));

@@ -21,9 +21,10 @@ pub mod transformer;
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
 pub use config::{ConfigError, DTypeName, MlpKind, NormKind, PositionKind, TransformerConfig};
+pub use ember_ops::FusedBackend;
 pub use kv_cache::{ContiguousKvCache, KvCache};
 pub use mlp::Mlp;
-pub use norm::Norm;
+pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use params::{
     ParamInfo, assign_stable_ids, freeze_matching, matches_pattern, param_infos, stable_param_id,
 };

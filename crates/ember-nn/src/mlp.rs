@@ -3,8 +3,9 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
+use ember_ops::FusedBackend;
 
 use crate::attention::linear;
 use crate::config::MlpKind;
@@ -25,7 +26,7 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: FusedBackend> Mlp<B> {
     /// Weights normal(0, `std`); `down_proj` uses `residual_std`; biases zero.
     pub fn new(
         kind: MlpKind,
@@ -45,10 +46,15 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = x.dims();
+        // One 2-D gemm per projection, forward and backward.
+        let x = x.reshape([batch * seq, d_model]);
         let hidden = match &self.gate_proj {
             Some(gate) => silu(gate.forward(x.clone())) * self.up_proj.forward(x),
-            None => gelu(self.up_proj.forward(x)),
+            None => ember_ops::fused::gelu(self.up_proj.forward(x)),
         };
-        self.down_proj.forward(hidden)
+        self.down_proj
+            .forward(hidden)
+            .reshape([batch, seq, d_model])
     }
 }

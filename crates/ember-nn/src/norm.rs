@@ -1,40 +1,68 @@
-//! The normalisation a block uses: burn's LayerNorm or RmsNorm.
+//! The normalisation a block uses: LayerNorm or RMSNorm over the last dimension, run by
+//! the fused kernels of [`ember_ops::fused`].
+//!
+//! The parameters have burn's names (`gamma`, `beta`), so the checkpoint layout is that
+//! of `burn::nn::LayerNorm` / `RmsNorm`; the modules are Ember's own only because burn's
+//! LayerNorm keeps its epsilon private and the fused op needs it.
 
-use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use ember_ops::FusedBackend;
 
 use crate::config::NormKind;
 
-/// LayerNorm (GPT-2) or RMSNorm (Llama) over the last dimension.
+/// `(x - mean) / sqrt(var + epsilon) · gamma + beta` over the last dimension.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// `[d_model]`, initialised to ones.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// `[d_model]`, initialised to zeros; `None` for bias-free models.
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    pub epsilon: f64,
+}
+
+/// `x / sqrt(mean(x²) + epsilon) · gamma` over the last dimension.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[d_model]`, initialised to ones.
+    pub gamma: Param<Tensor<B, 1>>,
+    pub epsilon: f64,
+}
+
 #[derive(Module, Debug)]
 pub enum Norm<B: Backend> {
     LayerNorm(LayerNorm<B>),
     RmsNorm(RmsNorm<B>),
 }
 
-impl<B: Backend> Norm<B> {
-    /// Scale 1 and (LayerNorm with `bias`) shift 0.
+impl<B: FusedBackend> Norm<B> {
     pub fn new(kind: NormKind, d_model: usize, eps: f64, bias: bool, device: &B::Device) -> Self {
+        let gamma = Initializer::Ones.init([d_model], device);
         match kind {
-            NormKind::LayerNorm => Norm::LayerNorm(
-                LayerNormConfig::new(d_model)
-                    .with_epsilon(eps)
-                    .with_bias(bias)
-                    .init(device),
-            ),
-            NormKind::RmsNorm => {
-                Norm::RmsNorm(RmsNormConfig::new(d_model).with_epsilon(eps).init(device))
-            }
+            NormKind::LayerNorm => Norm::LayerNorm(LayerNorm {
+                gamma,
+                beta: bias.then(|| Initializer::Zeros.init([d_model], device)),
+                epsilon: eps,
+            }),
+            NormKind::RmsNorm => Norm::RmsNorm(RmsNorm {
+                gamma,
+                epsilon: eps,
+            }),
         }
     }
 
-    /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
+    /// `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
-            Norm::LayerNorm(norm) => norm.forward(x),
-            Norm::RmsNorm(norm) => norm.forward(x),
+            Norm::LayerNorm(norm) => ember_ops::fused::layer_norm(
+                x,
+                norm.gamma.val(),
+                norm.beta.as_ref().map(|b| b.val()),
+                norm.epsilon,
+            ),
+            Norm::RmsNorm(norm) => ember_ops::fused::rms_norm(x, norm.gamma.val(), norm.epsilon),
         }
     }
 }

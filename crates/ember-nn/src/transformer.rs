@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use ember_ops::FusedBackend;
 use ember_ops::RopeTables;
 
 use crate::attention::{KvPrefix, linear};
@@ -47,7 +48,7 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
     }
 }
 
-impl<B: Backend> Transformer<B> {
+impl<B: FusedBackend> Transformer<B> {
     /// A freshly initialised model (see [`crate::init`]); the config is validated first.
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Result<Self, ConfigError> {
         config.validate()?;
@@ -131,16 +132,13 @@ impl<B: Backend> Transformer<B> {
 
     /// Output projection: `[batch, seq, d_model]` → `[batch, seq, vocab_size]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let [batch, seq, d_model] = hidden.dims();
+        let hidden = hidden.reshape([batch * seq, d_model]);
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(
-                self.tok_embeddings
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
-        }
+            None => hidden.matmul(self.tok_embeddings.weight.val().transpose()),
+        };
+        logits.reshape([batch, seq, self.config.vocab_size])
     }
 
     /// Logits for every position.

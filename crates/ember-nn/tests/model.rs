@@ -4,6 +4,7 @@
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, Tolerance};
+use ember_nn::FusedBackend;
 use ember_nn::{
     ContiguousKvCache, ForwardOptions, KvCache, MlpKind, Transformer, TransformerConfig,
     freeze_matching, matches_pattern, param_infos,
@@ -35,7 +36,7 @@ fn configs() -> Vec<(&'static str, TransformerConfig)> {
 }
 
 /// Attention of a real layer against the explicit reference built from its own projections.
-fn attention_matches_naive<B: Backend>(device: &B::Device) {
+fn attention_matches_naive<B: FusedBackend>(device: &B::Device) {
     for (_, config) in configs() {
         let model = Transformer::<B>::new(&config, device).unwrap();
         let attn = &model.layers[0].attn;
@@ -65,7 +66,7 @@ fn attention_matches_naive<B: Backend>(device: &B::Device) {
 }
 
 /// Feeding a sequence in chunks through the KV cache gives the logits of one full pass.
-fn cached_forward_matches_full<B: Backend>(device: &B::Device) {
+fn cached_forward_matches_full<B: FusedBackend>(device: &B::Device) {
     let ids: Vec<i64> = vec![1, 5, 2, 7, 3, 9, 4, 0, 6, 8, 10, 2, 3, 1];
     for (name, config) in configs() {
         let model = Transformer::<B>::new(&config, device).unwrap();
@@ -111,7 +112,7 @@ impl<B: Backend> ModuleMapper<B> for Nudge {
     }
 }
 
-fn mean_nll<B: Backend>(
+fn mean_nll<B: FusedBackend>(
     model: &Transformer<B>,
     inputs: &[i64],
     targets: &[i64],
@@ -126,9 +127,11 @@ fn mean_nll<B: Backend>(
 }
 
 /// Autodiff gradients of the language-model loss against central finite differences.
-fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
+fn gradients_match_finite_differences<B: AutodiffBackend + FusedBackend>(device: &B::Device) {
     let inputs: Vec<i64> = vec![1, 5, 2, 7, 3, 9, 4, 0, 6, 8, 10, 2];
     let targets: Vec<i64> = vec![5, 2, 7, 3, 9, 4, 6, 8, 10, 2, 1, 0];
+    // A fixed initialisation: f32 finite differences are only as good as the draw.
+    B::seed(device, 7);
     for (name, config) in configs() {
         let model = Transformer::<B>::new(&config, device).unwrap();
         let grads = mean_nll(&model, &inputs, &targets, device).backward();
@@ -139,7 +142,9 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
             let numel: usize = info.shape.iter().product();
             for index in [0, numel / 2, numel - 1] {
                 let grad = grad_at::<B>(&model, &grads, info.id, index);
-                let h = 1e-2f32;
+                // Small enough that curvature (a bias moves every token) stays below the
+                // tolerance, large enough that f32 rounding of the loss does too.
+                let h = 3e-3f32;
                 let plus = model.clone().map(&mut Nudge {
                     id: info.id,
                     index,
@@ -200,7 +205,7 @@ fn grad_at<B: AutodiffBackend>(
     find.out.expect("parameter found")[index]
 }
 
-fn parameter_paths_and_freezing<B: AutodiffBackend>(device: &B::Device) {
+fn parameter_paths_and_freezing<B: AutodiffBackend + FusedBackend>(device: &B::Device) {
     let config = TransformerConfig::llama(11, 16, 2, 4, 2, 24, 16);
     let model = Transformer::<B>::new(&config, device).unwrap();
     let paths: Vec<String> = param_infos::<B, _>(&model)

@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use ember_data::{BatchSampler, Tokenizer};
+use ember_nn::FusedBackend;
 use ember_nn::Transformer;
 use ember_optim::AdamWGroups;
 use serde::{Deserialize, Serialize};
@@ -215,7 +216,7 @@ impl Checkpoint {
 
     /// The model with this checkpoint's weights; every tensor must be present with the
     /// right shape.
-    pub fn load_model<B: Backend>(
+    pub fn load_model<B: FusedBackend>(
         &self,
         device: &B::Device,
     ) -> Result<Transformer<B>, CheckpointError> {

@@ -9,6 +9,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::{Batch, BatchSampler, TokenCache, TokenSplits, Tokenizer};
+use ember_nn::FusedBackend;
 use ember_nn::{ForwardOptions, Transformer, param_infos};
 use ember_optim::{
     AdamWGroups, AdamWSettings, LrSchedule, WarmupCosine, clip_global_norm, decay_matrices,
@@ -84,7 +85,7 @@ fn batch_tensors<B: Backend>(
 
 /// Mean loss over `n_batches` batches drawn from `tokens` with a fixed seed, so every
 /// evaluation of a run sees the same windows.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: FusedBackend>(
     model: &Transformer<B>,
     loss_fn: &dyn LmLoss<B>,
     tokens: &[u32],
@@ -128,11 +129,15 @@ fn model_diff(
 
 /// Trains a model per `config` (see [`TrainOptions`]) and leaves a checkpoint in
 /// `out_dir/checkpoint`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B>(
     mut config: TrainConfig,
     options: &TrainOptions,
     device: &B::Device,
-) -> Result<TrainSummary, TrainError> {
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
     config.validate()?;
     let resume = options
         .resume

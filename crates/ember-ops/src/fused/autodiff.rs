@@ -1,0 +1,210 @@
+//! `FusedBackend` for `Autodiff<B>`: each fused op is one autograd node whose backward
+//! pass calls `B`'s fused backward kernels.
+//!
+//! Attention runs forward through `B`'s fused attention (burn's `attention` op by
+//! default) and keeps only q, k and v; the backward pass recomputes the attention
+//! probabilities from them (as FlashAttention does) instead of storing
+//! `[batch, heads, seq, seq]` for every layer. Grouped-query attention never repeats
+//! K/V heads in the backward pass: the `n_heads / n_kv_heads` queries that share a K/V
+//! head are stacked along the rows of one matmul.
+
+use burn::tensor::ops::FloatTensor;
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+
+use super::FusedBackend;
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: FusedBackend> Backward<B, 1> for GeluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::fused_gelu_backward(x, dy)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: FusedBackend> Backward<B, 3> for LayerNormBackward {
+    /// (x, weight, eps)
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, weight, eps) = ops.state;
+        let (dx, dweight, dbias) = B::fused_layer_norm_backward(x, weight, dy, eps);
+        let [x_node, weight_node, bias_node] = ops.parents;
+        for (node, grad) in [(x_node, dx), (weight_node, dweight), (bias_node, dbias)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NormNoBiasBackward {
+    rms: bool,
+}
+
+impl<B: FusedBackend> Backward<B, 2> for NormNoBiasBackward {
+    /// (x, weight, eps)
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, weight, eps) = ops.state;
+        let (dx, dweight) = if self.rms {
+            B::fused_rms_norm_backward(x, weight, dy, eps)
+        } else {
+            let (dx, dweight, _) = B::fused_layer_norm_backward(x, weight, dy, eps);
+            (dx, dweight)
+        };
+        let [x_node, weight_node] = ops.parents;
+        for (node, grad) in [(x_node, dx), (weight_node, dweight)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: FusedBackend> Backward<B, 3> for AttentionBackward {
+    /// (q, k, v, causal)
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_out = grads.consume::<B>(&ops.node);
+        let (q, k, v, causal) = ops.state;
+        let (dq, dk, dv) = B::fused_attention_backward(q, k, v, causal, d_out);
+        let [q_node, k_node, v_node] = ops.parents;
+        for (node, grad) in [(q_node, dq), (k_node, dk), (v_node, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_gelu(x.primitive.clone());
+                prep.finish(x.primitive, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.primitive)),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let Some(bias) = bias else {
+            return norm_no_bias::<B, C>(x, weight, eps, false);
+        };
+        match LayerNormBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_layer_norm(
+                    x.primitive.clone(),
+                    weight.primitive.clone(),
+                    Some(bias.primitive),
+                    eps,
+                );
+                prep.finish((x.primitive, weight.primitive, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.primitive,
+                weight.primitive,
+                Some(bias.primitive),
+                eps,
+            )),
+        }
+    }
+
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        norm_no_bias::<B, C>(x, weight, eps, true)
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        match AttentionBackward
+            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_attention(
+                    q.primitive.clone(),
+                    k.primitive.clone(),
+                    v.primitive.clone(),
+                    causal,
+                );
+                prep.finish((q.primitive, k.primitive, v.primitive, causal), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                causal,
+            )),
+        }
+    }
+}
+
+fn norm_no_bias<B: FusedBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    eps: f64,
+    rms: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let forward = |x, weight| {
+        if rms {
+            B::fused_rms_norm(x, weight, eps)
+        } else {
+            B::fused_layer_norm(x, weight, None, eps)
+        }
+    };
+    match (NormNoBiasBackward { rms })
+        .prepare::<C>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = forward(x.primitive.clone(), weight.primitive.clone());
+            prep.finish((x.primitive, weight.primitive, eps), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, weight.primitive)),
+    }
+}

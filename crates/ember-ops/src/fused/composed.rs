@@ -1,0 +1,227 @@
+//! The default bodies of [`FusedBackend`](super::FusedBackend): each fused op written
+//! with burn's tensor ops. These run on every backend without a kernel of its own and
+//! are the reference the kernels are tested against.
+
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
+
+use super::FusedBackend;
+use crate::attention::repeat_kv;
+use burn::tensor::TensorMetadata;
+
+fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
+    let shape = burn::tensor::TensorMetadata::shape(&x);
+    let d = shape[shape.num_dims() - 1];
+    let n = shape.num_elements() / d.max(1);
+    let x = B::float_reshape(x, Shape::new([n, d]));
+    (Tensor::from_primitive(TensorPrimitive::Float(x)), shape)
+}
+
+fn unrows<B: Backend>(t: Tensor<B, 2>, shape: Shape) -> FloatTensor<B> {
+    B::float_reshape(t.into_primitive().tensor(), shape)
+}
+
+fn vector<B: Backend>(w: FloatTensor<B>) -> Tensor<B, 2> {
+    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(w)).unsqueeze::<2>()
+}
+
+fn flat<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
+    let d = t.dims()[1];
+    t.reshape([d]).into_primitive().tensor()
+}
+
+/// GELU through burn's activation op.
+pub fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    activation::gelu(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x)))
+        .into_primitive()
+        .tensor()
+}
+
+/// GELU's backward through burn's activation op.
+pub fn gelu_backward<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>) -> FloatTensor<B> {
+    B::gelu_backward(x, dy)
+}
+
+/// `(x - mean) · rstd` and `rstd` for each row.
+fn normalise<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let mean = x.clone().mean_dim(1);
+    let centred = x - mean;
+    let var = centred.clone().square().mean_dim(1);
+    let rstd = var.add_scalar(eps).sqrt().recip();
+    (centred * rstd.clone(), rstd)
+}
+
+pub fn layer_norm<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    let (xhat, _) = normalise(x, eps);
+    let mut y = xhat * vector::<B>(weight);
+    if let Some(bias) = bias {
+        y = y + vector::<B>(bias);
+    }
+    unrows(y, shape)
+}
+
+pub fn layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (x, shape) = rows::<B>(x);
+    let (dy, _) = rows::<B>(dy);
+    let (xhat, rstd) = normalise(x, eps);
+    let g = dy.clone() * vector::<B>(weight);
+    let dx =
+        (g.clone() - g.clone().mean_dim(1) - xhat.clone() * (g * xhat.clone()).mean_dim(1)) * rstd;
+    let dweight = (dy.clone() * xhat).sum_dim(0);
+    let dbias = dy.sum_dim(0);
+    (unrows(dx, shape), flat(dweight), flat(dbias))
+}
+
+fn rms_normalise<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let rstd = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    (x * rstd.clone(), rstd)
+}
+
+pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    let (xhat, _) = rms_normalise(x, eps);
+    unrows(xhat * vector::<B>(weight), shape)
+}
+
+pub fn rms_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (x, shape) = rows::<B>(x);
+    let (dy, _) = rows::<B>(dy);
+    let (xhat, rstd) = rms_normalise(x, eps);
+    let g = dy.clone() * vector::<B>(weight);
+    let dx = (g.clone() - xhat.clone() * (g * xhat.clone()).mean_dim(1)) * rstd;
+    let dweight = (dy * xhat).sum_dim(0);
+    (unrows(dx, shape), flat(dweight))
+}
+
+/// The keep-mask of [`FusedBackend::fused_softmax`](super::FusedBackend::fused_softmax)
+/// for one block of `q_len` rows: `[q_len, seq_kv]`, true where masked out.
+fn causal_block_mask<B: Backend>(
+    q_len: usize,
+    seq_kv: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let offset = seq_kv as isize - q_len as isize;
+    let masked: Vec<bool> = (0..q_len)
+        .flat_map(|i| (0..seq_kv).map(move |j| j as isize > i as isize + offset))
+        .collect();
+    Tensor::from_data(TensorData::new(masked, [q_len, seq_kv]), device)
+}
+
+pub fn softmax<B: Backend>(
+    scores: FloatTensor<B>,
+    scale: f64,
+    causal_q_len: Option<usize>,
+) -> FloatTensor<B> {
+    let (s, shape) = rows::<B>(scores);
+    let s = s.mul_scalar(scale);
+    let [n, seq_kv] = s.dims();
+    let s = match causal_q_len {
+        Some(t) => {
+            let mask = causal_block_mask::<B>(t, seq_kv, &s.device())
+                .unsqueeze::<3>()
+                .expand([n / t, t, seq_kv]);
+            s.reshape([n / t, t, seq_kv])
+                .mask_fill(mask, f32::NEG_INFINITY)
+                .reshape([n, seq_kv])
+        }
+        None => s,
+    };
+    unrows(activation::softmax(s, 1), shape)
+}
+
+pub fn softmax_backward<B: Backend>(
+    p: FloatTensor<B>,
+    dp: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (p, shape) = rows::<B>(p);
+    let (dp, _) = rows::<B>(dp);
+    let inner = (p.clone() * dp.clone()).sum_dim(1);
+    unrows((p * (dp - inner)).mul_scalar(scale), shape)
+}
+
+/// burn's fused `attention` op, with K/V heads repeated for grouped-query attention.
+pub fn attention<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    causal: bool,
+) -> FloatTensor<B> {
+    let q = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(q));
+    let k = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(k));
+    let v = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(v));
+    let n_rep = q.dims()[1] / k.dims()[1];
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
+    burn_attention(
+        q,
+        repeat_kv(k, n_rep),
+        repeat_kv(v, n_rep),
+        None,
+        None,
+        options,
+    )
+    .into_primitive()
+    .tensor()
+}
+
+/// Gradients of causal or full attention with respect to q, k and v, recomputing the
+/// probabilities with burn matmuls around the fused softmax kernels.
+///
+/// - `q`, `d_out`: `[batch, n_heads, seq_q, head_dim]`
+/// - `k`, `v`: `[batch, n_kv_heads, seq_kv, head_dim]`
+pub fn attention_backward<B: FusedBackend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    causal: bool,
+    d_out: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let q_shape = q.shape();
+    let [batch, n_heads, seq_q, head_dim] = [q_shape[0], q_shape[1], q_shape[2], q_shape[3]];
+    let n_kv_heads = k.shape()[1];
+    let rows = n_heads / n_kv_heads * seq_q;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let grouped = Shape::new([batch, n_kv_heads, rows, head_dim]);
+
+    // Recompute the probabilities: [batch, n_kv_heads, rows, seq_kv].
+    let q = B::float_reshape(q, grouped.clone());
+    let scores = B::float_matmul(q.clone(), B::float_swap_dims(k.clone(), 2, 3));
+    let p = B::fused_softmax(scores, scale, causal.then_some(seq_q));
+
+    let d_out = B::float_reshape(d_out, grouped);
+    let dv = B::float_matmul(B::float_swap_dims(p.clone(), 2, 3), d_out.clone());
+    let dp = B::float_matmul(d_out, B::float_swap_dims(v, 2, 3));
+    let ds = B::fused_softmax_backward(p, dp, scale);
+    let dq = B::float_reshape(B::float_matmul(ds.clone(), k), q_shape);
+    let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
+    (dq, dk, dv)
+}
