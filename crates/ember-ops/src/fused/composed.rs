@@ -6,7 +6,7 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{Bool, Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 
 use super::FusedBackend;
 use crate::attention::repeat_kv;
@@ -118,20 +118,6 @@ pub fn rms_norm_backward<B: Backend>(
     (unrows(dx, shape), flat(dweight))
 }
 
-/// The keep-mask of [`FusedBackend::fused_softmax`](super::FusedBackend::fused_softmax)
-/// for one block of `q_len` rows: `[q_len, seq_kv]`, true where masked out.
-fn causal_block_mask<B: Backend>(
-    q_len: usize,
-    seq_kv: usize,
-    device: &B::Device,
-) -> Tensor<B, 2, Bool> {
-    let offset = seq_kv as isize - q_len as isize;
-    let masked: Vec<bool> = (0..q_len)
-        .flat_map(|i| (0..seq_kv).map(move |j| j as isize > i as isize + offset))
-        .collect();
-    Tensor::from_data(TensorData::new(masked, [q_len, seq_kv]), device)
-}
-
 pub fn softmax<B: Backend>(
     scores: FloatTensor<B>,
     scale: f64,
@@ -142,8 +128,9 @@ pub fn softmax<B: Backend>(
     let [n, seq_kv] = s.dims();
     let s = match causal_q_len {
         Some(t) => {
-            let mask = causal_block_mask::<B>(t, seq_kv, &s.device())
-                .unsqueeze::<3>()
+            // One block of `t` query rows, true where masked out.
+            let mask = crate::mask::causal_mask::<B>(t, seq_kv, &s.device())
+                .reshape([1, t, seq_kv])
                 .expand([n / t, t, seq_kv]);
             s.reshape([n / t, t, seq_kv])
                 .mask_fill(mask, f32::NEG_INFINITY)
