@@ -4,12 +4,11 @@
 
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention as burn_attention;
-use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 
 use super::FusedBackend;
-use crate::attention::repeat_kv;
+use crate::attention::scaled_dot_product_attention;
 use burn::tensor::TensorMetadata;
 
 fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
@@ -35,9 +34,7 @@ fn flat<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
 
 /// GELU through burn's activation op.
 pub fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    activation::gelu(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x)))
-        .into_primitive()
-        .tensor()
+    B::gelu(x)
 }
 
 /// GELU's backward through burn's activation op.
@@ -152,32 +149,18 @@ pub fn softmax_backward<B: Backend>(
     unrows((p * (dp - inner)).mul_scalar(scale), shape)
 }
 
-/// burn's fused `attention` op, with K/V heads repeated for grouped-query attention.
+/// burn's fused `attention` op, with K/V heads repeated for grouped-query attention
+/// ([`scaled_dot_product_attention`]).
 pub fn attention<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     causal: bool,
 ) -> FloatTensor<B> {
-    let q = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(q));
-    let k = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(k));
-    let v = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(v));
-    let n_rep = q.dims()[1] / k.dims()[1];
-    let options = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: causal,
-    };
-    burn_attention(
-        q,
-        repeat_kv(k, n_rep),
-        repeat_kv(v, n_rep),
-        None,
-        None,
-        options,
-    )
-    .into_primitive()
-    .tensor()
+    let [q, k, v] = [q, k, v].map(|t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)));
+    scaled_dot_product_attention(q, k, v, causal, None)
+        .into_primitive()
+        .tensor()
 }
 
 /// Gradients of causal or full attention with respect to q, k and v, recomputing the
