@@ -31,6 +31,10 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
 ///   positions attends to the whole cache and causally within itself.
 /// - `mask`: optional `[batch|1, n_heads|1, seq_q, seq_kv]`, `true` = hidden.
 /// - returns `[batch, n_heads, seq_q, head_dim]`
+///
+/// Grouped-query heads are not repeated: the query heads of a group are folded into the
+/// rows (`[batch, n_kv_heads, group * seq_q, head_dim]`) and attend to their shared key
+/// and value head directly, with the mask reshaped to match.
 pub fn scaled_dot_product_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -38,25 +42,39 @@ pub fn scaled_dot_product_attention<B: Backend>(
     causal: bool,
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
-    let n_heads = q.dims()[1];
-    let n_kv_heads = k.dims()[1];
+    let [batch, n_heads, seq_q, head_dim] = q.dims();
+    let [_, n_kv_heads, seq_kv, _] = k.dims();
     debug_assert_eq!(
         n_heads % n_kv_heads,
         0,
         "n_heads must be a multiple of n_kv_heads"
     );
-    let n_rep = n_heads / n_kv_heads;
-    let options = AttentionModuleOptions {
+    let group = n_heads / n_kv_heads;
+    let options = |is_causal| AttentionModuleOptions {
         scale: None,
         softcap: None,
-        is_causal: causal,
+        is_causal,
     };
+    if group == 1 {
+        return attention(q, k, v, mask, None, options(causal));
+    }
+    let full = [batch, n_heads, seq_q, seq_kv];
+    let folded = [batch, n_kv_heads, group * seq_q, seq_kv];
+    // A single query row sees every key under bottom-right-aligned causality.
+    let causal_mask = (causal && seq_q > 1)
+        .then(|| crate::mask::causal_mask::<B>(seq_q, seq_kv, &q.device()).expand(full));
+    let mask = match (mask.map(|m| m.expand(full)), causal_mask) {
+        (Some(a), Some(b)) => Some(a.bool_or(b)),
+        (a, b) => a.or(b),
+    };
+    let q = q.reshape([batch, n_kv_heads, group * seq_q, head_dim]);
     attention(
         q,
-        repeat_kv(k, n_rep),
-        repeat_kv(v, n_rep),
-        mask,
+        k,
+        v,
+        mask.map(|m| m.reshape(folded)),
         None,
-        options,
+        options(false),
     )
+    .reshape([batch, n_heads, seq_q, head_dim])
 }

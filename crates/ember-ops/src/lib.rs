@@ -3,18 +3,29 @@
 //! Everything here is a plain function over burn tensors, generic over `B: Backend`:
 //! - [`attention`]: scaled dot-product attention on burn's fused `attention` op, with
 //!   grouped-query (GQA/MQA) key/value sharing and causal masking aligned for KV caches;
-//! - [`rope`]: rotary position embeddings in the Hugging Face "rotate-half" layout;
+//! - [`rope`]: rotary position embeddings (both layouts, partial rotation, scaling);
+//! - [`positions`]: the sinusoidal position table;
+//! - [`flex_attention`]: FlexAttention-style score and mask modifiers, block masks and
+//!   memory-efficient chunked attention;
+//! - [`alibi`]: ALiBi slopes;
 //! - [`mask`]: boolean attention masks;
 //! - [`fused`]: the [`FusedBackend`] extension — GELU, LayerNorm, RMSNorm, softmax and
 //!   attention as single ops with hand-written backward passes, and CPU kernels for Flex;
 //! - [`reference`]: slow, explicit implementations used as independent references in tests.
 
+pub mod alibi;
 pub mod attention;
+pub mod flex_attention;
 pub mod fused;
 pub mod mask;
+pub mod positions;
 pub mod reference;
 pub mod rope;
 
+pub use alibi::alibi_slopes;
 pub use attention::{repeat_kv, scaled_dot_product_attention};
+pub use flex_attention::{
+    AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind, flex_attention,
+};
 pub use fused::FusedBackend;
-pub use rope::RopeTables;
+pub use rope::{RopeConfig, RopeLayout, RopeScaling, RopeTables};

@@ -1,47 +1,330 @@
-//! Rotary position embeddings (RoPE) in the Hugging Face "rotate-half" layout.
+//! Rotary position embeddings (RoPE): both layouts, partial rotation and the scaling
+//! rules of long-context checkpoints.
 //!
-//! burn's `RotaryEncoding` rotates interleaved pairs `(x[2i], x[2i+1])`; Llama checkpoints
-//! in Hugging Face format pair `x[i]` with `x[i + d/2]` instead, which is what this does.
+//! - Layouts: [`RopeLayout::RotateHalf`] pairs `x[i]` with `x[i + r/2]` (Hugging Face
+//!   Llama/Mistral/Qwen checkpoints, GPT-NeoX); [`RopeLayout::Interleaved`] pairs
+//!   `x[2i]` with `x[2i+1]` (Meta's original Llama code, GPT-J, burn's `RotaryEncoding`).
+//! - Partial rotation: only the first `rotary_dim` features of each head are rotated
+//!   (GPT-NeoX, Phi); the rest pass through.
+//! - Frequencies `inv_freq[i] = theta^(-2i/rotary_dim)`, changed by [`RopeScaling`]:
+//!   linear position interpolation, dynamic NTK, Llama 3.1 and YaRN, following the
+//!   definitions Hugging Face transformers uses (`modeling_rope_utils`).
+
+use std::f64::consts::PI;
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
-/// Precomputed `cos`/`sin` tables, each `[max_seq, head_dim]`, with the two halves of
-/// every row equal (the rotate-half layout).
+/// Which features are rotated together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeLayout {
+    /// `(x[i], x[i + r/2])`.
+    #[default]
+    RotateHalf,
+    /// `(x[2i], x[2i+1])`.
+    Interleaved,
+}
+
+/// How the rotary frequencies are stretched for contexts beyond the training length.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Dynamic NTK: past `original_max_seq` positions, theta grows to
+    /// `theta · (factor · len / original_max_seq - (factor - 1))^(r / (r - 2))` for the
+    /// current length `len`.
+    DynamicNtk {
+        factor: f64,
+        original_max_seq: usize,
+    },
+    /// Llama 3.1: wavelengths above `original_max_seq / low_freq_factor` are divided by
+    /// `factor`, below `original_max_seq / high_freq_factor` kept, and blended between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_seq: usize,
+    },
+    /// YaRN: interpolation blended with extrapolation by a linear ramp over the
+    /// dimensions between `beta_fast` and `beta_slow` rotations, and cos/sin multiplied
+    /// by `attention_factor` (default `0.1 ln(factor) + 1`).
+    Yarn {
+        factor: f64,
+        original_max_seq: usize,
+        #[serde(default = "default_beta_fast")]
+        beta_fast: f64,
+        #[serde(default = "default_beta_slow")]
+        beta_slow: f64,
+        #[serde(default)]
+        attention_factor: Option<f64>,
+    },
+}
+
+fn default_beta_fast() -> f64 {
+    32.0
+}
+fn default_beta_slow() -> f64 {
+    1.0
+}
+
+impl RopeScaling {
+    /// Checks the values; the message names the offending key.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be positive, got {v}"))
+            }
+        };
+        let original = |n: usize| {
+            if n == 0 {
+                Err("original_max_seq must be at least 1".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        match *self {
+            RopeScaling::Linear { factor } => positive("factor", factor),
+            RopeScaling::DynamicNtk {
+                factor,
+                original_max_seq,
+            } => positive("factor", factor).and(original(original_max_seq)),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_seq,
+            } => {
+                positive("factor", factor)?;
+                positive("low_freq_factor", low_freq_factor)?;
+                positive("high_freq_factor", high_freq_factor)?;
+                original(original_max_seq)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                    ));
+                }
+                Ok(())
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_seq,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+            } => {
+                positive("factor", factor)?;
+                original(original_max_seq)?;
+                positive("beta_fast", beta_fast)?;
+                positive("beta_slow", beta_slow)?;
+                if let Some(a) = attention_factor {
+                    positive("attention_factor", a)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Everything that defines a rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    pub head_dim: usize,
+    /// Rotated features per head (even, `<= head_dim`).
+    pub rotary_dim: usize,
+    pub theta: f64,
+    pub layout: RopeLayout,
+    pub scaling: Option<RopeScaling>,
+}
+
+impl RopeConfig {
+    /// Full rotation in the rotate-half layout without scaling.
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        Self {
+            head_dim,
+            rotary_dim: head_dim,
+            theta,
+            layout: RopeLayout::RotateHalf,
+            scaling: None,
+        }
+    }
+
+    /// The frequencies for a sequence of `len` positions (only dynamic NTK depends on
+    /// it), and the factor cos and sin are multiplied by (YaRN's attention factor, else 1).
+    pub fn inv_freq(&self, len: usize) -> (Vec<f64>, f64) {
+        let r = self.rotary_dim as f64;
+        let base = |theta: f64| -> Vec<f64> {
+            (0..self.rotary_dim / 2)
+                .map(|i| theta.powf(-2.0 * i as f64 / r))
+                .collect()
+        };
+        match self.scaling {
+            None => (base(self.theta), 1.0),
+            Some(RopeScaling::Linear { factor }) => {
+                (base(self.theta).iter().map(|f| f / factor).collect(), 1.0)
+            }
+            Some(RopeScaling::DynamicNtk {
+                factor,
+                original_max_seq,
+            }) => {
+                let orig = original_max_seq as f64;
+                let len = len.max(original_max_seq) as f64;
+                let theta = self.theta * (factor * len / orig - (factor - 1.0)).powf(r / (r - 2.0));
+                (base(theta), 1.0)
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_seq,
+            }) => {
+                let orig = original_max_seq as f64;
+                let (low_wavelen, high_wavelen) = (orig / low_freq_factor, orig / high_freq_factor);
+                let freqs = base(self.theta)
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (orig / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect();
+                (freqs, 1.0)
+            }
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_seq,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+            }) => {
+                let attention_factor = attention_factor.unwrap_or(if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * factor.ln() + 1.0
+                });
+                // The dimension whose wavelength makes `rotations` turns over the
+                // original context.
+                let dim_of = |rotations: f64| {
+                    r * (original_max_seq as f64 / (rotations * 2.0 * PI)).ln()
+                        / (2.0 * self.theta.ln())
+                };
+                let low = dim_of(beta_fast).floor().max(0.0);
+                let high = dim_of(beta_slow).ceil().min(r - 1.0);
+                let high = if low == high { high + 0.001 } else { high };
+                let freqs = base(self.theta)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp;
+                        f / factor * (1.0 - extrapolation) + f * extrapolation
+                    })
+                    .collect();
+                (freqs, attention_factor)
+            }
+        }
+    }
+
+    /// Checks the values; the message names the offending key.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.rotary_dim.is_multiple_of(2) || self.rotary_dim == 0 {
+            return Err(format!(
+                "RoPE rotates feature pairs: the rotary dimension must be even and positive, got {}",
+                self.rotary_dim
+            ));
+        }
+        if self.rotary_dim > self.head_dim {
+            return Err(format!(
+                "rotary dimension {} exceeds the head dimension {}",
+                self.rotary_dim, self.head_dim
+            ));
+        }
+        if !(self.theta > 0.0 && self.theta.is_finite()) {
+            return Err(format!("rope_theta must be positive, got {}", self.theta));
+        }
+        self.scaling.as_ref().map_or(Ok(()), RopeScaling::check)
+    }
+}
+
+/// Precomputed `cos`/`sin` tables, each `[max_seq, rotary_dim]`, laid out to match the
+/// features they multiply.
 #[derive(Module, Debug)]
 pub struct RopeTables<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    #[module(skip)]
+    config: Option<RopeConfig>,
+}
+
+/// `cos`/`sin` rows for positions `positions` in the layout's order, angles in f64.
+fn table_rows(
+    config: &RopeConfig,
+    positions: std::ops::Range<usize>,
+    len: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (inv_freq, mscale) = config.inv_freq(len);
+    let n = positions.len() * config.rotary_dim;
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for pos in positions {
+        let row: Vec<(f32, f32)> = inv_freq
+            .iter()
+            .map(|f| {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                ((c * mscale) as f32, (s * mscale) as f32)
+            })
+            .collect();
+        match config.layout {
+            RopeLayout::RotateHalf => {
+                for _ in 0..2 {
+                    cos.extend(row.iter().map(|r| r.0));
+                    sin.extend(row.iter().map(|r| r.1));
+                }
+            }
+            RopeLayout::Interleaved => {
+                for r in &row {
+                    cos.extend([r.0, r.0]);
+                    sin.extend([r.1, r.1]);
+                }
+            }
+        }
+    }
+    (cos, sin)
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `0..max_seq` with frequencies `theta^(-2i/head_dim)`.
-    /// Angles are computed in f64 and rounded once.
+    /// Full rotate-half tables for positions `0..max_seq` with `theta^(-2i/head_dim)`.
     pub fn new(head_dim: usize, max_seq: usize, theta: f64, device: &B::Device) -> Self {
-        assert!(
-            head_dim.is_multiple_of(2),
-            "RoPE needs an even head dimension"
-        );
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_seq * head_dim);
-        let mut sin = Vec::with_capacity(max_seq * head_dim);
-        for pos in 0..max_seq {
-            let row: Vec<(f64, f64)> = (0..half)
-                .map(|i| {
-                    let inv_freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
-                    (pos as f64 * inv_freq).sin_cos()
-                })
-                .collect();
-            for _ in 0..2 {
-                sin.extend(row.iter().map(|(s, _)| *s as f32));
-                cos.extend(row.iter().map(|(_, c)| *c as f32));
-            }
+        Self::with_config(RopeConfig::new(head_dim, theta), max_seq, device)
+    }
+
+    /// Tables for positions `0..max_seq`.
+    ///
+    /// # Panics
+    /// If [`RopeConfig::check`] fails; model configs are validated before this.
+    pub fn with_config(config: RopeConfig, max_seq: usize, device: &B::Device) -> Self {
+        if let Err(e) = config.check() {
+            panic!("RoPE: {e}");
         }
-        let shape = [max_seq, head_dim];
+        // Dynamic NTK's static tables hold the unscaled frequencies of the original
+        // context; `apply` recomputes rows for longer sequences.
+        let (cos, sin) = table_rows(&config, 0..max_seq, 0);
+        let shape = [max_seq, config.rotary_dim];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            config: Some(config),
         }
     }
 
@@ -50,15 +333,61 @@ impl<B: Backend> RopeTables<B> {
         self.cos.dims()[0]
     }
 
+    /// The configuration (a default rotate-half one for tables built before it existed).
+    pub fn config(&self) -> RopeConfig {
+        self.config.unwrap_or_else(|| {
+            let d = self.cos.dims()[1];
+            RopeConfig::new(d, 10_000.0)
+        })
+    }
+
     /// Rotates `x`: `[batch, heads, seq, head_dim]` whose first row is position `start`.
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+        let [batch, heads, seq, head_dim] = x.dims();
+        let config = self.config();
+        let r = config.rotary_dim;
+        let (cos, sin) = match config.scaling {
+            // Dynamic NTK's frequencies depend on the current length.
+            Some(RopeScaling::DynamicNtk {
+                original_max_seq, ..
+            }) if start + seq > original_max_seq => {
+                let (cos, sin) = table_rows(&config, start..start + seq, start + seq);
+                let device = x.device();
+                let t =
+                    |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [seq, r]), &device);
+                (t(cos), t(sin))
+            }
+            _ => (
+                self.cos.clone().narrow(0, start, seq),
+                self.sin.clone().narrow(0, start, seq),
+            ),
+        };
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let (rot, pass) = if r == head_dim {
+            (x, None)
+        } else {
+            (
+                x.clone().narrow(3, 0, r),
+                Some(x.narrow(3, r, head_dim - r)),
+            )
+        };
+        let rotated = match config.layout {
+            RopeLayout::RotateHalf => {
+                let x1 = rot.clone().narrow(3, 0, r / 2);
+                let x2 = rot.clone().narrow(3, r / 2, r / 2);
+                Tensor::cat(vec![x2.neg(), x1], 3)
+            }
+            RopeLayout::Interleaved => {
+                let pairs = rot.clone().reshape([batch, heads, seq, r / 2, 2]);
+                let even = pairs.clone().narrow(4, 0, 1);
+                let odd = pairs.narrow(4, 1, 1);
+                Tensor::cat(vec![odd.neg(), even], 4).reshape([batch, heads, seq, r])
+            }
+        };
+        let out = rot * cos + rotated * sin;
+        match pass {
+            Some(pass) => Tensor::cat(vec![out, pass], 3),
+            None => out,
+        }
     }
 }

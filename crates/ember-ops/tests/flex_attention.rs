@@ -1,0 +1,344 @@
+//! FlexAttention: every mask and score modifier, on every path, against the explicit
+//! `[seq_q, seq_kv]` reference in values and gradients; block masks against entry-by-entry
+//! evaluation; ALiBi slopes against their closed form.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData, Tolerance};
+use ember_ops::alibi_slopes;
+use ember_ops::flex_attention::{
+    AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind, alibi_bias,
+    flex_attention,
+};
+use ember_ops::reference::explicit_flex_attention;
+
+type B = Flex;
+type AD = Autodiff<Flex>;
+
+fn random<Bk: Backend>(shape: [usize; 4], seed: u64) -> Tensor<Bk, 4> {
+    Bk::seed(&Default::default(), seed);
+    Tensor::random(shape, Distribution::Normal(0.0, 1.5), &Default::default())
+}
+
+fn masks(seq: usize) -> Vec<(&'static str, MaskMod)> {
+    // Two packed documents per sequence, split at different points.
+    let docs: Vec<Vec<u32>> = [4, 7]
+        .iter()
+        .map(|&split| (0..seq).map(|p| u32::from(p >= split)).collect())
+        .collect();
+    vec![
+        ("full", MaskMod::Full),
+        ("causal", MaskMod::Causal),
+        ("sliding-3", MaskMod::SlidingWindow(3)),
+        ("prefix-lm-4", MaskMod::PrefixLm(4)),
+        (
+            "document+causal",
+            MaskMod::document(docs).and(MaskMod::Causal),
+        ),
+        (
+            // Varies with the head and masks whole rows (q = 0 on head 0).
+            "causal+custom",
+            MaskMod::Causal.and(MaskMod::custom(|_, h, q, kv| (q + kv + h) % 3 != 0)),
+        ),
+        (
+            "sliding-2|prefix-2",
+            MaskMod::SlidingWindow(2).or(MaskMod::PrefixLm(2)),
+        ),
+    ]
+}
+
+fn score_mods<Bk: Backend>(n_heads: usize) -> Vec<(&'static str, ScoreMod<Bk>)> {
+    let alibi = ScoreMod::Alibi(alibi_slopes(n_heads));
+    vec![
+        ("none", ScoreMod::none()),
+        ("alibi", alibi.clone()),
+        ("softcap", ScoreMod::SoftCap(2.0)),
+        ("softcap>alibi", ScoreMod::SoftCap(2.0).then(alibi.clone())),
+        ("alibi>softcap", alibi.then(ScoreMod::SoftCap(2.0))),
+        (
+            "custom",
+            ScoreMod::custom(|s: Tensor<Bk, 4>, i: &ScoreIndex<Bk>| {
+                s * (i.head.clone().mul_scalar(0.1).add_scalar(1.0))
+                    - (i.q_idx.clone() - i.kv_idx.clone()).abs().mul_scalar(0.05)
+                    + i.batch.clone().mul_scalar(0.3)
+            }),
+        ),
+    ]
+}
+
+fn paths(fused: bool) -> Vec<FlexOptions> {
+    let mut paths = vec![
+        FlexOptions::default(),
+        FlexOptions {
+            path: AttentionPath::Chunked,
+            block_size: 4,
+            ..Default::default()
+        },
+    ];
+    if fused {
+        paths.push(FlexOptions {
+            path: AttentionPath::Fused,
+            ..Default::default()
+        });
+    }
+    paths
+}
+
+/// `(n_heads, n_kv_heads, seq_q, seq_kv)`: GQA over a full sequence, MHA for a block after
+/// a cache, MQA decoding one token.
+const SHAPES: [(usize, usize, usize, usize); 3] = [(4, 2, 11, 11), (3, 3, 3, 11), (4, 1, 1, 11)];
+
+#[test]
+fn every_modifier_matches_the_explicit_reference_in_values() {
+    for (h, kv, sq, skv) in SHAPES {
+        let q = random::<B>([2, h, sq, 8], 1);
+        let k = random::<B>([2, kv, skv, 8], 2);
+        let v = random::<B>([2, kv, skv, 8], 3);
+        for (mask_name, mask) in masks(skv) {
+            for (mod_name, score_mod) in score_mods::<B>(h) {
+                let want = explicit_flex_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    &score_mod,
+                    &mask,
+                    1.0 / 8f64.sqrt(),
+                );
+                for options in paths(score_mod.fused_form().is_some()) {
+                    let got = flex_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &score_mod,
+                        &mask,
+                        &options,
+                    );
+                    let diff = max_diff(got, want.clone());
+                    assert!(
+                        diff < 2e-5,
+                        "output differs by {diff} for mask {mask_name}, score mod {mod_name}, {options:?}, shape {:?}",
+                        (h, kv, sq, skv)
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn max_diff<Bk: Backend>(a: Tensor<Bk, 4>, b: Tensor<Bk, 4>) -> f32 {
+    let (a, b) = (
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap(),
+    );
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+fn grads(
+    out: Tensor<AD, 4>,
+    w: &Tensor<AD, 4>,
+    q: &Tensor<AD, 4>,
+    k: &Tensor<AD, 4>,
+    v: &Tensor<AD, 4>,
+) -> Vec<TensorData> {
+    let g = (out * w.clone()).sum().backward();
+    [q, k, v]
+        .iter()
+        .map(|t| t.grad(&g).expect("a gradient").into_data())
+        .collect()
+}
+
+#[test]
+fn every_modifier_matches_the_explicit_reference_in_gradients() {
+    for (h, kv, sq, skv) in SHAPES {
+        let q = random::<AD>([2, h, sq, 8], 4).require_grad();
+        let k = random::<AD>([2, kv, skv, 8], 5).require_grad();
+        let v = random::<AD>([2, kv, skv, 8], 6).require_grad();
+        let w = random::<AD>([2, h, sq, 8], 7);
+        for (mask_name, mask) in masks(skv) {
+            for (mod_name, score_mod) in score_mods::<AD>(h) {
+                let want = grads(
+                    explicit_flex_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &score_mod,
+                        &mask,
+                        1.0 / 8f64.sqrt(),
+                    ),
+                    &w,
+                    &q,
+                    &k,
+                    &v,
+                );
+                for options in paths(score_mod.fused_form().is_some()) {
+                    let out = flex_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &score_mod,
+                        &mask,
+                        &options,
+                    );
+                    let got = grads(out, &w, &q, &k, &v);
+                    for (name, (g, e)) in ["dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+                        let diff = g
+                            .to_vec::<f32>()
+                            .unwrap()
+                            .iter()
+                            .zip(e.to_vec::<f32>().unwrap())
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(
+                            diff < 1e-4,
+                            "{name} differs by {diff} for mask {mask_name}, score mod {mod_name}, {options:?}, shape {:?}",
+                            (h, kv, sq, skv)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn block_masks_agree_with_entry_by_entry_evaluation() {
+    let (batch, heads, seq_q, seq_kv) = (2, 3, 13, 17);
+    for (name, mask) in masks(seq_kv) {
+        for (qb, kb) in [(4, 4), (3, 5), (16, 16), (1, 2)] {
+            let blocks = BlockMask::new(&mask, batch, heads, seq_q, seq_kv, qb, kb);
+            let (q_tiles, kv_tiles) = blocks.tiles();
+            for b in 0..batch {
+                for h in 0..heads {
+                    for qt in 0..q_tiles {
+                        for kt in 0..kv_tiles {
+                            let kept: Vec<bool> = blocks
+                                .q_range(qt)
+                                .flat_map(|i| blocks.kv_range(kt).map(move |j| (i, j)))
+                                .map(|(i, j)| mask.keep(b, h, i, j))
+                                .collect();
+                            let want = if kept.iter().all(|&k| k) {
+                                TileKind::Full
+                            } else if kept.iter().any(|&k| k) {
+                                TileKind::Partial
+                            } else {
+                                TileKind::Empty
+                            };
+                            let got = blocks.kind(b, h, qt, kt);
+                            // Exact for single masks; compositions are sound (never
+                            // `Empty`/`Full` wrongly) but may say `Partial`.
+                            let composed = matches!(mask, MaskMod::And(..) | MaskMod::Or(..));
+                            assert!(
+                                got == want || (composed && got == TileKind::Partial),
+                                "{name} tile ({qt}, {kt}) of {qb}x{kb}, batch {b}, head {h}: {got:?}, want {want:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_and_sliding_window_block_masks_skip_the_expected_tiles() {
+    // 16 x 16 scores in 4 x 4 tiles: causal keeps the 10 tiles on and below the
+    // diagonal (4 of them partial); a window of 4 keeps the diagonal and the band below.
+    let causal = BlockMask::new(&MaskMod::Causal, 1, 1, 16, 16, 4, 4);
+    assert_eq!(causal.counts(), (6, 4, 6));
+    let window = BlockMask::new(&MaskMod::SlidingWindow(4), 1, 1, 16, 16, 4, 4);
+    assert_eq!(window.counts(), (9, 7, 0));
+}
+
+#[test]
+fn alibi_slopes_follow_the_closed_form() {
+    let pow2 = |e: f64| 2f64.powf(e) as f32;
+    assert_eq!(
+        alibi_slopes(8),
+        (1..=8).map(|i| pow2(-(i as f64))).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        alibi_slopes(4),
+        [pow2(-2.0), pow2(-4.0), pow2(-6.0), pow2(-8.0)]
+    );
+    // 12 heads: the 8-head slopes, then odd powers of 2^(-1/2) (BLOOM's rule).
+    let mut twelve: Vec<f32> = (1..=8).map(|i| pow2(-(i as f64))).collect();
+    twelve.extend([pow2(-0.5), pow2(-1.5), pow2(-2.5), pow2(-3.5)]);
+    let got = alibi_slopes(12);
+    for (a, b) in got.iter().zip(&twelve) {
+        assert!((a - b).abs() < 1e-7, "{got:?} vs {twelve:?}");
+    }
+    // 6 heads: 4-head slopes then 2^(-1), 2^(-3).
+    let got = alibi_slopes(6);
+    let want = [
+        pow2(-2.0),
+        pow2(-4.0),
+        pow2(-6.0),
+        pow2(-8.0),
+        pow2(-1.0),
+        pow2(-3.0),
+    ];
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-7, "{got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn alibi_bias_is_minus_slope_times_distance() {
+    let slopes = alibi_slopes(2);
+    let index = ScoreIndex::<B>::new(1, 2, 3..5, 0..5, &Default::default());
+    let bias: Vec<f32> = alibi_bias(&slopes, &index).into_data().to_vec().unwrap();
+    for h in 0..2 {
+        for (r, q) in (3..5).enumerate() {
+            for kv in 0..5 {
+                let want = -slopes[h] * (q as f32 - kv as f32).abs();
+                assert_eq!(bias[(h * 2 + r) * 5 + kv], want);
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_attention_of_a_long_sequence_matches_the_fused_kernel() {
+    // 300 positions in 64-wide tiles: several partial and skipped tiles.
+    let q = random::<B>([1, 4, 300, 16], 8);
+    let k = random::<B>([1, 2, 300, 16], 9);
+    let v = random::<B>([1, 2, 300, 16], 10);
+    let chunked = flex_attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        &ScoreMod::none(),
+        &MaskMod::Causal,
+        &FlexOptions {
+            path: AttentionPath::Chunked,
+            block_size: 64,
+            ..Default::default()
+        },
+    );
+    let fused = ember_ops::fused::attention(q, k, v, true);
+    chunked
+        .into_data()
+        .assert_approx_eq::<f32>(&fused.into_data(), Tolerance::absolute(2e-5));
+}
+
+#[test]
+fn bad_modifiers_are_reported() {
+    assert!(MaskMod::SlidingWindow(0).check(1, 4).is_err());
+    let docs = MaskMod::document(vec![vec![0, 0, 1]]);
+    assert!(docs.check(1, 3).is_ok());
+    assert!(docs.check(1, 4).unwrap_err().contains("cover 3 positions"));
+    assert!(docs.check(2, 3).unwrap_err().contains("batch has 2"));
+    assert!(
+        ScoreMod::<B>::Alibi(alibi_slopes(3))
+            .check(4)
+            .unwrap_err()
+            .contains("3 slopes for 4 heads")
+    );
+    assert!(ScoreMod::<B>::SoftCap(0.0).check(4).is_err());
+}
