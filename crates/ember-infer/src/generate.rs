@@ -97,7 +97,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         let start = cache.as_ref().map_or(0, |c| c.len());
         let options = ForwardOptions {
             cache: cache.map(|c| c as &mut dyn KvCache<B>),
-            prefixes: None,
+            ..Default::default()
         };
         let x = self.model.embed(input, start);
         let hidden = self.model.hidden(x, options);

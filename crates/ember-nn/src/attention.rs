@@ -1,13 +1,18 @@
-//! Multi-head attention with grouped-query key/value sharing.
+//! Multi-head attention with grouped-query key/value sharing, QK-norm, sliding windows,
+//! ALiBi and soft-capping.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Initializer, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ember_ops::FusedBackend;
-use ember_ops::RopeTables;
+use ember_ops::{
+    FlexOptions, FusedBackend, MaskMod, RopeTables, ScoreMod, alibi_slopes, flex_attention,
+};
 
+use crate::config::{PositionKind, TransformerConfig};
+use crate::init::{Init, Role};
 use crate::kv_cache::KvCache;
+use crate::norm::RmsNorm;
 
 /// Extra keys and values placed before the sequence in one layer (prefix tuning).
 ///
@@ -21,7 +26,11 @@ pub struct KvPrefix<B: Backend> {
 
 /// Causal self-attention. `n_kv_heads == n_heads` is MHA, `1` is MQA, anything between
 /// that divides `n_heads` is GQA (query head `h` reads key/value head
-/// `h / (n_heads / n_kv_heads)`).
+/// `h / (n_heads / n_kv_heads)`; key/value heads are shared, never repeated).
+///
+/// The mask is causal, or a sliding window; ALiBi and soft-capping modify the scores.
+/// Plain causal attention runs the fused kernel; the rest go through
+/// [`ember_ops::flex_attention`].
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `[d_model, n_heads * head_dim]`
@@ -32,53 +41,85 @@ pub struct Attention<B: Backend> {
     pub v_proj: Linear<B>,
     /// `[n_heads * head_dim, d_model]`
     pub o_proj: Linear<B>,
+    /// `[head_dim]` RMSNorm of each query head (QK-norm), applied before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// `[head_dim]` RMSNorm of each key head.
+    pub k_norm: Option<RmsNorm<B>>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// A `Linear` with normal(0, `std`) weights and zero bias.
-pub(crate) fn linear<B: Backend>(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
-    let weight: Param<Tensor<B, 2>> =
-        Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device);
-    let bias = bias.then(|| Initializer::Zeros.init([d_out], device));
-    Linear { weight, bias }
+    /// `0` for plain causal attention.
+    pub sliding_window: usize,
+    /// `0.0` for no soft-cap.
+    pub softcap: f64,
+    pub alibi: bool,
 }
 
 impl<B: FusedBackend> Attention<B> {
-    /// Projections initialised normal(0, `std`); `o_proj` uses `residual_std`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        d_model: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        bias: bool,
-        std: f64,
-        residual_std: f64,
-        device: &B::Device,
-    ) -> Self {
-        let head_dim = d_model / n_heads;
+    /// Projections per `init`; `o_proj` is a residual output.
+    pub fn new(config: &TransformerConfig, init: &Init, device: &B::Device) -> Self {
+        let (d_model, n_heads, n_kv_heads) = (config.d_model, config.n_heads, config.n_kv_heads);
+        let head_dim = config.head_dim();
+        let qkv_bias = config.qkv_bias();
+        let head_norm = || {
+            config.qk_norm.then(|| RmsNorm {
+                gamma: Initializer::Ones.init([head_dim], device),
+                epsilon: config.norm_eps,
+            })
+        };
+        let input = |d_out| init.linear(d_model, d_out, qkv_bias, Role::Input, device);
         Self {
-            q_proj: linear(d_model, n_heads * head_dim, bias, std, device),
-            k_proj: linear(d_model, n_kv_heads * head_dim, bias, std, device),
-            v_proj: linear(d_model, n_kv_heads * head_dim, bias, std, device),
-            o_proj: linear(n_heads * head_dim, d_model, bias, residual_std, device),
+            q_proj: input(n_heads * head_dim),
+            k_proj: input(n_kv_heads * head_dim),
+            v_proj: input(n_kv_heads * head_dim),
+            o_proj: init.linear(
+                n_heads * head_dim,
+                d_model,
+                config.bias,
+                Role::ResidualOutput,
+                device,
+            ),
+            q_norm: head_norm(),
+            k_norm: head_norm(),
             n_heads,
             n_kv_heads,
             head_dim,
+            sliding_window: config.sliding_window.unwrap_or(0),
+            softcap: config.attn_softcap.unwrap_or(0.0),
+            alibi: config.position == PositionKind::Alibi,
         }
+    }
+
+    /// The mask: causal or a sliding window, and `documents` when given.
+    pub fn mask(&self, documents: Option<&MaskMod>) -> MaskMod {
+        let mask = if self.sliding_window > 0 {
+            MaskMod::SlidingWindow(self.sliding_window)
+        } else {
+            MaskMod::Causal
+        };
+        match documents {
+            Some(docs) => mask.and(docs.clone()),
+            None => mask,
+        }
+    }
+
+    /// The score modifier: soft-capping, then ALiBi.
+    pub fn score_mod(&self) -> ScoreMod<B> {
+        let mut score_mod = ScoreMod::none();
+        if self.softcap > 0.0 {
+            score_mod = score_mod.then(ScoreMod::SoftCap(self.softcap));
+        }
+        if self.alibi {
+            score_mod = score_mod.then(ScoreMod::Alibi(alibi_slopes(self.n_heads)));
+        }
+        score_mod
     }
 
     /// - `x`: `[batch, seq, d_model]`, whose first row is at absolute position `start`
     /// - `rope`: rotary tables when the model uses RoPE
     /// - `cache`: past keys/values for this `layer`; this step's are appended to it
     /// - `prefix`: extra leading keys/values (prefix tuning), visible to every query
+    /// - `documents`: a document mask (packed sequences), combined with the causal one
     /// - returns `[batch, seq, d_model]`
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
@@ -89,6 +130,7 @@ impl<B: FusedBackend> Attention<B> {
         cache: Option<&mut dyn KvCache<B>>,
         layer: usize,
         prefix: Option<&KvPrefix<B>>,
+        documents: Option<&MaskMod>,
     ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         // Projections on `[batch * seq, d_model]`: one 2-D gemm each, forward and backward.
@@ -98,6 +140,10 @@ impl<B: FusedBackend> Attention<B> {
         let mut q = heads(self.q_proj.forward(x.clone()), self.n_heads);
         let mut k = heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
         let v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = ember_ops::fused::rms_norm(q, qn.gamma.val(), qn.epsilon);
+            k = ember_ops::fused::rms_norm(k, kn.gamma.val(), kn.epsilon);
+        }
         if let Some(rope) = rope {
             q = rope.apply(q, start);
             k = rope.apply(k, start);
@@ -110,8 +156,15 @@ impl<B: FusedBackend> Attention<B> {
             k = Tensor::cat(vec![prefix.key.clone(), k], 2);
             v = Tensor::cat(vec![prefix.value.clone(), v], 2);
         }
-        // Bottom-right-aligned causal masking covers both the cache and the prefix.
-        let out = ember_ops::fused::attention(q, k, v, true);
+        // Masks are aligned at the bottom-right corner, covering the cache and the prefix.
+        let out = flex_attention(
+            q,
+            k,
+            v,
+            &self.score_mod(),
+            &self.mask(documents),
+            &FlexOptions::default(),
+        );
         let out = out
             .swap_dims(1, 2)
             .reshape([batch * seq, self.n_heads * self.head_dim]);

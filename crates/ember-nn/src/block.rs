@@ -1,67 +1,96 @@
-//! One pre-norm transformer block.
+//! One transformer block: attention and a feed-forward network (dense or MoE), with pre-,
+//! post- or sandwich norms and an optional parallel residual.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ember_ops::FusedBackend;
-use ember_ops::RopeTables;
+use ember_ops::{FusedBackend, MaskMod, RopeTables};
 
 use crate::attention::{Attention, KvPrefix};
-use crate::config::TransformerConfig;
+use crate::config::{NormPlacement, TransformerConfig};
+use crate::init::Init;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
+use crate::moe::{Moe, MoeLosses};
 use crate::norm::Norm;
 
-/// `x = x + drop(attn(attn_norm(x)))`, then `x = x + drop(mlp(mlp_norm(x)))`.
+/// With `f` the attention, then the feed-forward network:
+/// - pre-norm: `x = x + drop(f(norm(x)))`
+/// - post-norm: `x = norm(x + drop(f(x)))`
+/// - sandwich: `x = x + drop(post_norm(f(norm(x))))`
+/// - parallel residual: both branches read the block input,
+///   `x = x + drop(attn(attn_norm(x))) + drop(ffn(mlp_norm(x)))` (GPT-NeoX).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     pub attn_norm: Norm<B>,
     pub attn: Attention<B>,
+    /// Sandwich placement only.
+    pub post_attn_norm: Option<Norm<B>>,
     pub mlp_norm: Norm<B>,
-    pub mlp: Mlp<B>,
+    /// The dense feed-forward network (absent with MoE).
+    pub mlp: Option<Mlp<B>>,
+    /// The Mixture-of-Experts feed-forward network.
+    pub moe: Option<Moe<B>>,
+    /// Sandwich placement only.
+    pub post_mlp_norm: Option<Norm<B>>,
     pub dropout: Dropout,
+    /// `true` for post-norm placement.
+    pub post_norm: bool,
+    pub parallel_residual: bool,
 }
 
 impl<B: FusedBackend> Block<B> {
     /// A block initialised per [`crate::init`].
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Self {
-        let (std, residual_std) = (config.init_std, crate::init::residual_std(config));
-        let norm = || {
-            Norm::new(
-                config.norm,
-                config.d_model,
-                config.norm_eps,
-                config.bias,
-                device,
-            )
-        };
+        let init = Init::new(config);
+        let norm = || Norm::from_config(config, device);
+        let sandwich = config.norm_placement == NormPlacement::Sandwich;
         Self {
             attn_norm: norm(),
-            attn: Attention::new(
-                config.d_model,
-                config.n_heads,
-                config.n_kv_heads,
-                config.bias,
-                std,
-                residual_std,
-                device,
-            ),
+            attn: Attention::new(config, &init, device),
+            post_attn_norm: sandwich.then(norm),
             mlp_norm: norm(),
-            mlp: Mlp::new(
-                config.mlp,
-                config.d_model,
-                config.d_ff,
-                config.bias,
-                std,
-                residual_std,
-                device,
-            ),
+            mlp: config.moe.is_none().then(|| {
+                Mlp::new(
+                    config.mlp,
+                    config.d_model,
+                    config.d_ff,
+                    config.bias,
+                    &init,
+                    device,
+                )
+            }),
+            moe: config
+                .moe
+                .as_ref()
+                .map(|moe| Moe::new(moe, config.d_model, config.d_ff, config.bias, &init, device)),
+            post_mlp_norm: sandwich.then(norm),
             dropout: DropoutConfig::new(config.dropout).init(),
+            post_norm: config.norm_placement == NormPlacement::Post,
+            parallel_residual: config.parallel_residual,
+        }
+    }
+
+    /// The feed-forward network on `[batch, seq, d_model]`; MoE layers report their
+    /// auxiliary losses to `moe_losses`.
+    fn ffn(&self, x: Tensor<B, 3>, moe_losses: Option<&mut MoeLosses<B>>) -> Tensor<B, 3> {
+        match (&self.mlp, &self.moe) {
+            (Some(mlp), _) => mlp.forward(x),
+            (None, Some(moe)) => {
+                let [batch, seq, d_model] = x.dims();
+                let (out, aux) = moe.forward_rows(x.reshape([batch * seq, d_model]));
+                if let Some(losses) = moe_losses {
+                    losses.push(aux);
+                }
+                out.reshape([batch, seq, d_model])
+            }
+            (None, None) => unreachable!("a block has a dense or an MoE feed-forward network"),
         }
     }
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`; see [`Attention::forward`].
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -70,17 +99,39 @@ impl<B: FusedBackend> Block<B> {
         cache: Option<&mut dyn KvCache<B>>,
         layer: usize,
         prefix: Option<&KvPrefix<B>>,
+        documents: Option<&MaskMod>,
+        moe_losses: Option<&mut MoeLosses<B>>,
     ) -> Tensor<B, 3> {
-        let attn = self.attn.forward(
-            self.attn_norm.forward(x.clone()),
-            start,
-            rope,
-            cache,
-            layer,
-            prefix,
+        let attn = |input: Tensor<B, 3>| {
+            self.attn
+                .forward(input, start, rope, cache, layer, prefix, documents)
+        };
+        let post = |norm: &Option<Norm<B>>, y: Tensor<B, 3>| match norm {
+            Some(norm) => norm.forward(y),
+            None => y,
+        };
+        if self.post_norm {
+            if self.parallel_residual {
+                let branches = attn(x.clone()) + self.ffn(x.clone(), moe_losses);
+                return self.attn_norm.forward(x + self.dropout.forward(branches));
+            }
+            let x = self
+                .attn_norm
+                .forward(x.clone() + self.dropout.forward(attn(x)));
+            let ffn = self.ffn(x.clone(), moe_losses);
+            return self.mlp_norm.forward(x + self.dropout.forward(ffn));
+        }
+        let attn_out = post(
+            &self.post_attn_norm,
+            attn(self.attn_norm.forward(x.clone())),
         );
-        let x = x + self.dropout.forward(attn);
-        let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
-        x + self.dropout.forward(mlp)
+        if self.parallel_residual {
+            let ffn_out = self.ffn(self.mlp_norm.forward(x.clone()), moe_losses);
+            let ffn_out = post(&self.post_mlp_norm, ffn_out);
+            return x + self.dropout.forward(attn_out) + self.dropout.forward(ffn_out);
+        }
+        let x = x + self.dropout.forward(attn_out);
+        let ffn_out = self.ffn(self.mlp_norm.forward(x.clone()), moe_losses);
+        x + self.dropout.forward(post(&self.post_mlp_norm, ffn_out))
     }
 }

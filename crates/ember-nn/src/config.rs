@@ -1,5 +1,6 @@
 //! The model configuration shared by the GPT-2 and Llama families.
 
+use ember_ops::{RopeConfig, RopeLayout, RopeScaling};
 use serde::{Deserialize, Serialize};
 
 /// Which normalisation the blocks use.
@@ -10,6 +11,72 @@ pub enum NormKind {
     LayerNorm,
     /// RMSNorm with a learned scale, Llama style.
     RmsNorm,
+    /// Per-token GroupNorm: the channels of each position split into `norm_groups`
+    /// groups, each normalised to zero mean and unit variance, then a learned per-channel
+    /// scale (and bias when `bias = true`). Statistics never mix positions.
+    GroupNorm,
+}
+
+/// Where the block's norms sit relative to the residual additions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (GPT-2, Llama).
+    #[default]
+    Pre,
+    /// `norm(x + f(x))` (the original Transformer, BERT).
+    Post,
+    /// `x + post_norm(f(pre_norm(x)))` (Gemma 2's sandwich).
+    Sandwich,
+}
+
+/// How weights are initialised; biases start at zero and norm scales at one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// Every weight normal(0, `init_std`).
+    Normal,
+    /// GPT-2: normal(0, `init_std`), the residual output projections (`o_proj`,
+    /// `down_proj`) normal(0, `init_std / sqrt(2 n_layers)`).
+    #[default]
+    Gpt2,
+    /// Glorot/Xavier uniform: `U(±sqrt(6 / (fan_in + fan_out)))` for projections.
+    Xavier,
+    /// He/Kaiming normal for projections: normal(0, `sqrt(2 / fan_in)`).
+    Kaiming,
+}
+
+/// Mixture-of-Experts feed-forward settings (replaces the dense MLP of every block).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeConfig {
+    /// Number of SwiGLU experts, each `d_model → d_ff → d_model`.
+    pub n_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Renormalise the top-k router probabilities to sum to one (Mixtral).
+    #[serde(default = "default_true")]
+    pub renormalize: bool,
+    /// Tokens per expert at most `ceil(capacity_factor · tokens · top_k / n_experts)`;
+    /// assignments beyond it are dropped (first choices are served first). `None`: no limit.
+    #[serde(default)]
+    pub capacity_factor: Option<f64>,
+    /// Weight of the Switch load-balancing loss in the training loss.
+    #[serde(default = "default_aux_coef")]
+    pub aux_loss_coef: f64,
+    /// Weight of the router z-loss in the training loss.
+    #[serde(default = "default_z_coef")]
+    pub z_loss_coef: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_aux_coef() -> f64 {
+    0.01
+}
+fn default_z_coef() -> f64 {
+    0.001
 }
 
 /// Which feed-forward network the blocks use.
@@ -20,6 +87,8 @@ pub enum MlpKind {
     Gelu,
     /// `down(silu(gate(x)) * up(x))`.
     SwiGlu,
+    /// `down(gelu(gate(x)) * up(x))`.
+    GeGlu,
 }
 
 /// How positions enter the model.
@@ -28,8 +97,15 @@ pub enum MlpKind {
 pub enum PositionKind {
     /// A learned `[max_seq_len, d_model]` table added to the token embeddings.
     Learned,
-    /// Rotary embeddings on queries and keys (rotate-half layout, `rope_theta`).
+    /// Rotary embeddings on queries and keys (`rope_theta`, `rope_layout`,
+    /// `partial_rotary_factor`, `rope_scaling`).
     Rope,
+    /// ALiBi: a per-head linear distance penalty on the attention scores.
+    Alibi,
+    /// The fixed sinusoidal table added to the token embeddings.
+    Sinusoidal,
+    /// No position information (causal masking alone, "NoPE").
+    None,
 }
 
 /// Floating-point type of the model's parameters and activations.
@@ -63,6 +139,37 @@ pub struct TransformerConfig {
     pub position: PositionKind,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_layout: RopeLayout,
+    /// Fraction of each head's features that RoPE rotates.
+    #[serde(default = "default_one")]
+    pub partial_rotary_factor: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Each query sees at most this many keys, itself included (Mistral).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Tanh soft-cap of the attention scores (Gemma 2).
+    #[serde(default)]
+    pub attn_softcap: Option<f64>,
+    /// RMSNorm over each query and key head before RoPE (Qwen 3, OLMo 2).
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// Biases on the q/k/v projections; `None` follows `bias` (Qwen 2: `true` with
+    /// `bias = false`).
+    #[serde(default)]
+    pub qkv_bias: Option<bool>,
+    /// Groups of the per-token GroupNorm (`norm = "groupnorm"`).
+    #[serde(default = "default_groups")]
+    pub norm_groups: usize,
+    #[serde(default)]
+    pub norm_placement: NormPlacement,
+    /// `x + attn(norm1(x)) + mlp(norm2(x))` (GPT-J / GPT-NeoX).
+    #[serde(default)]
+    pub parallel_residual: bool,
+    /// Mixture-of-Experts in place of the dense MLP.
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
     /// Biases on every projection and on LayerNorm.
     pub bias: bool,
     /// Share the token embedding with the output projection.
@@ -74,6 +181,18 @@ pub struct TransformerConfig {
     /// Standard deviation of the normal initialisation (GPT-2: 0.02).
     #[serde(default = "default_init_std")]
     pub init_std: f64,
+    #[serde(default)]
+    pub init: InitScheme,
+    /// Start the residual output projections (`o_proj`, `down_proj`) at zero.
+    #[serde(default)]
+    pub zero_init_output: bool,
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+fn default_groups() -> usize {
+    1
 }
 
 fn default_rope_theta() -> f64 {
@@ -122,6 +241,7 @@ impl TransformerConfig {
             dropout: 0.0,
             dtype: DTypeName::F32,
             init_std: 0.02,
+            ..Self::defaults()
         }
     }
 
@@ -153,7 +273,126 @@ impl TransformerConfig {
             dropout: 0.0,
             dtype: DTypeName::F32,
             init_std: 0.02,
+            ..Self::defaults()
         }
+    }
+
+    /// The optional settings at their defaults, for the constructors.
+    fn defaults() -> Self {
+        Self {
+            vocab_size: 0,
+            d_model: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            d_ff: 0,
+            max_seq_len: 0,
+            norm: NormKind::RmsNorm,
+            norm_eps: 1e-5,
+            mlp: MlpKind::SwiGlu,
+            position: PositionKind::Rope,
+            rope_theta: default_rope_theta(),
+            rope_layout: RopeLayout::RotateHalf,
+            partial_rotary_factor: 1.0,
+            rope_scaling: None,
+            sliding_window: None,
+            attn_softcap: None,
+            qk_norm: false,
+            qkv_bias: None,
+            norm_groups: 1,
+            norm_placement: NormPlacement::Pre,
+            parallel_residual: false,
+            moe: None,
+            bias: false,
+            tie_embeddings: false,
+            dropout: 0.0,
+            dtype: DTypeName::F32,
+            init_std: 0.02,
+            init: InitScheme::Gpt2,
+            zero_init_output: false,
+        }
+    }
+
+    /// A Mistral-shaped model: Llama with grouped-query attention and a sliding window.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mistral(
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        d_ff: usize,
+        max_seq_len: usize,
+        sliding_window: usize,
+    ) -> Self {
+        Self {
+            sliding_window: Some(sliding_window),
+            ..Self::llama(
+                vocab_size,
+                d_model,
+                n_layers,
+                n_heads,
+                n_kv_heads,
+                d_ff,
+                max_seq_len,
+            )
+        }
+    }
+
+    /// A Mixtral-shaped model: Mistral with a top-k Mixture of SwiGLU experts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixtral(
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        d_ff: usize,
+        max_seq_len: usize,
+        n_experts: usize,
+        top_k: usize,
+    ) -> Self {
+        Self {
+            sliding_window: None,
+            moe: Some(MoeConfig {
+                n_experts,
+                top_k,
+                renormalize: true,
+                capacity_factor: None,
+                aux_loss_coef: default_aux_coef(),
+                z_loss_coef: default_z_coef(),
+            }),
+            ..Self::llama(
+                vocab_size,
+                d_model,
+                n_layers,
+                n_heads,
+                n_kv_heads,
+                d_ff,
+                max_seq_len,
+            )
+        }
+    }
+
+    /// Features per head that RoPE rotates (`partial_rotary_factor · head_dim`).
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim() as f64 * self.partial_rotary_factor).round() as usize
+    }
+
+    /// The rotary embedding this config describes.
+    pub fn rope_config(&self) -> RopeConfig {
+        RopeConfig {
+            head_dim: self.head_dim(),
+            rotary_dim: self.rotary_dim(),
+            theta: self.rope_theta,
+            layout: self.rope_layout,
+            scaling: self.rope_scaling,
+        }
+    }
+
+    /// Whether the q/k/v projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.qkv_bias.unwrap_or(self.bias)
     }
 
     /// Width of one attention head.
@@ -195,14 +434,80 @@ impl TransformerConfig {
                 ),
             );
         }
-        if self.position == PositionKind::Rope && !self.head_dim().is_multiple_of(2) {
+        if self.position == PositionKind::Rope {
+            if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
+                return err(
+                    "partial_rotary_factor",
+                    format!("must be in (0, 1], got {}", self.partial_rotary_factor),
+                );
+            }
+            let rotary = self.rotary_dim();
+            if rotary == 0 || !rotary.is_multiple_of(2) {
+                return err(
+                    "n_heads",
+                    format!(
+                        "RoPE rotates feature pairs and needs an even rotary dimension; head dimension d_model / n_heads = {} times partial_rotary_factor {} gives {rotary}",
+                        self.head_dim(),
+                        self.partial_rotary_factor
+                    ),
+                );
+            }
+            if let Some(scaling) = &self.rope_scaling
+                && let Err(e) = scaling.check()
+            {
+                return err("rope_scaling", e);
+            }
+        } else if self.rope_scaling.is_some() {
             return err(
-                "n_heads",
+                "rope_scaling",
+                format!("set, but position = {:?} does not use RoPE", self.position),
+            );
+        }
+        if self.sliding_window == Some(0) {
+            return err("sliding_window", "must be at least 1".into());
+        }
+        if let Some(cap) = self.attn_softcap
+            && !(cap > 0.0 && cap.is_finite())
+        {
+            return err("attn_softcap", format!("must be positive, got {cap}"));
+        }
+        if self.norm == NormKind::GroupNorm
+            && (self.norm_groups == 0 || !self.d_model.is_multiple_of(self.norm_groups))
+        {
+            return err(
+                "norm_groups",
                 format!(
-                    "RoPE needs an even head dimension, d_model / n_heads = {}",
-                    self.head_dim()
+                    "{} groups do not divide d_model = {}",
+                    self.norm_groups, self.d_model
                 ),
             );
+        }
+        if let Some(moe) = &self.moe {
+            if moe.n_experts == 0 {
+                return err("moe.n_experts", "must be at least 1".into());
+            }
+            if moe.top_k == 0 || moe.top_k > moe.n_experts {
+                return err(
+                    "moe.top_k",
+                    format!(
+                        "must be between 1 and n_experts = {}, got {}",
+                        moe.n_experts, moe.top_k
+                    ),
+                );
+            }
+            if let Some(cf) = moe.capacity_factor
+                && !(cf > 0.0 && cf.is_finite())
+            {
+                return err("moe.capacity_factor", format!("must be positive, got {cf}"));
+            }
+            for (field, v) in [
+                ("moe.aux_loss_coef", moe.aux_loss_coef),
+                ("moe.z_loss_coef", moe.z_loss_coef),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return err(field, format!("must be zero or positive, got {v}"));
+                }
+            }
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return err(
@@ -236,13 +541,23 @@ impl TransformerConfig {
         let d = self.d_model;
         let kv = self.n_kv_heads * self.head_dim();
         let b = usize::from(self.bias);
-        let norm = d * (1 + usize::from(self.bias && self.norm == NormKind::LayerNorm));
-        let attn = d * d + 2 * d * kv + d * d + b * (2 * d + 2 * kv);
-        let mlp = match self.mlp {
+        let qkv_b = usize::from(self.qkv_bias());
+        let norm = d * (1 + usize::from(self.bias && self.norm != NormKind::RmsNorm));
+        let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
+        let attn = d * d + 2 * d * kv + d * d + qkv_b * (d + 2 * kv) + b * d + qk_norm;
+        let dense = |kind: MlpKind| match kind {
             MlpKind::Gelu => 2 * d * self.d_ff + b * (self.d_ff + d),
-            MlpKind::SwiGlu => 3 * d * self.d_ff + b * (2 * self.d_ff + d),
+            MlpKind::SwiGlu | MlpKind::GeGlu => 3 * d * self.d_ff + b * (2 * self.d_ff + d),
         };
-        let per_layer = 2 * norm + attn + mlp;
+        let ffn = match &self.moe {
+            Some(moe) => d * moe.n_experts + moe.n_experts * dense(MlpKind::SwiGlu),
+            None => dense(self.mlp),
+        };
+        let norms = match self.norm_placement {
+            NormPlacement::Sandwich => 4,
+            _ => 2,
+        };
+        let per_layer = norms * norm + attn + ffn;
         let embed = self.vocab_size * d;
         let pos = if self.position == PositionKind::Learned {
             self.max_seq_len * d

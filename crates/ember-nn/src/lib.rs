@@ -14,17 +14,22 @@ pub mod config;
 pub mod init;
 pub mod kv_cache;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod params;
 pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
-pub use config::{ConfigError, DTypeName, MlpKind, NormKind, PositionKind, TransformerConfig};
+pub use config::{
+    ConfigError, DTypeName, InitScheme, MlpKind, MoeConfig, NormKind, NormPlacement, PositionKind,
+    TransformerConfig,
+};
 pub use ember_ops::FusedBackend;
 pub use kv_cache::{ContiguousKvCache, KvCache};
 pub use mlp::Mlp;
-pub use norm::{LayerNorm, Norm, RmsNorm};
+pub use moe::{Moe, MoeAux, MoeLosses};
+pub use norm::{GroupNorm, LayerNorm, Norm, RmsNorm};
 pub use params::{
     ParamInfo, assign_stable_ids, freeze_matching, matches_pattern, param_infos, stable_param_id,
 };

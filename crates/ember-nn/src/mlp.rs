@@ -1,4 +1,4 @@
-//! Position-wise feed-forward networks: GELU MLP and SwiGLU.
+//! Position-wise feed-forward networks: GELU MLP, SwiGLU and GeGLU.
 
 use burn::module::Module;
 use burn::nn::Linear;
@@ -7,40 +7,43 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use ember_ops::FusedBackend;
 
-use crate::attention::linear;
 use crate::config::MlpKind;
+use crate::init::{Init, Role};
 
-/// `down(gelu(up(x)))` (GPT-2) or, with a `gate_proj`, `down(silu(gate(x)) * up(x))`
-/// (Llama's SwiGLU).
+/// `down(gelu(up(x)))` (GPT-2), or with a `gate_proj` `down(act(gate(x)) * up(x))` where
+/// `act` is SiLU (SwiGLU, Llama) or GELU (GeGLU, Gemma).
 ///
-/// The three projections are separate named `Linear`s rather than burn's `SwiGlu` (whose
-/// fused `linear_inner`/`linear_outer` pair has no `down` projection and no Llama names),
-/// so adapters can address `gate_proj`, `up_proj` and `down_proj` individually.
+/// The projections are separate named `Linear`s rather than burn's `SwiGlu` (whose fused
+/// `linear_inner`/`linear_outer` pair has no `down` projection and no Llama names), so
+/// adapters can address `gate_proj`, `up_proj` and `down_proj` individually.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    /// `[d_model, d_ff]`, SwiGLU only.
+    /// `[d_model, d_ff]`, gated kinds only.
     pub gate_proj: Option<Linear<B>>,
     /// `[d_model, d_ff]`
     pub up_proj: Linear<B>,
     /// `[d_ff, d_model]`
     pub down_proj: Linear<B>,
+    /// The gate's activation is GELU (GeGLU) rather than SiLU (SwiGLU).
+    pub gelu_gate: bool,
 }
 
 impl<B: FusedBackend> Mlp<B> {
-    /// Weights normal(0, `std`); `down_proj` uses `residual_std`; biases zero.
+    /// Weights per `init` (`down_proj` is a residual output); biases zero.
     pub fn new(
         kind: MlpKind,
         d_model: usize,
         d_ff: usize,
         bias: bool,
-        std: f64,
-        residual_std: f64,
+        init: &Init,
         device: &B::Device,
     ) -> Self {
+        let gated = kind != MlpKind::Gelu;
         Self {
-            gate_proj: (kind == MlpKind::SwiGlu).then(|| linear(d_model, d_ff, bias, std, device)),
-            up_proj: linear(d_model, d_ff, bias, std, device),
-            down_proj: linear(d_ff, d_model, bias, residual_std, device),
+            gate_proj: gated.then(|| init.linear(d_model, d_ff, bias, Role::Input, device)),
+            up_proj: init.linear(d_model, d_ff, bias, Role::Input, device),
+            down_proj: init.linear(d_ff, d_model, bias, Role::ResidualOutput, device),
+            gelu_gate: kind == MlpKind::GeGlu,
         }
     }
 
@@ -48,13 +51,24 @@ impl<B: FusedBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         // One 2-D gemm per projection, forward and backward.
-        let x = x.reshape([batch * seq, d_model]);
+        self.forward_rows(x.reshape([batch * seq, d_model]))
+            .reshape([batch, seq, d_model])
+    }
+
+    /// `[tokens, d_model]` → `[tokens, d_model]`
+    pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let hidden = match &self.gate_proj {
-            Some(gate) => silu(gate.forward(x.clone())) * self.up_proj.forward(x),
+            Some(gate) => {
+                let gate = gate.forward(x.clone());
+                let gate = if self.gelu_gate {
+                    ember_ops::fused::gelu(gate)
+                } else {
+                    silu(gate)
+                };
+                gate * self.up_proj.forward(x)
+            }
             None => ember_ops::fused::gelu(self.up_proj.forward(x)),
         };
-        self.down_proj
-            .forward(hidden)
-            .reshape([batch, seq, d_model])
+        self.down_proj.forward(hidden)
     }
 }

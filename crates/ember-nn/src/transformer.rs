@@ -1,16 +1,17 @@
 //! The decoder-only transformer language model.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
-use ember_ops::FusedBackend;
-use ember_ops::RopeTables;
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_ops::{FusedBackend, MaskMod, RopeTables};
 
-use crate::attention::{KvPrefix, linear};
+use crate::attention::KvPrefix;
 use crate::block::Block;
 use crate::config::{ConfigError, PositionKind, TransformerConfig};
+use crate::init::{Init, Role};
 use crate::kv_cache::KvCache;
+use crate::moe::MoeLosses;
 use crate::norm::Norm;
 
 /// Token embedding → blocks → final norm → logits.
@@ -27,6 +28,8 @@ pub struct Transformer<B: Backend> {
     pub dropout: Dropout,
     /// Rotary tables (constants, not parameters), RoPE only.
     pub rope: Option<RopeTables<B>>,
+    /// `[max_seq_len, d_model]` sinusoidal table (a constant), sinusoidal positions only.
+    pub sinusoidal: Option<Tensor<B, 2>>,
     #[module(skip)]
     config: TransformerConfig,
 }
@@ -37,6 +40,11 @@ pub struct ForwardOptions<'a, B: Backend> {
     pub cache: Option<&'a mut dyn KvCache<B>>,
     /// Per-layer extra leading keys/values (prefix tuning), one per layer.
     pub prefixes: Option<&'a [KvPrefix<B>]>,
+    /// A mask combined with the causal one in every layer, e.g. [`MaskMod::Document`]
+    /// for packed sequences (indexed by absolute position).
+    pub documents: Option<&'a MaskMod>,
+    /// Collects the auxiliary losses and expert loads of MoE layers.
+    pub moe: Option<&'a mut MoeLosses<B>>,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
@@ -44,6 +52,8 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
         Self {
             cache: None,
             prefixes: None,
+            documents: None,
+            moe: None,
         }
     }
 }
@@ -52,32 +62,25 @@ impl<B: FusedBackend> Transformer<B> {
     /// A freshly initialised model (see [`crate::init`]); the config is validated first.
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Result<Self, ConfigError> {
         config.validate()?;
-        let std = config.init_std;
-        let embedding = |rows: usize| Embedding {
-            weight: Initializer::Normal { mean: 0.0, std }.init([rows, config.d_model], device),
-        };
-        let learned = config.position == PositionKind::Learned;
+        let init = Init::new(config);
+        let d_model = config.d_model;
         let model = Self {
-            tok_embeddings: embedding(config.vocab_size),
-            pos_embeddings: learned.then(|| embedding(config.max_seq_len)),
+            tok_embeddings: init.embedding(config.vocab_size, d_model, device),
+            pos_embeddings: (config.position == PositionKind::Learned)
+                .then(|| init.embedding(config.max_seq_len, d_model, device)),
             layers: (0..config.n_layers)
                 .map(|_| Block::new(config, device))
                 .collect(),
-            final_norm: Norm::new(
-                config.norm,
-                config.d_model,
-                config.norm_eps,
-                config.bias,
-                device,
-            ),
+            final_norm: Norm::from_config(config, device),
             lm_head: (!config.tie_embeddings)
-                .then(|| linear(config.d_model, config.vocab_size, false, std, device)),
+                .then(|| init.linear(d_model, config.vocab_size, false, Role::Input, device)),
             dropout: DropoutConfig::new(config.dropout).init(),
-            rope: (!learned).then(|| {
-                RopeTables::new(
-                    config.head_dim(),
-                    config.max_seq_len,
-                    config.rope_theta,
+            rope: (config.position == PositionKind::Rope)
+                .then(|| RopeTables::with_config(config.rope_config(), config.max_seq_len, device)),
+            sinusoidal: (config.position == PositionKind::Sinusoidal).then(|| {
+                let table = ember_ops::positions::sinusoidal_table(config.max_seq_len, d_model);
+                Tensor::from_data(
+                    TensorData::new(table, [config.max_seq_len, d_model]),
                     device,
                 )
             }),
@@ -98,11 +101,13 @@ impl<B: FusedBackend> Transformer<B> {
     pub fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
         let [_, seq] = tokens.dims();
         let x = self.tok_embeddings.forward(tokens);
-        match &self.pos_embeddings {
-            Some(pos) => {
-                let rows = pos.weight.val().narrow(0, start, seq);
-                x + rows.unsqueeze::<3>()
-            }
+        let table = match (&self.pos_embeddings, &self.sinusoidal) {
+            (Some(pos), _) => Some(pos.weight.val()),
+            (None, Some(table)) => Some(table.clone()),
+            (None, None) => None,
+        };
+        match table {
+            Some(table) => x + table.narrow(0, start, seq).unsqueeze::<3>(),
             None => x,
         }
     }
@@ -116,6 +121,8 @@ impl<B: FusedBackend> Transformer<B> {
         let ForwardOptions {
             mut cache,
             prefixes,
+            documents,
+            mut moe,
         } = options;
         let start = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.dropout.forward(x);
@@ -125,7 +132,20 @@ impl<B: FusedBackend> Transformer<B> {
                 Some(ref mut c) => Some(&mut **c),
                 None => None,
             };
-            x = block.forward(x, start, self.rope.as_ref(), cache, layer, prefix);
+            let moe: Option<&mut MoeLosses<B>> = match moe {
+                Some(ref mut m) => Some(&mut **m),
+                None => None,
+            };
+            x = block.forward(
+                x,
+                start,
+                self.rope.as_ref(),
+                cache,
+                layer,
+                prefix,
+                documents,
+                moe,
+            );
         }
         self.final_norm.forward(x)
     }

@@ -45,7 +45,7 @@ fn attention_matches_naive<B: FusedBackend>(device: &B::Device) {
             burn::tensor::Distribution::Normal(0.0, 1.0),
             device,
         );
-        let got = attn.forward(x.clone(), 0, model.rope.as_ref(), None, 0, None);
+        let got = attn.forward(x.clone(), 0, model.rope.as_ref(), None, 0, None, None);
 
         let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
         let split = |t: Tensor<B, 3>, n| t.reshape([2, 5, n, d]).swap_dims(1, 2);
@@ -78,7 +78,7 @@ fn cached_forward_matches_full<B: FusedBackend>(device: &B::Device) {
             let chunk: Vec<i64> = rows.iter().flat_map(|r| r[from..to].to_vec()).collect();
             let options = ForwardOptions {
                 cache: Some(&mut cache),
-                prefixes: None,
+                ..Default::default()
             };
             parts.push(model.forward(tokens(&chunk, 2, device), options));
         }
@@ -251,6 +251,8 @@ fn parameter_paths_and_freezing<B: AutodiffBackend + FusedBackend>(device: &B::D
     assert!(
         model.layers[0]
             .mlp
+            .as_ref()
+            .unwrap()
             .up_proj
             .weight
             .val()
@@ -288,7 +290,7 @@ fn config_errors_name_the_key() {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("even head dimension")
+            .contains("even rotary dimension")
     );
     config = TransformerConfig::gpt2(0, 32, 1, 4, 8);
     assert_eq!(config.validate().unwrap_err().field, "vocab_size");
