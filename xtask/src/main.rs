@@ -8,6 +8,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod arch;
+mod attention_memory;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -281,6 +284,17 @@ fn children_peak_rss_mb() -> f64 {
 
 fn bench(args: &[String]) -> Result<()> {
     let root = root();
+    if let Some(i) = args.iter().position(|a| a == "--suite")
+        && args.get(i + 1).map(String::as_str) == Some("attention-memory")
+    {
+        let seq = args
+            .iter()
+            .position(|a| a == "--seq")
+            .and_then(|i| args.get(i + 1))
+            .map_or(Ok(4096), |s| s.parse::<usize>())
+            .context("--seq")?;
+        return attention_memory::bench(seq);
+    }
     let data = args
         .iter()
         .position(|a| a == "--data")
@@ -299,6 +313,24 @@ fn bench(args: &[String]) -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or(Ok(2000), |s| s.parse::<usize>())
         .context("--steps")?;
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    match flag("--suite") {
+        None | Some("nanogpt") => {}
+        Some("arch") => {
+            return arch::bench_arch(
+                &data,
+                steps,
+                flag("--only"),
+                args.iter().any(|a| a == "--write-docs"),
+            );
+        }
+        Some(other) => bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory)"),
+    }
     let ember = build_ember()?;
     let out = root.join("target/bench/nanogpt-cpu-run");
     let _ = std::fs::remove_dir_all(&out);
@@ -360,9 +392,18 @@ fn bench(args: &[String]) -> Result<()> {
             "xtask: no python3 with torch found (tried $EMBER_PYTHON, python3, /usr/bin/python3); skipping the PyTorch reference"
         );
     }
-    let line = summary
+    println!("{}", summary_line(&summary));
+    let json_path = root.join("target/bench/nanogpt-cpu.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)?;
+    println!("xtask: wrote {}", json_path.display());
+    Ok(())
+}
+
+/// `bench=NAME key=value …`, `bench=` first, nulls left out, fractions to 4 places.
+fn summary_line(summary: &serde_json::Value) -> String {
+    let mut line: Vec<String> = summary
         .as_object()
-        .unwrap()
+        .expect("a summary object")
         .iter()
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| match v {
@@ -372,15 +413,9 @@ fn bench(args: &[String]) -> Result<()> {
             serde_json::Value::String(s) => format!("{k}={s}"),
             v => format!("{k}={v}"),
         })
-        .collect::<Vec<_>>();
-    // `bench=` first, as every summary line starts.
-    let mut line = line;
+        .collect();
     line.sort_by_key(|s| !s.starts_with("bench="));
-    println!("{}", line.join(" "));
-    let json_path = root.join("target/bench/nanogpt-cpu.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)?;
-    println!("xtask: wrote {}", json_path.display());
-    Ok(())
+    line.join(" ")
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {

@@ -87,6 +87,10 @@ pub struct ConfigError(pub String);
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../presets/tiny.toml")),
     ("nanogpt-cpu", include_str!("../presets/nanogpt-cpu.toml")),
+    ("gpt2", include_str!("../presets/gpt2.toml")),
+    ("llama", include_str!("../presets/llama.toml")),
+    ("mistral", include_str!("../presets/mistral.toml")),
+    ("mixtral", include_str!("../presets/mixtral.toml")),
 ];
 
 impl TrainConfig {
@@ -225,7 +229,31 @@ fn preset_table(name: &str) -> Result<toml::Table, ConfigError> {
             names.join(", ")
         ))
     })?;
-    Ok(toml::from_str(text).expect("embedded presets are valid TOML"))
+    let table: toml::Table = toml::from_str(text).expect("embedded presets are valid TOML");
+    // Round-trip through the typed config so every defaulted key is present and can be
+    // overridden by name.
+    let config: TrainConfig = toml::Value::Table(table)
+        .try_into()
+        .expect("embedded presets are valid configs");
+    match toml::Value::try_from(&config).expect("configs serialise") {
+        toml::Value::Table(table) => Ok(table),
+        _ => unreachable!("a struct serialises to a table"),
+    }
+}
+
+/// Model keys whose default is "absent", so a preset may not list them; a file or
+/// `--set` may add them.
+const OPTIONAL_MODEL_KEYS: &[&str] = &[
+    "rope_scaling",
+    "sliding_window",
+    "attn_softcap",
+    "qkv_bias",
+    "moe",
+];
+
+fn is_optional(path: &str) -> bool {
+    path.strip_prefix("model.")
+        .is_some_and(|key| OPTIONAL_MODEL_KEYS.contains(&key))
 }
 
 /// Merges `from` into `into`; every key must already exist in `into`.
@@ -250,6 +278,9 @@ fn merge(
                 return Err(ConfigError(format!(
                     "{origin}: `{path}` is a section, not a value"
                 )));
+            }
+            (None, value) if is_optional(&path) => {
+                into.insert(key, value);
             }
             (None, _) => return Err(ConfigError(format!("{origin}: unknown key `{path}`"))),
         }
@@ -277,6 +308,10 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError
         Some(toml::Value::Table(t)) => t,
         _ => return Err(bad(&format!("unknown section `{section}`"))),
     };
+    if !section_table.contains_key(field) && is_optional(&format!("{section}.{field}")) {
+        section_table.insert(field.to_string(), value);
+        return Ok(());
+    }
     if !section_table.contains_key(field) {
         let mut known: Vec<&str> = section_table.keys().map(|k| k.as_str()).collect();
         known.sort_unstable();

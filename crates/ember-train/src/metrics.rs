@@ -17,4 +17,18 @@ pub struct StepMetrics {
     pub step_ms: f64,
     /// Wall-clock seconds since the run (or the original run, when resumed) began.
     pub elapsed_s: f64,
+    /// MoE models: the Switch load-balancing loss of this step, summed over layers
+    /// (unweighted; `train_loss` is the language-model loss alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_balance_loss: Option<f64>,
+    /// MoE models: the router z-loss of this step, summed over layers (unweighted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_z_loss: Option<f64>,
+    /// MoE models: share of routed assignments per expert since the previous record,
+    /// all layers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_load: Option<Vec<f64>>,
+    /// MoE models: assignments dropped by the capacity limit since the previous record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_dropped: Option<usize>,
 }

@@ -10,7 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::{Batch, BatchSampler, TokenCache, TokenSplits, Tokenizer};
 use ember_nn::FusedBackend;
-use ember_nn::{ForwardOptions, Transformer, param_infos};
+use ember_nn::{ForwardOptions, MoeLosses, Transformer, param_infos};
 use ember_optim::{
     AdamWGroups, AdamWSettings, LrSchedule, WarmupCosine, clip_global_norm, decay_matrices,
 };
@@ -44,6 +44,9 @@ pub struct TrainSummary {
     /// Median optimizer-step time of this invocation (evaluation excluded).
     pub median_step_ms: f64,
     pub tokens_per_step: usize,
+    /// MoE models: share of routed assignments per expert over this invocation, all
+    /// layers together.
+    pub expert_load: Option<Vec<f64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +252,15 @@ where
         }
     }
 
+    let moe_config = config.model.moe.clone();
+    let n_experts = moe_config.as_ref().map_or(0, |m| m.n_experts);
+    let mut load_since_log = vec![0usize; n_experts];
+    let mut load_total = vec![0usize; n_experts];
+    let mut dropped_since_log = 0usize;
+    let shares = |load: &[usize]| {
+        let total = load.iter().sum::<usize>().max(1) as f64;
+        load.iter().map(|&n| n as f64 / total).collect::<Vec<f64>>()
+    };
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
     let mut step_times = Vec::new();
     while state.step < t.steps {
@@ -258,17 +270,47 @@ where
         B::seed(device, t.seed.wrapping_add(step as u64 + 1));
         let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
         let mut train_loss = 0.0;
+        let (mut moe_balance, mut moe_z) = (0.0, 0.0);
         for _ in 0..t.grad_accum {
             let batch = state.sampler.sample(&splits.train, t.batch_size, block);
             let (inputs, targets) = batch_tensors::<B>(&batch, device);
-            let logits = model.forward(inputs, ForwardOptions::default());
+            let mut moe_losses = MoeLosses::default();
+            let options = ForwardOptions {
+                moe: moe_config.is_some().then_some(&mut moe_losses),
+                ..Default::default()
+            };
+            let logits = model.forward(inputs, options);
             let loss = loss_fn.loss(logits, targets);
+            let lm_loss = loss.clone();
+            let loss = match (&moe_config, moe_losses.balance_loss, moe_losses.z_loss) {
+                (Some(moe), Some(balance), Some(z)) => {
+                    let scale = 1.0 / t.grad_accum as f64;
+                    moe_balance += balance.clone().into_scalar().elem::<f64>() * scale;
+                    moe_z += z.clone().into_scalar().elem::<f64>() * scale;
+                    for layer in &moe_losses.load {
+                        for (total, n) in load_since_log.iter_mut().zip(layer) {
+                            *total += n;
+                        }
+                        for (total, n) in load_total.iter_mut().zip(layer) {
+                            *total += n;
+                        }
+                    }
+                    dropped_since_log += moe_losses.dropped;
+                    loss + balance.mul_scalar(moe.aux_loss_coef) + z.mul_scalar(moe.z_loss_coef)
+                }
+                _ => loss,
+            };
             let loss = if t.grad_accum > 1 {
                 loss.div_scalar(t.grad_accum as f64)
             } else {
                 loss
             };
-            train_loss += loss.clone().into_scalar().elem::<f64>();
+            train_loss += lm_loss.into_scalar().elem::<f64>()
+                / if t.grad_accum > 1 {
+                    t.grad_accum as f64
+                } else {
+                    1.0
+                };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             accumulator.accumulate(&model, grads);
         }
@@ -320,11 +362,24 @@ where
                 tokens_per_s: tokens_per_step as f64 / (step_ms / 1e3),
                 step_ms,
                 elapsed_s: state.elapsed_s,
+                moe_balance_loss: moe_config.is_some().then_some(moe_balance),
+                moe_z_loss: moe_config.is_some().then_some(moe_z),
+                expert_load: moe_config.is_some().then(|| shares(&load_since_log)),
+                moe_dropped: moe_config.is_some().then_some(dropped_since_log),
             };
+            load_since_log.iter_mut().for_each(|n| *n = 0);
+            dropped_since_log = 0;
             writeln!(metrics_file, "{}", serde_json::to_string(&record).unwrap())
                 .map_err(io_error(&metrics_path))?;
             if options.verbose {
-                let val = val_loss.map_or(String::new(), |v| format!(" | val {v:.4}"));
+                let mut val = val_loss.map_or(String::new(), |v| format!(" | val {v:.4}"));
+                if let Some(load) = &record.expert_load {
+                    let load: Vec<String> = load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
+                    val += &format!(
+                        " | balance {moe_balance:.3} z {moe_z:.3} | experts {}",
+                        load.join(" ")
+                    );
+                }
                 let line = format!(
                     "step {:>5}/{} | loss {train_loss:.4}{val} | lr {lr:.2e} | grad {grad_norm:.3} | {:.0} tok/s | {step_ms:.1} ms | {:.1}s",
                     state.step, t.steps, record.tokens_per_s, state.elapsed_s
@@ -363,5 +418,6 @@ where
         last_val_loss: state.last_val_loss,
         median_step_ms: step_times.get(step_times.len() / 2).copied().unwrap_or(0.0),
         tokens_per_step,
+        expert_load: moe_config.is_some().then(|| shares(&load_total)),
     })
 }
