@@ -12,13 +12,48 @@ use crate::{build_ember, read_metrics, root, run, summary_line};
 
 /// `(name, what it is, preset, overrides)`.
 const VARIANTS: &[(&str, &str, &str, &[&str])] = &[
-    ("gpt2", "GPT-2 block: learned positions, LayerNorm, GELU", "gpt2", &[]),
-    ("llama", "Llama block: RoPE, RMSNorm, SwiGLU, MHA", "llama", &[]),
-    ("gqa-4to2", "Llama, GQA 4 query heads over 2 K/V heads", "llama", &["model.n_kv_heads=2"]),
-    ("gqa-4to1", "Llama, MQA 4 query heads over 1 K/V head", "llama", &["model.n_kv_heads=1"]),
-    ("alibi", "Llama with ALiBi instead of RoPE", "llama", &["model.position=\"alibi\""]),
-    ("sliding-32", "Llama with a 32-token sliding window", "llama", &["model.sliding_window=32"]),
-    ("moe-4x2", "Mixtral: GQA 4→2, MoE 4 SwiGLU experts top-2", "mixtral", &[]),
+    (
+        "gpt2",
+        "GPT-2 block: learned positions, LayerNorm, GELU",
+        "gpt2",
+        &[],
+    ),
+    (
+        "llama",
+        "Llama block: RoPE, RMSNorm, SwiGLU, MHA",
+        "llama",
+        &[],
+    ),
+    (
+        "gqa-4to2",
+        "Llama, GQA 4 query heads over 2 K/V heads",
+        "llama",
+        &["model.n_kv_heads=2"],
+    ),
+    (
+        "gqa-4to1",
+        "Llama, MQA 4 query heads over 1 K/V head",
+        "llama",
+        &["model.n_kv_heads=1"],
+    ),
+    (
+        "alibi",
+        "Llama with ALiBi instead of RoPE",
+        "llama",
+        &["model.position=\"alibi\""],
+    ),
+    (
+        "sliding-32",
+        "Llama with a 32-token sliding window",
+        "llama",
+        &["model.sliding_window=32"],
+    ),
+    (
+        "moe-4x2",
+        "Mixtral: GQA 4→2, MoE 4 SwiGLU experts top-2",
+        "mixtral",
+        &[],
+    ),
 ];
 
 struct Outcome {
@@ -57,7 +92,10 @@ pub fn bench_arch(data: &Path, steps: usize, only: Option<&str>, write_docs: boo
         }
         run(&mut cmd)?;
         let metrics = read_metrics(&out.join("metrics.jsonl"))?;
-        let mut step_ms: Vec<f64> = metrics.iter().filter_map(|m| m["step_ms"].as_f64()).collect();
+        let mut step_ms: Vec<f64> = metrics
+            .iter()
+            .filter_map(|m| m["step_ms"].as_f64())
+            .collect();
         step_ms.sort_by(f64::total_cmp);
         let ms_per_step = step_ms[step_ms.len() / 2];
         let curve: Vec<(f64, f64)> = metrics
@@ -120,14 +158,20 @@ pub fn bench_arch(data: &Path, steps: usize, only: Option<&str>, write_docs: boo
         .collect();
     let bench_dir = root.join("target/bench");
     std::fs::create_dir_all(&bench_dir)?;
-    std::fs::write(bench_dir.join("arch.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        bench_dir.join("arch.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     std::fs::write(bench_dir.join("arch.md"), &table)?;
     let png = bench_dir.join("arch-val-loss.png");
     plot_curves(&outcomes, &png)?;
     println!("xtask: wrote target/bench/arch.json, arch.md, arch-val-loss.png");
     if write_docs {
         let docs = root.join("docs");
-        copy_atomic(&bench_dir.join("arch.md"), &docs.join("arch-bench-table.md"))?;
+        copy_atomic(
+            &bench_dir.join("arch.md"),
+            &docs.join("arch-bench-table.md"),
+        )?;
         copy_atomic(&png, &docs.join("arch-val-loss.png"))?;
         println!("xtask: copied the table and plot into docs/");
     }
@@ -161,7 +205,10 @@ fn markdown_table(outcomes: &[Outcome], steps: usize) -> String {
     );
     for o in outcomes {
         let load = o.expert_load.as_ref().map_or("—".to_string(), |l| {
-            l.iter().map(|s| format!("{:.0}%", s * 100.0)).collect::<Vec<_>>().join(" / ")
+            l.iter()
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
         });
         t += &format!(
             "| {} | {} | {} | {:.1} | {:.0} | {} |\n",
@@ -190,7 +237,10 @@ fn plot_curves(outcomes: &[Outcome], path: &PathBuf) -> Result<()> {
     let root_area = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root_area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root_area)
-        .caption("Validation loss, Tiny Shakespeare (char), nanoGPT CPU size", ("sans-serif", 24))
+        .caption(
+            "Validation loss, Tiny Shakespeare (char), nanoGPT CPU size",
+            ("sans-serif", 24),
+        )
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
@@ -203,9 +253,14 @@ fn plot_curves(outcomes: &[Outcome], path: &PathBuf) -> Result<()> {
     for (i, o) in outcomes.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(o.curve.iter().copied(), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                o.curve.iter().copied(),
+                color.stroke_width(2),
+            ))?
             .label(o.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

@@ -329,7 +329,9 @@ fn bench(args: &[String]) -> Result<()> {
                 args.iter().any(|a| a == "--write-docs"),
             );
         }
-        Some(other) => bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory)"),
+        Some(other) => {
+            bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory)")
+        }
     }
     let ember = build_ember()?;
     let out = root.join("target/bench/nanogpt-cpu-run");

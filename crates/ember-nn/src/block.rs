@@ -27,7 +27,8 @@ pub struct Block<B: Backend> {
     pub attn: Attention<B>,
     /// Sandwich placement only.
     pub post_attn_norm: Option<Norm<B>>,
-    pub mlp_norm: Norm<B>,
+    /// Absent with post-norm and a parallel residual, where one norm follows the sum.
+    pub mlp_norm: Option<Norm<B>>,
     /// The dense feed-forward network (absent with MoE).
     pub mlp: Option<Mlp<B>>,
     /// The Mixture-of-Experts feed-forward network.
@@ -50,7 +51,8 @@ impl<B: FusedBackend> Block<B> {
             attn_norm: norm(),
             attn: Attention::new(config, &init, device),
             post_attn_norm: sandwich.then(norm),
-            mlp_norm: norm(),
+            mlp_norm: (config.norm_placement != NormPlacement::Post || !config.parallel_residual)
+                .then(norm),
             mlp: config.moe.is_none().then(|| {
                 Mlp::new(
                     config.mlp,
@@ -119,19 +121,19 @@ impl<B: FusedBackend> Block<B> {
                 .attn_norm
                 .forward(x.clone() + self.dropout.forward(attn(x)));
             let ffn = self.ffn(x.clone(), moe_losses);
-            return self.mlp_norm.forward(x + self.dropout.forward(ffn));
+            return post(&self.mlp_norm, x + self.dropout.forward(ffn));
         }
         let attn_out = post(
             &self.post_attn_norm,
             attn(self.attn_norm.forward(x.clone())),
         );
         if self.parallel_residual {
-            let ffn_out = self.ffn(self.mlp_norm.forward(x.clone()), moe_losses);
+            let ffn_out = self.ffn(post(&self.mlp_norm, x.clone()), moe_losses);
             let ffn_out = post(&self.post_mlp_norm, ffn_out);
             return x + self.dropout.forward(attn_out) + self.dropout.forward(ffn_out);
         }
         let x = x + self.dropout.forward(attn_out);
-        let ffn_out = self.ffn(self.mlp_norm.forward(x.clone()), moe_losses);
+        let ffn_out = self.ffn(post(&self.mlp_norm, x.clone()), moe_losses);
         x + self.dropout.forward(post(&self.post_mlp_norm, ffn_out))
     }
 }

@@ -555,6 +555,7 @@ impl TransformerConfig {
         };
         let norms = match self.norm_placement {
             NormPlacement::Sandwich => 4,
+            NormPlacement::Post if self.parallel_residual => 1,
             _ => 2,
         };
         let per_layer = norms * norm + attn + ffn;

@@ -374,7 +374,8 @@ where
             if options.verbose {
                 let mut val = val_loss.map_or(String::new(), |v| format!(" | val {v:.4}"));
                 if let Some(load) = &record.expert_load {
-                    let load: Vec<String> = load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
+                    let load: Vec<String> =
+                        load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
                     val += &format!(
                         " | balance {moe_balance:.3} z {moe_z:.3} | experts {}",
                         load.join(" ")

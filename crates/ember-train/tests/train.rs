@@ -173,9 +173,46 @@ fn config_errors_name_the_key_or_flag() {
             .unwrap_err()
             .to_string()
     };
-    assert!(
-        err(Some("gpt5"), &[]).contains("--preset gpt5: unknown preset (known: tiny, nanogpt-cpu)")
+    assert!(err(Some("gpt5"), &[]).contains(
+        "--preset gpt5: unknown preset (known: tiny, nanogpt-cpu, gpt2, llama, mistral, mixtral)"
+    ));
+    // Architecture values: serde names unknown variants, validation names bad values.
+    let msg = err(
+        Some("llama"),
+        &["model.rope_scaling={type=\"cubic\", factor=2.0}"],
     );
+    assert!(msg.contains("unknown variant `cubic`"), "{msg}");
+    let msg = err(Some("llama"), &["model.sliding_window=0"]);
+    assert!(
+        msg.contains("model.sliding_window: must be at least 1"),
+        "{msg}"
+    );
+    let msg = err(Some("mixtral"), &["model.moe={n_experts=4, top_k=6}"]);
+    assert!(
+        msg.contains("model.moe.top_k: must be between 1 and n_experts = 4, got 6"),
+        "{msg}"
+    );
+    let msg = err(Some("llama"), &["model.position=\"spiral\""]);
+    assert!(msg.contains("unknown variant `spiral`"), "{msg}");
+    let msg = err(
+        Some("llama"),
+        &["model.n_heads=8", "model.n_kv_heads=8", "model.d_model=120"],
+    );
+    assert!(msg.contains("even rotary dimension"), "{msg}");
+    // Optional architecture keys can be added to any preset.
+    let c = TrainConfig::resolve(
+        Some("llama"),
+        None,
+        &[
+            "model.sliding_window=32".to_string(),
+            "model.rope_scaling={type=\"llama3\", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq=32}".to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.model.sliding_window, Some(32));
+    for preset in ["gpt2", "llama", "mistral", "mixtral"] {
+        TrainConfig::preset(preset).unwrap();
+    }
     assert!(err(None, &["train.stepz=3"]).contains("unknown key `train.stepz`"));
     assert!(err(None, &["trian.steps=3"]).contains("unknown section `trian`"));
     assert!(err(None, &["steps=3"]).contains("expected section.key=value"));
