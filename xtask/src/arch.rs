@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use crate::{build_ember, read_metrics, root, run, summary_line};
+use crate::{build_ember, median_step_ms, read_metrics, root, run, summary_line};
 
 /// `(name, what it is, preset, overrides)`.
 const VARIANTS: &[(&str, &str, &str, &[&str])] = &[
@@ -92,12 +92,7 @@ pub fn bench_arch(data: &Path, steps: usize, only: Option<&str>, write_docs: boo
         }
         run(&mut cmd)?;
         let metrics = read_metrics(&out.join("metrics.jsonl"))?;
-        let mut step_ms: Vec<f64> = metrics
-            .iter()
-            .filter_map(|m| m["step_ms"].as_f64())
-            .collect();
-        step_ms.sort_by(f64::total_cmp);
-        let ms_per_step = step_ms[step_ms.len() / 2];
+        let ms_per_step = median_step_ms(&metrics);
         let curve: Vec<(f64, f64)> = metrics
             .iter()
             .filter_map(|m| Some((m["step"].as_f64()?, m["val_loss"].as_f64()?)))

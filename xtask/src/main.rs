@@ -345,12 +345,7 @@ fn bench(args: &[String]) -> Result<()> {
         .arg(format!("train.steps={steps}")))?;
     let peak_rss_mb = children_peak_rss_mb();
     let metrics = read_metrics(&out.join("metrics.jsonl"))?;
-    let mut step_ms: Vec<f64> = metrics
-        .iter()
-        .filter_map(|m| m["step_ms"].as_f64())
-        .collect();
-    step_ms.sort_by(f64::total_cmp);
-    let ms_per_step = step_ms[step_ms.len() / 2];
+    let ms_per_step = median_step_ms(&metrics);
     let tokens_per_s = 12.0 * 64.0 / (ms_per_step / 1e3);
     let val_at = |step: u64| {
         metrics
@@ -418,6 +413,16 @@ fn summary_line(summary: &serde_json::Value) -> String {
         .collect();
     line.sort_by_key(|s| !s.starts_with("bench="));
     line.join(" ")
+}
+
+/// Median of the logged step times.
+fn median_step_ms(metrics: &[serde_json::Value]) -> f64 {
+    let mut step_ms: Vec<f64> = metrics
+        .iter()
+        .filter_map(|m| m["step_ms"].as_f64())
+        .collect();
+    step_ms.sort_by(f64::total_cmp);
+    step_ms.get(step_ms.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {

@@ -39,7 +39,7 @@ pub struct TrainArgs {
     /// TOML config merged over the preset.
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
-    /// Named preset: tiny (default), nanogpt-cpu.
+    /// Named preset: tiny (default), nanogpt-cpu, gpt2, llama, mistral, mixtral.
     #[arg(long)]
     pub preset: Option<String>,
     /// Training text: a file, a directory of text files, or .jsonl with a `text` field.

@@ -108,7 +108,7 @@ impl<B: FusedBackend> Block<B> {
             self.attn
                 .forward(input, start, rope, cache, layer, prefix, documents)
         };
-        let post = |norm: &Option<Norm<B>>, y: Tensor<B, 3>| match norm {
+        let maybe_norm = |norm: &Option<Norm<B>>, y: Tensor<B, 3>| match norm {
             Some(norm) => norm.forward(y),
             None => y,
         };
@@ -121,19 +121,21 @@ impl<B: FusedBackend> Block<B> {
                 .attn_norm
                 .forward(x.clone() + self.dropout.forward(attn(x)));
             let ffn = self.ffn(x.clone(), moe_losses);
-            return post(&self.mlp_norm, x + self.dropout.forward(ffn));
+            return maybe_norm(&self.mlp_norm, x + self.dropout.forward(ffn));
         }
-        let attn_out = post(
+        let attn_out = maybe_norm(
             &self.post_attn_norm,
             attn(self.attn_norm.forward(x.clone())),
         );
         if self.parallel_residual {
-            let ffn_out = self.ffn(post(&self.mlp_norm, x.clone()), moe_losses);
-            let ffn_out = post(&self.post_mlp_norm, ffn_out);
+            let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), moe_losses);
+            let ffn_out = maybe_norm(&self.post_mlp_norm, ffn_out);
             return x + self.dropout.forward(attn_out) + self.dropout.forward(ffn_out);
         }
         let x = x + self.dropout.forward(attn_out);
-        let ffn_out = self.ffn(post(&self.mlp_norm, x.clone()), moe_losses);
-        x + self.dropout.forward(post(&self.post_mlp_norm, ffn_out))
+        let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), moe_losses);
+        x + self
+            .dropout
+            .forward(maybe_norm(&self.post_mlp_norm, ffn_out))
     }
 }

@@ -5,7 +5,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::flex_attention::{MaskMod, ScoreIndex, ScoreMod};
 
@@ -57,40 +57,21 @@ pub fn naive_attention<B: Backend>(
     Tensor::from_data(TensorData::new(out, [batch, n_heads, seq_q, d]), &device)
 }
 
-/// Explicit attention in differentiable tensor ops, the gradient reference: K/V heads are
-/// picked by index (`select`), the `[seq_q, seq_kv]` scores are materialised, and the
-/// causal mask (bottom-right aligned) is built element by element on the host.
+/// Explicit attention in differentiable tensor ops, the gradient reference: plain causal
+/// (bottom-right aligned) or full attention through [`explicit_flex_attention`].
 pub fn explicit_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     causal: bool,
 ) -> Tensor<B, 4> {
-    let device = q.device();
-    let [batch, n_heads, seq_q, d] = q.dims();
-    let [_, n_kv_heads, seq_kv, _] = k.dims();
-    let group = n_heads / n_kv_heads;
-    let heads: Vec<i64> = (0..n_heads).map(|h| (h / group) as i64).collect();
-    let heads = Tensor::<B, 1, Int>::from_data(TensorData::new(heads, [n_heads]), &device);
-    let k = k.select(1, heads.clone());
-    let v = v.select(1, heads);
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .mul_scalar(1.0 / (d as f64).sqrt());
-    let scores = if causal {
-        let offset = seq_kv as isize - seq_q as isize;
-        let masked: Vec<bool> = (0..seq_q)
-            .flat_map(|i| (0..seq_kv).map(move |j| j as isize > i as isize + offset))
-            .collect();
-        let mask =
-            Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [seq_q, seq_kv]), &device)
-                .unsqueeze::<4>()
-                .expand([batch, n_heads, seq_q, seq_kv]);
-        scores.mask_fill(mask, f32::NEG_INFINITY)
+    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    let mask = if causal {
+        MaskMod::Causal
     } else {
-        scores
+        MaskMod::Full
     };
-    softmax(scores, 3).matmul(v)
+    explicit_flex_attention(q, k, v, &ScoreMod::none(), &mask, scale)
 }
 
 /// Rotary embedding of one `[seq, head_dim]` slice in the rotate-half layout, computed

@@ -149,8 +149,8 @@ pub fn softmax_backward<B: Backend>(
     unrows((p * (dp - inner)).mul_scalar(scale), shape)
 }
 
-/// burn's fused `attention` op, with K/V heads repeated for grouped-query attention
-/// ([`scaled_dot_product_attention`]).
+/// burn's fused `attention` op, with grouped query heads folded into rows so K/V heads are
+/// shared rather than repeated ([`scaled_dot_product_attention`]).
 pub fn attention<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
