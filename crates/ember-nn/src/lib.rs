@@ -1,8 +1,11 @@
 //! Ember's layers and its decoder-only [`Transformer`].
 //!
-//! One model covers the GPT-2 family (learned positions, LayerNorm, GELU MLP, biases)
-//! and the Llama family (RoPE, RMSNorm, SwiGLU, no biases), with multi-head, grouped-query
-//! and multi-query attention selected by `n_kv_heads`.
+//! One model covers the GPT-2 family (learned positions, LayerNorm, GELU MLP, biases),
+//! the Llama family (RoPE, RMSNorm, SwiGLU, no biases), Mistral (sliding window) and
+//! Mixtral ([`Moe`]), with multi-head, grouped-query and multi-query attention selected by
+//! `n_kv_heads`, and every option of `docs/architectures.md` (QK-norm, ALiBi, soft-capping,
+//! RoPE layouts and scaling, GeGLU, GroupNorm, post/sandwich norms, parallel residual,
+//! init schemes) selected by [`TransformerConfig`].
 //!
 //! Every projection is a named `burn_nn::Linear` field (`q_proj`, `k_proj`, `v_proj`,
 //! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `lm_head`), so adapters can find and wrap
