@@ -135,19 +135,21 @@ impl<B: FusedBackend> Attention<B> {
         let [batch, seq, d_model] = x.dims();
         // Projections on `[batch * seq, d_model]`: one 2-D gemm each, forward and backward.
         let x = x.reshape([batch * seq, d_model]);
-        let heads =
-            |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let mut q = heads(self.q_proj.forward(x.clone()), self.n_heads);
-        let mut k = heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        // Heads split as `[batch, seq, heads, head_dim]`: QK-norm and RoPE run on this
+        // contiguous layout, then the heads move forward for attention.
+        let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
+        let mut q = split(self.q_proj.forward(x.clone()), self.n_heads);
+        let mut k = split(self.k_proj.forward(x.clone()), self.n_kv_heads);
+        let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = ember_ops::fused::rms_norm(q, qn.gamma.val(), qn.epsilon);
             k = ember_ops::fused::rms_norm(k, kn.gamma.val(), kn.epsilon);
         }
         if let Some(rope) = rope {
-            q = rope.apply(q, start);
-            k = rope.apply(k, start);
+            q = rope.apply_seq_major(q, start);
+            k = rope.apply_seq_major(k, start);
         }
+        let (q, k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
         let (mut k, mut v) = match cache {
             Some(cache) => cache.append(layer, k, v),
             None => (k, v),

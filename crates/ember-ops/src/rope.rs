@@ -343,7 +343,20 @@ impl<B: Backend> RopeTables<B> {
 
     /// Rotates `x`: `[batch, heads, seq, head_dim]` whose first row is position `start`.
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let [batch, heads, seq, head_dim] = x.dims();
+        self.rotate(x, start, 2)
+    }
+
+    /// Rotates `x`: `[batch, seq, heads, head_dim]` (the layout of a projection's output
+    /// before the heads are moved forward, where every operand is contiguous) whose first
+    /// row is position `start`.
+    pub fn apply_seq_major(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        self.rotate(x, start, 1)
+    }
+
+    /// Rotates `x` whose dimension `seq_dim` (1 or 2) is the sequence.
+    fn rotate(&self, x: Tensor<B, 4>, start: usize, seq_dim: usize) -> Tensor<B, 4> {
+        let [d0, d1, d2, head_dim] = x.dims();
+        let seq = x.dims()[seq_dim];
         let config = self.config();
         let r = config.rotary_dim;
         let (cos, sin) = match config.scaling {
@@ -362,7 +375,12 @@ impl<B: Backend> RopeTables<B> {
                 self.sin.clone().narrow(0, start, seq),
             ),
         };
-        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let table_shape = if seq_dim == 1 {
+            [1, seq, 1, r]
+        } else {
+            [1, 1, seq, r]
+        };
+        let (cos, sin) = (cos.reshape(table_shape), sin.reshape(table_shape));
         let (rot, pass) = if r == head_dim {
             (x, None)
         } else {
@@ -378,10 +396,10 @@ impl<B: Backend> RopeTables<B> {
                 Tensor::cat(vec![x2.neg(), x1], 3)
             }
             RopeLayout::Interleaved => {
-                let pairs = rot.clone().reshape([batch, heads, seq, r / 2, 2]);
+                let pairs = rot.clone().reshape([d0, d1, d2, r / 2, 2]);
                 let even = pairs.clone().narrow(4, 0, 1);
                 let odd = pairs.narrow(4, 1, 1);
-                Tensor::cat(vec![odd.neg(), even], 4).reshape([batch, heads, seq, r])
+                Tensor::cat(vec![odd.neg(), even], 4).reshape([d0, d1, d2, r])
             }
         };
         let out = rot * cos + rotated * sin;

@@ -253,3 +253,26 @@ fn sinusoidal_table_matches_its_definition() {
         }
     }
 }
+
+#[test]
+fn sequence_major_layout_rotates_like_the_head_major_one() {
+    for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
+        let config = RopeConfig {
+            rotary_dim: 8,
+            layout,
+            ..RopeConfig::new(12, 10_000.0)
+        };
+        let tables = RopeTables::<B>::with_config(config, 32, &Default::default());
+        // [batch, seq, heads, head_dim]
+        let x = Tensor::<B, 4>::random(
+            [2, 5, 3, 12],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let seq_major = tables.apply_seq_major(x.clone(), 7).swap_dims(1, 2);
+        let head_major = tables.apply(x.swap_dims(1, 2), 7);
+        seq_major
+            .into_data()
+            .assert_approx_eq::<f32>(&head_major.into_data(), Tolerance::absolute(1e-6));
+    }
+}
