@@ -253,14 +253,7 @@ where
     }
 
     let moe_config = config.model.moe.clone();
-    let n_experts = moe_config.as_ref().map_or(0, |m| m.n_experts);
-    let mut load_since_log = vec![0usize; n_experts];
-    let mut load_total = vec![0usize; n_experts];
-    let mut dropped_since_log = 0usize;
-    let shares = |load: &[usize]| {
-        let total = load.iter().sum::<usize>().max(1) as f64;
-        load.iter().map(|&n| n as f64 / total).collect::<Vec<f64>>()
-    };
+    let mut tally = MoeTally::new(moe_config.as_ref().map_or(0, |m| m.n_experts));
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
     let mut step_times = Vec::new();
     while state.step < t.steps {
@@ -270,7 +263,7 @@ where
         B::seed(device, t.seed.wrapping_add(step as u64 + 1));
         let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
         let mut train_loss = 0.0;
-        let (mut moe_balance, mut moe_z) = (0.0, 0.0);
+        tally.start_step();
         for _ in 0..t.grad_accum {
             let batch = state.sampler.sample(&splits.train, t.batch_size, block);
             let (inputs, targets) = batch_tensors::<B>(&batch, device);
@@ -284,18 +277,12 @@ where
             let lm_loss = loss.clone();
             let loss = match (&moe_config, moe_losses.balance_loss, moe_losses.z_loss) {
                 (Some(moe), Some(balance), Some(z)) => {
-                    let scale = 1.0 / t.grad_accum as f64;
-                    moe_balance += balance.clone().into_scalar().elem::<f64>() * scale;
-                    moe_z += z.clone().into_scalar().elem::<f64>() * scale;
-                    for layer in &moe_losses.load {
-                        for (total, n) in load_since_log.iter_mut().zip(layer) {
-                            *total += n;
-                        }
-                        for (total, n) in load_total.iter_mut().zip(layer) {
-                            *total += n;
-                        }
-                    }
-                    dropped_since_log += moe_losses.dropped;
+                    tally.add(
+                        balance.clone().into_scalar().elem::<f64>() / t.grad_accum as f64,
+                        z.clone().into_scalar().elem::<f64>() / t.grad_accum as f64,
+                        &moe_losses.load,
+                        moe_losses.dropped,
+                    );
                     loss + balance.mul_scalar(moe.aux_loss_coef) + z.mul_scalar(moe.z_loss_coef)
                 }
                 _ => loss,
@@ -305,12 +292,7 @@ where
             } else {
                 loss
             };
-            train_loss += lm_loss.into_scalar().elem::<f64>()
-                / if t.grad_accum > 1 {
-                    t.grad_accum as f64
-                } else {
-                    1.0
-                };
+            train_loss += lm_loss.into_scalar().elem::<f64>() / t.grad_accum as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             accumulator.accumulate(&model, grads);
         }
@@ -353,7 +335,7 @@ where
         state.elapsed_s = started.elapsed().as_secs_f64();
 
         if state.step % t.log_every.max(1) == 0 || val_loss.is_some() || done {
-            let record = StepMetrics {
+            let mut record = StepMetrics {
                 step: state.step,
                 train_loss,
                 val_loss,
@@ -362,13 +344,11 @@ where
                 tokens_per_s: tokens_per_step as f64 / (step_ms / 1e3),
                 step_ms,
                 elapsed_s: state.elapsed_s,
-                moe_balance_loss: moe_config.is_some().then_some(moe_balance),
-                moe_z_loss: moe_config.is_some().then_some(moe_z),
-                expert_load: moe_config.is_some().then(|| shares(&load_since_log)),
-                moe_dropped: moe_config.is_some().then_some(dropped_since_log),
+                ..Default::default()
             };
-            load_since_log.iter_mut().for_each(|n| *n = 0);
-            dropped_since_log = 0;
+            if moe_config.is_some() {
+                tally.fill(&mut record);
+            }
             writeln!(metrics_file, "{}", serde_json::to_string(&record).unwrap())
                 .map_err(io_error(&metrics_path))?;
             if options.verbose {
@@ -377,7 +357,9 @@ where
                     let load: Vec<String> =
                         load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
                     val += &format!(
-                        " | balance {moe_balance:.3} z {moe_z:.3} | experts {}",
+                        " | balance {:.3} z {:.3} | experts {}",
+                        record.moe_balance_loss.unwrap_or(f64::NAN),
+                        record.moe_z_loss.unwrap_or(f64::NAN),
                         load.join(" ")
                     );
                 }
@@ -419,6 +401,63 @@ where
         last_val_loss: state.last_val_loss,
         median_step_ms: step_times.get(step_times.len() / 2).copied().unwrap_or(0.0),
         tokens_per_step,
-        expert_load: moe_config.is_some().then(|| shares(&load_total)),
+        expert_load: moe_config.is_some().then(|| shares(&tally.total)),
     })
+}
+
+/// Each expert's share of `load`.
+fn shares(load: &[usize]) -> Vec<f64> {
+    let total = load.iter().sum::<usize>().max(1) as f64;
+    load.iter().map(|&n| n as f64 / total).collect()
+}
+
+/// MoE routing statistics between metric records, and over the run.
+struct MoeTally {
+    /// The last step's balance and z-loss (mean over its micro-batches).
+    balance: f64,
+    z: f64,
+    since_log: Vec<usize>,
+    total: Vec<usize>,
+    dropped_since_log: usize,
+}
+
+impl MoeTally {
+    fn new(n_experts: usize) -> Self {
+        Self {
+            balance: 0.0,
+            z: 0.0,
+            since_log: vec![0; n_experts],
+            total: vec![0; n_experts],
+            dropped_since_log: 0,
+        }
+    }
+
+    /// One micro-batch: its share of the step's losses, and each layer's expert loads.
+    fn add(&mut self, balance: f64, z: f64, load: &[Vec<usize>], dropped: usize) {
+        self.balance += balance;
+        self.z += z;
+        for layer in load {
+            for ((since, total), n) in self.since_log.iter_mut().zip(&mut self.total).zip(layer) {
+                *since += n;
+                *total += n;
+            }
+        }
+        self.dropped_since_log += dropped;
+    }
+
+    /// Writes the step's MoE fields into `record` and starts the next interval.
+    fn fill(&mut self, record: &mut StepMetrics) {
+        record.moe_balance_loss = Some(self.balance);
+        record.moe_z_loss = Some(self.z);
+        record.expert_load = Some(shares(&self.since_log));
+        record.moe_dropped = Some(self.dropped_since_log);
+        self.since_log.iter_mut().for_each(|n| *n = 0);
+        self.dropped_since_log = 0;
+    }
+
+    /// Starts a step.
+    fn start_step(&mut self) {
+        self.balance = 0.0;
+        self.z = 0.0;
+    }
 }

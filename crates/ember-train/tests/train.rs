@@ -108,6 +108,53 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
 }
 
 #[test]
+fn moe_training_logs_its_losses_and_expert_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = TrainOptions {
+        out_dir: tmp.path().join("moe"),
+        data: vec![corpus(tmp.path())],
+        resume: None,
+        verbose: false,
+    };
+    let mut config = small_config(4);
+    config.model.moe = Some(ember_nn::MoeConfig {
+        n_experts: 4,
+        top_k: 2,
+        renormalize: true,
+        capacity_factor: Some(0.5),
+        aux_loss_coef: 0.01,
+        z_loss_coef: 0.001,
+    });
+    let summary = train::<B>(config, &options, &Default::default()).unwrap();
+    let load = summary
+        .expert_load
+        .expect("an MoE run reports its expert load");
+    assert_eq!(load.len(), 4);
+    assert!((load.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let metrics = std::fs::read_to_string(tmp.path().join("moe/metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let record: ember_train::StepMetrics = serde_json::from_str(line).unwrap();
+        // About 1 per layer (2 layers) near balance.
+        let balance = record.moe_balance_loss.unwrap();
+        assert!(balance > 1.0 && balance < 4.0, "{line}");
+        assert!(record.moe_z_loss.unwrap() > 0.0);
+        // A capacity of half the even share drops assignments.
+        assert!(record.moe_dropped.unwrap() > 0, "{line}");
+        let shares = record.expert_load.unwrap();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+    // Dense models log none of it.
+    let dense = TrainOptions {
+        out_dir: tmp.path().join("dense"),
+        ..options
+    };
+    let summary = train::<B>(small_config(2), &dense, &Default::default()).unwrap();
+    assert!(summary.expert_load.is_none());
+    let metrics = std::fs::read_to_string(tmp.path().join("dense/metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("expert_load"));
+}
+
+#[test]
 fn resume_with_a_different_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
