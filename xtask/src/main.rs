@@ -284,21 +284,21 @@ fn children_peak_rss_mb() -> f64 {
 
 fn bench(args: &[String]) -> Result<()> {
     let root = root();
-    if let Some(i) = args.iter().position(|a| a == "--suite")
-        && args.get(i + 1).map(String::as_str) == Some("attention-memory")
-    {
-        let seq = args
-            .iter()
-            .position(|a| a == "--seq")
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
-            .map_or(Ok(4096), |s| s.parse::<usize>())
-            .context("--seq")?;
-        return attention_memory::bench(seq);
+            .map(String::as_str)
+    };
+    let number = |name: &str, default: usize| {
+        flag(name)
+            .map_or(Ok(default), str::parse::<usize>)
+            .context(name.to_string())
+    };
+    if flag("--suite") == Some("attention-memory") {
+        return attention_memory::bench(number("--seq", 4096)?);
     }
-    let data = args
-        .iter()
-        .position(|a| a == "--data")
-        .and_then(|i| args.get(i + 1))
+    let data = flag("--data")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/data/tinyshakespeare.txt"));
     if !data.exists() {
@@ -307,18 +307,7 @@ fn bench(args: &[String]) -> Result<()> {
             data.display()
         );
     }
-    let steps = args
-        .iter()
-        .position(|a| a == "--steps")
-        .and_then(|i| args.get(i + 1))
-        .map_or(Ok(2000), |s| s.parse::<usize>())
-        .context("--steps")?;
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(String::as_str)
-    };
+    let steps = number("--steps", 2000)?;
     match flag("--suite") {
         None | Some("nanogpt") => {}
         Some("arch") => {

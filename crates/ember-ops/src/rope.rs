@@ -265,7 +265,7 @@ pub struct RopeTables<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
     #[module(skip)]
-    config: Option<RopeConfig>,
+    config: RopeConfig,
 }
 
 /// `cos`/`sin` rows for positions `positions` in the layout's order, angles in f64.
@@ -324,7 +324,7 @@ impl<B: Backend> RopeTables<B> {
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            config: Some(config),
+            config,
         }
     }
 
@@ -333,12 +333,9 @@ impl<B: Backend> RopeTables<B> {
         self.cos.dims()[0]
     }
 
-    /// The configuration (a default rotate-half one for tables built before it existed).
+    /// The configuration the tables were built from.
     pub fn config(&self) -> RopeConfig {
-        self.config.unwrap_or_else(|| {
-            let d = self.cos.dims()[1];
-            RopeConfig::new(d, 10_000.0)
-        })
+        self.config
     }
 
     /// Rotates `x`: `[batch, heads, seq, head_dim]` whose first row is position `start`.

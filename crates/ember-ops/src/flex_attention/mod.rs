@@ -105,21 +105,22 @@ pub fn flex_attention<B: FusedBackend>(
     let default_scale = 1.0 / (head_dim as f64).sqrt();
     let scale = options.scale.unwrap_or(default_scale);
     let plain = score_mod.is_identity() && scale == default_scale;
-    let fused_form = score_mod.fused_form();
     let scores = batch * n_heads * seq_q * seq_kv;
     let path = match options.path {
         AttentionPath::Auto => match mask {
             MaskMod::Causal | MaskMod::Full if plain => {
                 return crate::fused::attention(q, k, v, matches!(mask, MaskMod::Causal));
             }
-            _ if fused_form.is_some() && scores <= options.max_fused_scores => AttentionPath::Fused,
+            _ if scores <= options.max_fused_scores && score_mod.fused_form().is_some() => {
+                AttentionPath::Fused
+            }
             _ => AttentionPath::Chunked,
         },
         path => path,
     };
     match path {
         AttentionPath::Fused => {
-            let form = fused_form.unwrap_or_else(|| {
+            let form = score_mod.fused_form().unwrap_or_else(|| {
                 panic!("flex_attention: {score_mod:?} cannot run on burn's fused attention op")
             });
             fused_op_attention(q, k, v, &form, mask, scale)
