@@ -132,14 +132,37 @@ impl BpeTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        self.encode_with(text, false)
+    }
+
+    /// Encodes `text`; with `add_special_tokens` the tokenizer's post-processor adds its
+    /// markers (e.g. Llama's `<s>`), as Python's `Tokenizer.encode` does by default.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, DataError> {
         let encoding = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| DataError::TokenizerRun(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Parses a Hugging Face `tokenizer.json` document (`source` names it in errors).
+    pub fn from_json(json: &str, source: &Path) -> Result<Self, DataError> {
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| DataError::Tokenizer {
+                path: source.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { inner })
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        self.decode_with(ids, false)
+    }
+
+    /// Decodes `ids`; with `skip_special_tokens` special tokens (such as `<s>`) are left
+    /// out, as Python's `Tokenizer.decode` does by default.
+    pub fn decode_with(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
             return Err(DataError::UnknownToken {
                 id,
@@ -147,8 +170,13 @@ impl BpeTokenizer {
             });
         }
         self.inner
-            .decode(ids, false)
+            .decode(ids, skip_special_tokens)
             .map_err(|e| DataError::TokenizerRun(e.to_string()))
+    }
+
+    /// The id of `token`, when the vocabulary has it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 
     /// The id of the `<|endoftext|>` separator, when the vocabulary has one.
@@ -189,6 +217,50 @@ impl Tokenizer {
         match self {
             Tokenizer::Char(t) => t.decode(ids),
             Tokenizer::Bpe(t) => t.decode(ids),
+        }
+    }
+
+    /// Like [`Self::encode`], with the tokenizer's special markers added (Hugging Face
+    /// tokenizers with a post-processor; character vocabularies have none).
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        match self {
+            Tokenizer::Char(t) => t.encode(text),
+            Tokenizer::Bpe(t) => t.encode_with(text, true),
+        }
+    }
+
+    /// The tokenizer as a Hugging Face `tokenizer.json` document. A character vocabulary
+    /// becomes a `WordLevel` model over single characters (each character split off by
+    /// the pre-tokenizer, pieces joined by the `Fuse` decoder), which encodes and decodes
+    /// exactly as [`CharTokenizer`] does.
+    pub fn to_hf_json(&self) -> Result<String, DataError> {
+        match self {
+            Tokenizer::Bpe(t) => t.to_json(),
+            Tokenizer::Char(t) => {
+                let vocab: serde_json::Map<String, serde_json::Value> = t
+                    .chars
+                    .iter()
+                    .enumerate()
+                    .map(|(id, ch)| (ch.to_string(), serde_json::json!(id)))
+                    .collect();
+                let doc = serde_json::json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": [],
+                    "normalizer": null,
+                    "pre_tokenizer": {
+                        "type": "Split",
+                        "pattern": {"Regex": "[\\s\\S]"},
+                        "behavior": "Isolated",
+                        "invert": false
+                    },
+                    "post_processor": null,
+                    "decoder": {"type": "Fuse"},
+                    "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+                });
+                Ok(doc.to_string())
+            }
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Generator<'a, B: Backend> {
     model: &'a Transformer<B>,
     device: B::Device,
     use_cache: bool,
+    /// Generation ends after any of these (end-of-sequence ids).
+    stop_tokens: Vec<u32>,
 }
 
 impl<'a, B: FusedBackend> Generator<'a, B> {
@@ -33,11 +35,20 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             model,
             device: device.clone(),
             use_cache,
+            stop_tokens: Vec::new(),
         }
     }
 
-    /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new
-    /// token as soon as it is chosen. Returns the new tokens.
+    /// Ends generation after any of `ids` (which is still returned), as `transformers`
+    /// does with `eos_token_id`.
+    pub fn with_stop_tokens(mut self, ids: &[u32]) -> Self {
+        self.stop_tokens = ids.to_vec();
+        self
+    }
+
+    /// Generates up to `max_new_tokens` after `prompt` (fewer when a stop token comes),
+    /// calling `on_token` with each new token as soon as it is chosen. Returns the new
+    /// tokens.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -85,6 +96,9 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             tokens.push(next);
             new_tokens.push(next);
             on_token(next);
+            if self.stop_tokens.contains(&next) {
+                break;
+            }
         }
         Ok(new_tokens)
     }

@@ -85,6 +85,8 @@ fn default_z_coef() -> f64 {
 pub enum MlpKind {
     /// `down(gelu(up(x)))` with exact (erf) GELU.
     Gelu,
+    /// `down(gelu_tanh(up(x)))` with the tanh approximation of GELU (GPT-2's `gelu_new`).
+    GeluTanh,
     /// `down(silu(gate(x)) * up(x))`.
     SwiGlu,
     /// `down(gelu(gate(x)) * up(x))`.
@@ -546,7 +548,7 @@ impl TransformerConfig {
         let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
         let attn = d * d + 2 * d * kv + d * d + qkv_b * (d + 2 * kv) + b * d + qk_norm;
         let dense = |kind: MlpKind| match kind {
-            MlpKind::Gelu => 2 * d * self.d_ff + b * (self.d_ff + d),
+            MlpKind::Gelu | MlpKind::GeluTanh => 2 * d * self.d_ff + b * (self.d_ff + d),
             MlpKind::SwiGlu | MlpKind::GeGlu => 3 * d * self.d_ff + b * (2 * self.d_ff + d),
         };
         let ffn = match &self.moe {

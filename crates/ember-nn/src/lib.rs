@@ -34,6 +34,7 @@ pub use mlp::Mlp;
 pub use moe::{Moe, MoeAux, MoeLosses};
 pub use norm::{GroupNorm, LayerNorm, Norm, RmsNorm};
 pub use params::{
-    ParamInfo, assign_stable_ids, freeze_matching, matches_pattern, param_infos, stable_param_id,
+    ParamInfo, ParamSource, assign_stable_ids, freeze_matching, matches_pattern, param_infos,
+    param_values, replace_params, stable_param_id,
 };
 pub use transformer::{ForwardOptions, Transformer};

@@ -1,16 +1,17 @@
-//! Position-wise feed-forward networks: GELU MLP, SwiGLU and GeGLU.
+//! Position-wise feed-forward networks: GELU MLP (exact or tanh-approximated), SwiGLU and
+//! GeGLU.
 
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::backend::Backend;
 use ember_ops::FusedBackend;
 
 use crate::config::MlpKind;
 use crate::init::{Init, Role};
 
-/// `down(gelu(up(x)))` (GPT-2), or with a `gate_proj` `down(act(gate(x)) * up(x))` where
+/// `down(gelu(up(x)))` (GPT-2; `gelu` exact or tanh-approximated), or with a `gate_proj` `down(act(gate(x)) * up(x))` where
 /// `act` is SiLU (SwiGLU, Llama) or GELU (GeGLU, Gemma).
 ///
 /// The projections are separate named `Linear`s rather than burn's `SwiGlu` (whose fused
@@ -26,6 +27,8 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
     /// The gate's activation is GELU (GeGLU) rather than SiLU (SwiGLU).
     pub gelu_gate: bool,
+    /// The ungated GELU uses the tanh approximation (GPT-2's `gelu_new`).
+    pub gelu_tanh: bool,
 }
 
 impl<B: FusedBackend> Mlp<B> {
@@ -38,12 +41,13 @@ impl<B: FusedBackend> Mlp<B> {
         init: &Init,
         device: &B::Device,
     ) -> Self {
-        let gated = kind != MlpKind::Gelu;
+        let gated = matches!(kind, MlpKind::SwiGlu | MlpKind::GeGlu);
         Self {
             gate_proj: gated.then(|| init.linear(d_model, d_ff, bias, Role::Input, device)),
             up_proj: init.linear(d_model, d_ff, bias, Role::Input, device),
             down_proj: init.linear(d_ff, d_model, bias, Role::ResidualOutput, device),
             gelu_gate: kind == MlpKind::GeGlu,
+            gelu_tanh: kind == MlpKind::GeluTanh,
         }
     }
 
@@ -67,6 +71,7 @@ impl<B: FusedBackend> Mlp<B> {
                 };
                 gate * self.up_proj.forward(x)
             }
+            None if self.gelu_tanh => gelu_approximate(self.up_proj.forward(x)),
             None => ember_ops::fused::gelu(self.up_proj.forward(x)),
         };
         self.down_proj.forward(hidden)

@@ -7,8 +7,8 @@
 //! left out, so a norm's scale is `layers.0.attn_norm.gamma` whichever kind it is.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 
 /// One float parameter of a module.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,4 +170,95 @@ pub fn assign_stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
     module.map(&mut StableIds {
         stack: PathStack::default(),
     })
+}
+
+/// Supplies the new value of one parameter: given its dotted path and shape, the data
+/// (same shape, any float type) or an error message.
+pub type ParamSource<'a> = dyn FnMut(&str, &[usize]) -> Result<TensorData, String> + 'a;
+
+struct Replacer<'a, 'b> {
+    stack: PathStack,
+    source: &'a mut ParamSource<'b>,
+    error: Option<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Replacer<'_, '_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let path = self.stack.path();
+        let shape = param.shape().dims::<D>();
+        let (id, device) = (param.id, param.lazy_device());
+        // The old value is released before the new one is built, so replacing every
+        // parameter never holds two copies of the model.
+        drop(param);
+        match (self.source)(&path, &shape) {
+            Ok(data) if data.shape.as_slice() == shape.as_slice() => {
+                Param::initialized(id, Tensor::from_data(data.convert::<f32>(), &device))
+            }
+            result => {
+                self.error = Some(match result {
+                    Ok(data) => format!(
+                        "{path}: got shape {:?}, the model needs {shape:?}",
+                        data.shape.as_slice()
+                    ),
+                    Err(message) => message,
+                });
+                Param::initialized(id, Tensor::zeros(shape, &device))
+            }
+        }
+    }
+}
+
+/// Replaces every float parameter of `module` with the value `source` gives for its path,
+/// keeping ids. Stops at the first error.
+pub fn replace_params<B: Backend, M: Module<B>>(
+    module: M,
+    source: &mut ParamSource<'_>,
+) -> Result<M, String> {
+    let mut replacer = Replacer {
+        stack: PathStack::default(),
+        source,
+        error: None,
+    };
+    let module = module.map(&mut replacer);
+    match replacer.error {
+        Some(error) => Err(error),
+        None => Ok(module),
+    }
+}
+
+struct Collector {
+    stack: PathStack,
+    values: Vec<(String, TensorData)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.values
+            .push((self.stack.path(), param.val().into_data()));
+    }
+}
+
+/// Every float parameter's path and value, in declaration order.
+pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorData)> {
+    let mut collector = Collector {
+        stack: PathStack::default(),
+        values: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.values
 }
