@@ -2,20 +2,29 @@
 
 use std::io::Write;
 use std::marker::PhantomData;
+use std::path::Path;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_hf::WeightDType;
+use ember_hf::safetensors_io::{NamedTensor, write_safetensors};
 use ember_infer::{Generator, Sampler, SamplingConfig};
+use ember_nn::ForwardOptions;
 use ember_nn::FusedBackend;
-use ember_train::{Checkpoint, TrainConfig, TrainOptions};
+use ember_train::{TrainConfig, TrainOptions};
 
 use crate::error::CliError;
-use crate::{GenerateArgs, InfoArgs, TrainArgs};
+use crate::model_dir::{ModelDir, parse_ids};
+use crate::{DTypeArg, ExportArgs, GenerateArgs, InfoArgs, LogitsArgs, PerplexityArgs, TrainArgs};
 
 /// The backend-specific commands.
 pub trait Runner {
     fn train(&self, args: TrainArgs) -> Result<(), CliError>;
     fn generate(&self, args: GenerateArgs) -> Result<(), CliError>;
+    fn logits(&self, args: LogitsArgs) -> Result<(), CliError>;
+    fn perplexity(&self, args: PerplexityArgs) -> Result<(), CliError>;
+    fn export(&self, args: ExportArgs) -> Result<(), CliError>;
 }
 
 /// A [`Runner`] on backend `B`.
@@ -65,16 +74,20 @@ impl<B: FusedBackend> Runner for On<B> {
     }
 
     fn generate(&self, args: GenerateArgs) -> Result<(), CliError> {
-        let ckpt = Checkpoint::open(&args.model)?;
-        let defaults = &ckpt.config.sample;
-        let prompt = args
-            .prompt
-            .clone()
-            .unwrap_or_else(|| defaults.prompt.clone());
-        let prompt_ids = ckpt
-            .tokenizer
-            .encode(&prompt)
-            .map_err(|e| CliError::Usage(format!("--prompt: {e}")))?;
+        let dir = ModelDir::open(&args.model)?;
+        let defaults = dir.sample_defaults();
+        let (prompt_text, prompt_ids) = match (&args.ids, &args.prompt) {
+            (Some(ids), _) => (None, parse_ids(ids)?),
+            (None, Some(text)) => (Some(text.clone()), dir.encode(text, "--prompt")?),
+            (None, None) => {
+                let text = defaults.prompt.clone().ok_or_else(|| {
+                    CliError::Usage(
+                        "--prompt or --ids: this model has no default prompt; give one".into(),
+                    )
+                })?;
+                (Some(text.clone()), dir.encode(&text, "--prompt")?)
+            }
+        };
         if prompt_ids.is_empty() {
             return Err(CliError::Usage("--prompt: the prompt is empty".into()));
         }
@@ -90,64 +103,224 @@ impl<B: FusedBackend> Runner for On<B> {
                 "--top-p: must be in (0, 1], got {top_p}"
             )));
         }
-        let model = ckpt.load_model::<B>(&self.device)?;
+        let model = dir.load::<B>(&self.device)?;
         let mut sampler = Sampler::new(SamplingConfig {
             temperature,
             top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
             top_p: Some(top_p),
             seed: args.seed,
         });
-        let generator = Generator::new(&model, &self.device, !args.no_cache);
+        let generator = Generator::new(&model, &self.device, !args.no_cache)
+            .with_stop_tokens(&dir.stop_tokens());
+        let max_new_tokens = args.max_new_tokens.unwrap_or(defaults.max_new_tokens);
         let mut stdout = std::io::stdout().lock();
-        let _ = write!(stdout, "{prompt}");
+        if args.print_ids {
+            let new = generator
+                .generate(&prompt_ids, max_new_tokens, &mut sampler, |_| {})
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let text: Vec<String> = new.iter().map(u32::to_string).collect();
+            let _ = writeln!(stdout, "{}", text.join(","));
+            return Ok(());
+        }
+        let prompt_decoded = dir.decode(&prompt_ids).unwrap_or_default();
+        let prompt_shown = prompt_text.unwrap_or_else(|| prompt_decoded.clone());
+        let _ = write!(stdout, "{prompt_shown}");
         let _ = stdout.flush();
-        // Decode incrementally so multi-byte BPE pieces print once they are complete.
-        let mut ids = Vec::new();
-        let mut printed = 0;
+        // Decode prompt and continuation together (tokenizers such as SentencePiece's
+        // drop a leading space when a piece is decoded alone) and print what is new, once
+        // multi-byte pieces are complete.
+        let mut ids = prompt_ids.clone();
+        let mut printed = prompt_decoded.len();
         generator
-            .generate(
-                &prompt_ids,
-                args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
-                &mut sampler,
-                |id| {
-                    ids.push(id);
-                    if let Ok(text) = ckpt.tokenizer.decode(&ids)
-                        && !text.ends_with('\u{fffd}')
-                        && text.len() >= printed
+            .generate(&prompt_ids, max_new_tokens, &mut sampler, |id| {
+                ids.push(id);
+                match dir.decode(&ids) {
+                    Some(text)
+                        if !text.ends_with('\u{fffd}')
+                            && text.len() >= printed
+                            && text.is_char_boundary(printed) =>
                     {
                         let _ = write!(stdout, "{}", &text[printed..]);
                         let _ = stdout.flush();
                         printed = text.len();
                     }
-                },
-            )
+                    _ => {}
+                }
+            })
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let _ = writeln!(stdout);
         Ok(())
     }
+
+    fn logits(&self, args: LogitsArgs) -> Result<(), CliError> {
+        let dir = ModelDir::open(&args.model)?;
+        let ids = match (&args.ids, &args.prompt) {
+            (Some(ids), _) => parse_ids(ids)?,
+            (None, Some(text)) => dir.encode(text, "--prompt")?,
+            (None, None) => unreachable!("clap requires --ids or --prompt"),
+        };
+        let config = dir.config();
+        if ids.len() > config.max_seq_len {
+            return Err(CliError::Usage(format!(
+                "--ids: {} tokens exceed the model's context of {}",
+                ids.len(),
+                config.max_seq_len
+            )));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(CliError::Usage(format!(
+                "--ids: token id {id} is outside the model's vocabulary of {}",
+                config.vocab_size
+            )));
+        }
+        let vocab = config.vocab_size;
+        let model = dir.load::<B>(&self.device)?;
+        let input: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, ids.len()]), &self.device);
+        let values: Vec<f32> = model
+            .forward(input, ForwardOptions::default())
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits");
+        let tensor = NamedTensor {
+            name: "logits".into(),
+            shape: vec![ids.len(), vocab],
+            values,
+        };
+        write_atomically(&args.out, "--out", |tmp| {
+            write_safetensors(tmp, std::slice::from_ref(&tensor), WeightDType::F32)
+                .map_err(|e| e.to_string())
+        })?;
+        eprintln!(
+            "wrote logits [{}, {vocab}] to {}",
+            ids.len(),
+            args.out.display()
+        );
+        Ok(())
+    }
+
+    fn perplexity(&self, args: PerplexityArgs) -> Result<(), CliError> {
+        let dir = ModelDir::open(&args.model)?;
+        let text = std::fs::read_to_string(&args.data)
+            .map_err(|e| CliError::Usage(format!("--data {}: {e}", args.data.display())))?;
+        let ids = dir.encode(&text, "--data")?;
+        let max = dir.config().max_seq_len;
+        let context = args.context.unwrap_or(max);
+        if context < 2 || context > max {
+            return Err(CliError::Usage(format!(
+                "--context: must be between 2 and the model's context of {max}, got {context}"
+            )));
+        }
+        let stride = args.stride.unwrap_or(context.div_ceil(2));
+        if stride == 0 || stride > context {
+            return Err(CliError::Usage(format!(
+                "--stride: must be between 1 and the window of {context} tokens, got {stride}"
+            )));
+        }
+        let model = dir.load::<B>(&self.device)?;
+        let result = ember_infer::perplexity(&model, &ids, context, stride, &self.device)
+            .map_err(|e| CliError::Usage(format!("--data {}: {e}", args.data.display())))?;
+        println!("tokens: {}", result.tokens);
+        println!("mean nll: {:.6}", result.mean_nll);
+        println!("perplexity: {:.6}", result.perplexity);
+        Ok(())
+    }
+
+    fn export(&self, args: ExportArgs) -> Result<(), CliError> {
+        let dir = ModelDir::open(&args.model)?;
+        ember_hf::export_arch(dir.config())
+            .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
+        let model = dir.load::<B>(&self.device)?;
+        let dtype = match args.dtype {
+            DTypeArg::F32 => WeightDType::F32,
+            DTypeArg::F16 => WeightDType::F16,
+            DTypeArg::Bf16 => WeightDType::Bf16,
+        };
+        let arch = ember_hf::export(
+            &model,
+            dir.tokenizer(),
+            &dir.generation_config(),
+            &args.out,
+            dtype,
+        )?;
+        println!(
+            "exported {} ({}) to {}",
+            arch.model_type(),
+            arch.class_name(),
+            args.out.display()
+        );
+        Ok(())
+    }
 }
 
-/// `ember info`: reads only the checkpoint's metadata.
+/// Writes `path` through a temporary sibling and a rename, so it is never half written.
+fn write_atomically(
+    path: &Path,
+    flag: &str,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), CliError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError::Usage(format!("{flag} {}: not a file name", path.display())))?;
+    let fail = |e: String| CliError::Runtime(format!("{flag} {}: {e}", path.display()));
+    if path.exists() && !path.is_file() {
+        return Err(fail("exists and is not a regular file".into()));
+    }
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    write(&tmp).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+}
+
+/// `ember info`: reads only the model's metadata.
 pub fn info(args: InfoArgs) -> Result<(), CliError> {
-    let ckpt = Checkpoint::open(&args.model)?;
-    let model = &ckpt.config.model;
-    println!("checkpoint: {}", ckpt.dir.display());
-    println!("parameters: {}", model.num_params());
-    println!("step: {}", ckpt.state.step);
-    println!(
-        "last val loss: {}",
-        ckpt.state
-            .last_val_loss
-            .map_or("-".into(), |l| format!("{l:.4}"))
-    );
-    println!(
-        "tokenizer: {} entries ({})",
-        ckpt.tokenizer.vocab_size(),
-        match ckpt.tokenizer {
-            ember_data::Tokenizer::Char(_) => "char",
-            ember_data::Tokenizer::Bpe(_) => "bpe",
+    let dir = ModelDir::open(&args.model)?;
+    let model = dir.config();
+    let tokenizer = match dir.tokenizer() {
+        Some(t @ ember_data::Tokenizer::Char(_)) => format!("{} entries (char)", t.vocab_size()),
+        Some(t) => format!("{} entries (tokenizer.json)", t.vocab_size()),
+        None => "none".into(),
+    };
+    match &dir {
+        ModelDir::Ember(ckpt) => {
+            println!("checkpoint: {}", ckpt.dir.display());
+            println!("parameters: {}", model.num_params());
+            println!("step: {}", ckpt.state.step);
+            println!(
+                "last val loss: {}",
+                ckpt.state
+                    .last_val_loss
+                    .map_or("-".into(), |l| format!("{l:.4}"))
+            );
+            println!("tokenizer: {tokenizer}");
+            println!("\n{}", ckpt.config.to_toml());
         }
-    );
-    println!("\n{}", ckpt.config.to_toml());
+        ModelDir::Hf(hf) => {
+            println!("hugging face model: {}", hf.dir.display());
+            println!(
+                "architecture: {} ({})",
+                hf.arch().model_type(),
+                hf.arch().class_name()
+            );
+            println!("parameters: {}", model.num_params());
+            println!(
+                "weights: {} ({})",
+                hf.weights.source.display(),
+                hf.weights.dtype().map_or("-", |d| d.torch_name())
+            );
+            println!("tokenizer: {tokenizer}");
+            println!("eos token ids: {:?}", hf.generation.eos_token_ids);
+            println!("\n[model]\n{}", toml_model(model));
+        }
+    }
     Ok(())
+}
+
+fn toml_model(model: &ember_nn::TransformerConfig) -> String {
+    let mut table = toml::Table::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(model) {
+        table = t;
+    }
+    toml::to_string(&table).unwrap_or_default()
 }

@@ -41,3 +41,9 @@ impl From<ember_train::CheckpointError> for CliError {
         CliError::Runtime(err.to_string())
     }
 }
+
+impl From<ember_hf::HfError> for CliError {
+    fn from(err: ember_hf::HfError) -> Self {
+        CliError::Runtime(err.to_string())
+    }
+}

@@ -3,6 +3,7 @@
 mod backend;
 mod commands;
 mod error;
+mod model_dir;
 
 use std::process::ExitCode;
 
@@ -28,9 +29,15 @@ struct Cli {
 enum Command {
     /// Train a model (from a preset or TOML config) on text files.
     Train(TrainArgs),
-    /// Generate text from a trained model.
+    /// Generate text (or token ids) from an Ember checkpoint or a Hugging Face model.
     Generate(GenerateArgs),
-    /// Show a checkpoint's configuration, size, step and last validation loss.
+    /// Write the logits of one token sequence to a safetensors file.
+    Logits(LogitsArgs),
+    /// Perplexity of a text file, with sliding windows.
+    Perplexity(PerplexityArgs),
+    /// Write a model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
+    Export(ExportArgs),
+    /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
 
@@ -61,12 +68,18 @@ pub struct TrainArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (or the run directory holding `checkpoint/`).
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
     #[arg(long)]
     pub model: std::path::PathBuf,
     /// Text to continue; defaults to the checkpoint's `sample.prompt`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ids")]
     pub prompt: Option<String>,
+    /// Token ids to continue instead of text, e.g. `1,2,3`.
+    #[arg(long)]
+    pub ids: Option<String>,
+    /// Print only the new token ids, comma-separated.
+    #[arg(long)]
+    pub print_ids: bool,
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// 0 = greedy.
@@ -86,8 +99,60 @@ pub struct GenerateArgs {
 }
 
 #[derive(Args)]
+pub struct LogitsArgs {
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Token ids, e.g. `1,2,3`.
+    #[arg(long, required_unless_present = "prompt")]
+    pub ids: Option<String>,
+    /// Text to encode instead of ids.
+    #[arg(long, conflicts_with = "ids")]
+    pub prompt: Option<String>,
+    /// Output file: one f32 tensor `logits` of shape `[T, vocab]`.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Text file to score.
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    /// Tokens between window starts (default: half the window).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Window length in tokens (default and maximum: the model's context).
+    #[arg(long)]
+    pub context: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Output directory (replaced atomically).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Element type of the written weights.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
 pub struct InfoArgs {
-    /// Checkpoint directory (or the run directory holding `checkpoint/`).
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
     #[arg(long)]
     pub model: std::path::PathBuf,
 }
@@ -97,6 +162,9 @@ fn main() -> ExitCode {
     let result = backend::dispatch(cli.backend, |runner| match cli.command {
         Command::Train(args) => runner.train(args),
         Command::Generate(args) => runner.generate(args),
+        Command::Logits(args) => runner.logits(args),
+        Command::Perplexity(args) => runner.perplexity(args),
+        Command::Export(args) => runner.export(args),
         Command::Info(args) => commands::info(args),
     });
     match result {

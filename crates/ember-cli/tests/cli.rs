@@ -209,11 +209,18 @@ fn bad_checkpoints_and_prompts() {
     );
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "hello").unwrap();
+    assert_fails(
+        &ember(&["info", "--model", foreign.to_str().unwrap()]),
+        1,
+        "neither an Ember checkpoint",
+    );
+    // A config.json makes it a Hugging Face directory, which this one is not.
     std::fs::write(foreign.join("config.json"), "{}").unwrap();
     assert_fails(
         &ember(&["info", "--model", foreign.to_str().unwrap()]),
         1,
-        "not an Ember checkpoint",
+        "config.json: `model_type` is missing",
     );
     // A truncated weights file.
     let weights = run.join("checkpoint/model.safetensors");

@@ -477,16 +477,15 @@ pub fn export_arch(model: &TransformerConfig) -> Result<HfArch, String> {
     }
     match model.position {
         PositionKind::Learned => {
+            // Missing biases export as zeros.
             if model.norm != NormKind::LayerNorm
-                || !model.bias
-                || !model.qkv_bias()
                 || !matches!(model.mlp, MlpKind::Gelu | MlpKind::GeluTanh)
                 || model.n_kv_heads != model.n_heads
                 || model.sliding_window.is_some()
                 || model.moe.is_some()
             {
                 return unsupported(
-                    "learned positions without GPT-2's LayerNorm, biases, GELU MLP and multi-head attention"
+                    "learned positions without GPT-2's LayerNorm, GELU MLP and multi-head attention"
                         .into(),
                 );
             }

@@ -50,15 +50,27 @@ pub fn export<B: FusedBackend>(
         })
         .collect();
 
+    let shapes: HashMap<String, Vec<usize>> = values
+        .iter()
+        .map(|(path, (shape, _))| (path.clone(), shape.clone()))
+        .collect();
+
     // Group entries by Hugging Face tensor (GPT-2's c_attn gathers three parameters).
     let mut tensors: Vec<NamedTensor> = Vec::new();
     for entry in tensor_map(arch, config) {
-        let (shape, data) = values.remove(&entry.ember).ok_or_else(|| {
+        let missing = || {
             HfError::new(
                 out,
                 format!("internal: the model has no parameter `{}`", entry.ember),
             )
-        })?;
+        };
+        let (shape, data) = match values.remove(&entry.ember) {
+            Some(found) => found,
+            // A bias-free GPT-2-shaped model (nanoGPT's `bias = False`) exports with zero
+            // biases, which compute the same function.
+            None if arch == HfArch::Gpt2 => zero_bias(&entry.ember, &shapes).ok_or_else(missing)?,
+            None => return Err(missing()),
+        };
         let hf_shape = entry.hf_shape(&shape);
         let data = if entry.transpose {
             let (rows, cols) = (shape[0], shape[1]);
@@ -101,6 +113,49 @@ pub fn export<B: FusedBackend>(
         }
     }
 
+    write_dir(out, |tmp| {
+        write_safetensors(&tmp.join(WEIGHTS_FILE), &tensors, dtype)?;
+        write_json(
+            &tmp.join(CONFIG_FILE),
+            to_config_json(
+                arch,
+                config,
+                generation.bos_token_id,
+                &generation.eos_token_ids,
+                dtype.torch_name(),
+            ),
+        )?;
+        write_json(&tmp.join(GENERATION_FILE), generation.to_json())?;
+        if let Some(tokenizer) = tokenizer {
+            let path = tmp.join(TOKENIZER_FILE);
+            let json = tokenizer.to_hf_json().map_err(|e| HfError::new(&path, e))?;
+            std::fs::write(&path, json).map_err(at(&path))?;
+        }
+        Ok(())
+    })?;
+    Ok(arch)
+}
+
+/// Zeros shaped like the bias (`.bias`) or LayerNorm shift (`.beta`) at `path` would be,
+/// from the weight or scale beside it.
+fn zero_bias(path: &str, shapes: &HashMap<String, Vec<usize>>) -> Option<(Vec<usize>, Vec<f32>)> {
+    let sibling = if let Some(stem) = path.strip_suffix(".bias") {
+        format!("{stem}.weight")
+    } else {
+        format!("{}.gamma", path.strip_suffix(".beta")?)
+    };
+    let width = *shapes.get(&sibling)?.last()?;
+    Some((vec![width], vec![0.0; width]))
+}
+
+fn write_json(path: &Path, value: serde_json::Value) -> Result<(), HfError> {
+    let text = serde_json::to_string_pretty(&value).expect("JSON values serialise");
+    std::fs::write(path, text + "\n").map_err(at(path))
+}
+
+/// Builds directory `out` through `fill` in a temporary sibling, then renames it into
+/// place (replacing an old `out`), so an interrupted write leaves nothing half written.
+fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<(), HfError>) -> Result<(), HfError> {
     let name = out
         .file_name()
         .ok_or_else(|| HfError::new(out, "not a directory name"))?
@@ -116,28 +171,9 @@ pub fn export<B: FusedBackend>(
         std::fs::remove_dir_all(&tmp).map_err(at(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(at(&tmp))?;
-    let write_json = |file: &str, value: serde_json::Value| {
-        let path = tmp.join(file);
-        let text = serde_json::to_string_pretty(&value).expect("JSON values serialise");
-        std::fs::write(&path, text + "\n").map_err(at(&path))
-    };
-    write_safetensors(&tmp.join(WEIGHTS_FILE), &tensors, dtype)?;
-    drop(tensors);
-    write_json(
-        CONFIG_FILE,
-        to_config_json(
-            arch,
-            config,
-            generation.bos_token_id,
-            &generation.eos_token_ids,
-            dtype.torch_name(),
-        ),
-    )?;
-    write_json(GENERATION_FILE, generation.to_json())?;
-    if let Some(tokenizer) = tokenizer {
-        let path = tmp.join(TOKENIZER_FILE);
-        let json = tokenizer.to_hf_json().map_err(|e| HfError::new(&path, e))?;
-        std::fs::write(&path, json).map_err(at(&path))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
     let old = parent.join(format!(".{name}.old"));
     if old.exists() {
@@ -150,5 +186,5 @@ pub fn export<B: FusedBackend>(
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(at(&old))?;
     }
-    Ok(arch)
+    Ok(())
 }

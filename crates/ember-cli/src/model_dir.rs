@@ -1,0 +1,174 @@
+//! `--model DIR`: an Ember checkpoint (or run directory) or a Hugging Face model
+//! directory, behind one interface.
+
+use std::path::Path;
+
+use ember_data::Tokenizer;
+use ember_hf::{GenerationConfig, HfModel};
+use ember_nn::{FusedBackend, Transformer, TransformerConfig};
+use ember_train::Checkpoint;
+
+use crate::error::CliError;
+
+/// Where a model's weights and metadata come from.
+pub enum ModelDir {
+    Ember(Box<Checkpoint>),
+    Hf(Box<HfModel>),
+}
+
+/// Sampling settings a model directory suggests.
+pub struct SampleDefaults {
+    pub prompt: Option<String>,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+}
+
+impl ModelDir {
+    /// Opens `dir`: an Ember checkpoint when it (or `dir/checkpoint`) holds `ember.json`,
+    /// else a Hugging Face directory when it holds `config.json` or safetensors weights.
+    pub fn open(dir: &Path) -> Result<Self, CliError> {
+        if ember_train::checkpoint::resolve_dir(dir).is_ok() {
+            return Ok(Self::Ember(Box::new(Checkpoint::open(dir)?)));
+        }
+        if !dir.is_dir() {
+            return Err(CliError::Runtime(format!(
+                "--model {}: no such directory",
+                dir.display()
+            )));
+        }
+        if ember_hf::is_hf_dir(dir) {
+            return Ok(Self::Hf(Box::new(HfModel::open(dir)?)));
+        }
+        Err(CliError::Runtime(format!(
+            "--model {}: neither an Ember checkpoint (ember.json) nor a Hugging Face model directory (config.json with model.safetensors)",
+            dir.display()
+        )))
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        match self {
+            Self::Ember(c) => &c.config.model,
+            Self::Hf(h) => &h.config.model,
+        }
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        match self {
+            Self::Ember(c) => Some(&c.tokenizer),
+            Self::Hf(h) => h.tokenizer.as_ref(),
+        }
+    }
+
+    /// The model with its weights.
+    pub fn load<B: FusedBackend>(&self, device: &B::Device) -> Result<Transformer<B>, CliError> {
+        match self {
+            Self::Ember(c) => Ok(c.load_model(device)?),
+            Self::Hf(h) => Ok(h.load_model(device)?),
+        }
+    }
+
+    /// Token ids of `text`, with the tokenizer's special markers (a Llama tokenizer's
+    /// `<s>`), as `transformers` encodes prompts. `flag` names the source in errors.
+    pub fn encode(&self, text: &str, flag: &str) -> Result<Vec<u32>, CliError> {
+        let tokenizer = self.tokenizer().ok_or_else(|| {
+            CliError::Usage(format!(
+                "{flag}: this model directory has no tokenizer.json; pass token ids with --ids"
+            ))
+        })?;
+        tokenizer
+            .encode_with_special(text)
+            .map_err(|e| CliError::Usage(format!("{flag}: {e}")))
+    }
+
+    /// Text of `ids`, leaving out special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Option<String> {
+        match self.tokenizer()? {
+            Tokenizer::Bpe(t) => t.decode_with(ids, true).ok(),
+            t => t.decode(ids).ok(),
+        }
+    }
+
+    /// Generation stops after these (the model's end-of-sequence ids).
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        match self {
+            Self::Ember(_) => Vec::new(),
+            Self::Hf(h) => h.generation.eos_token_ids.clone(),
+        }
+    }
+
+    pub fn sample_defaults(&self) -> SampleDefaults {
+        match self {
+            Self::Ember(c) => {
+                let s = &c.config.sample;
+                SampleDefaults {
+                    prompt: Some(s.prompt.clone()),
+                    max_new_tokens: s.max_new_tokens,
+                    temperature: s.temperature,
+                    top_k: s.top_k,
+                    top_p: s.top_p,
+                }
+            }
+            Self::Hf(h) => {
+                // transformers decodes greedily unless `do_sample` is set.
+                let g = &h.generation;
+                SampleDefaults {
+                    prompt: None,
+                    max_new_tokens: g.max_new_tokens.unwrap_or(100),
+                    temperature: if g.do_sample {
+                        g.temperature.unwrap_or(1.0)
+                    } else {
+                        0.0
+                    },
+                    top_k: if g.do_sample {
+                        g.top_k.unwrap_or(50)
+                    } else {
+                        0
+                    },
+                    top_p: g.top_p.unwrap_or(1.0),
+                }
+            }
+        }
+    }
+
+    /// The `generation_config.json` an export writes.
+    pub fn generation_config(&self) -> GenerationConfig {
+        match self {
+            Self::Hf(h) => h.generation.clone(),
+            Self::Ember(c) => {
+                let s = &c.config.sample;
+                let sampled = s.temperature > 0.0;
+                GenerationConfig {
+                    do_sample: sampled,
+                    temperature: sampled.then_some(s.temperature),
+                    top_k: (sampled && s.top_k > 0).then_some(s.top_k),
+                    top_p: (sampled && s.top_p < 1.0).then_some(s.top_p),
+                    max_new_tokens: Some(s.max_new_tokens),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}
+
+/// Parses `--ids 1,2,3`.
+pub fn parse_ids(text: &str) -> Result<Vec<u32>, CliError> {
+    let ids: Result<Vec<u32>, CliError> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u32>().map_err(|_| {
+                CliError::Usage(format!(
+                    "--ids: `{s}` is not a token id (expected e.g. 1,2,3)"
+                ))
+            })
+        })
+        .collect();
+    let ids = ids?;
+    if ids.is_empty() {
+        return Err(CliError::Usage("--ids: no token ids given".into()));
+    }
+    Ok(ids)
+}

@@ -1,0 +1,472 @@
+//! `ember` on Hugging Face model directories: the parity commands (`generate --ids
+//! --print-ids`, `logits`, `perplexity`) against the numbers `transformers` recorded in
+//! the ember-hf fixtures, `export` round trips, and every malformed directory rejected
+//! with exit code 1, a message naming the file and tensor, and no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ember_hf::WeightFiles;
+use ember_hf::safetensors_io::{NamedTensor, WeightDType, write_safetensors};
+use serde_json::Value;
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-hf/tests/fixtures")
+        .join(name)
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn id_list(value: &Value) -> String {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "ember failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The single tensor of a safetensors file written by `ember logits`.
+fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(path, dir.path().join("model.safetensors")).unwrap();
+    let files = WeightFiles::open(dir.path()).unwrap();
+    (
+        files.shape("logits").unwrap().to_vec(),
+        files.read("logits", false).unwrap(),
+    )
+}
+
+const FIXTURES: [&str; 8] = [
+    "llama-gqa3",
+    "llama-mqa-tied-linear-bf16",
+    "llama3-scaled-f16",
+    "llama-dynamic-ntk",
+    "mistral-sliding-window",
+    "qwen2-bias",
+    "gpt2",
+    "mixtral",
+];
+
+#[test]
+fn parity_commands_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let dir = dir.to_str().unwrap();
+        let exp = expected(name);
+        let prompt = id_list(&exp["prompt"]);
+
+        let out = ember(&[
+            "generate",
+            "--model",
+            dir,
+            "--ids",
+            &prompt,
+            "--max-new-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--print-ids",
+        ]);
+        assert_eq!(
+            stdout(&out).trim(),
+            id_list(&exp["greedy"]),
+            "{name}: greedy ids"
+        );
+
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        let out = ember(&[
+            "logits",
+            "--model",
+            dir,
+            "--ids",
+            &prompt,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        stdout(&out);
+        let (shape, got) = read_logits(&file);
+        let (want_shape, want) = read_logits(&fixture(name).join("expected.safetensors"));
+        assert_eq!(shape, want_shape, "{name}");
+        let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / max <= 1e-4,
+            "{name}: logits differ by {}",
+            diff / max
+        );
+
+        let ppl = &exp["perplexity"];
+        let stride = ppl["stride"].to_string();
+        let text = fixture("text.txt");
+        let out = ember(&[
+            "perplexity",
+            "--model",
+            dir,
+            "--data",
+            text.to_str().unwrap(),
+            "--stride",
+            &stride,
+        ]);
+        let printed = stdout(&out);
+        let field = |key: &str| -> f64 {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{name}: no `{key}` in {printed}"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            field("tokens:") as u64,
+            ppl["tokens"].as_u64().unwrap(),
+            "{name}"
+        );
+        let want = ppl["perplexity"].as_f64().unwrap();
+        let got = field("perplexity:");
+        assert!(
+            (got - want).abs() / want <= 1e-4,
+            "{name}: perplexity {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn exports_reload_with_identical_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = "1,2,3,4,5,6,7,8";
+    // A freshly trained Ember checkpoint (char tokenizer) and a Hugging Face fixture.
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "It was the best of times, it was the worst of times.\n".repeat(40),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    stdout(&ember(&[
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "train.steps=2",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.d_ff=64",
+        "--set",
+        "model.max_seq_len=16",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.eval_batches=1",
+        "--quiet",
+    ]));
+    for (source, name) in [(run.clone(), "ember-run"), (fixture("gpt2"), "gpt2")] {
+        let source = source.to_str().unwrap();
+        let out = tmp.path().join(format!("{name}-hf"));
+        let printed = stdout(&ember(&[
+            "export",
+            "--model",
+            source,
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        assert!(printed.contains("exported"), "{printed}");
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+        ] {
+            assert!(out.join(file).exists(), "{name}: {file}");
+        }
+        let a = tmp.path().join(format!("{name}-a.safetensors"));
+        let b = tmp.path().join(format!("{name}-b.safetensors"));
+        stdout(&ember(&[
+            "logits",
+            "--model",
+            source,
+            "--ids",
+            ids,
+            "--out",
+            a.to_str().unwrap(),
+        ]));
+        stdout(&ember(&[
+            "logits",
+            "--model",
+            out.to_str().unwrap(),
+            "--ids",
+            ids,
+            "--out",
+            b.to_str().unwrap(),
+        ]));
+        assert_eq!(
+            read_logits(&a),
+            read_logits(&b),
+            "{name}: logits after export"
+        );
+    }
+    // The exported char tokenizer encodes text as the checkpoint's did.
+    let exported = tmp.path().join("ember-run-hf");
+    let text = stdout(&ember(&[
+        "generate",
+        "--model",
+        exported.to_str().unwrap(),
+        "--prompt",
+        "It was",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+    ]));
+    let original = stdout(&ember(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "It was",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+    ]));
+    assert_eq!(text, original);
+}
+
+/// Copies fixture `name` into a temporary directory for breaking.
+fn broken_copy(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+/// Rewrites `dir/model.safetensors` through `edit` over (name, shape, values).
+fn rewrite_weights(dir: &Path, edit: impl Fn(&mut Vec<NamedTensor>)) {
+    let files = WeightFiles::open(dir).unwrap();
+    let mut tensors: Vec<NamedTensor> = files
+        .names()
+        .map(|n| NamedTensor {
+            name: n.to_string(),
+            shape: files.shape(n).unwrap().to_vec(),
+            values: files.read(n, false).unwrap(),
+        })
+        .collect();
+    edit(&mut tensors);
+    write_safetensors(&dir.join("model.safetensors"), &tensors, WeightDType::F32).unwrap();
+}
+
+fn assert_rejected(dir: &Path, needles: &[&str]) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_file = out_dir.path().join("logits.safetensors");
+    for args in [
+        vec![
+            "logits",
+            "--ids",
+            "1,2,3",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        vec![
+            "generate",
+            "--ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "2",
+            "--print-ids",
+        ],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--model", dir.to_str().unwrap()]);
+        let out = ember(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: `{needle}` not in: {stderr}"
+            );
+        }
+        assert!(!out_file.exists(), "nothing is written");
+    }
+}
+
+#[test]
+fn malformed_directories_are_rejected_clearly() {
+    let name = "mistral-sliding-window";
+
+    let dir = broken_copy(name);
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert_rejected(dir.path(), &["config.json: missing"]);
+
+    let dir = broken_copy(name);
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"mistral\"", "\"bert\""),
+    )
+    .unwrap();
+    assert_rejected(
+        dir.path(),
+        &["config.json", "`model_type` is `bert`", "cannot import"],
+    );
+
+    let dir = broken_copy(name);
+    rewrite_weights(dir.path(), |tensors| {
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.name == "model.layers.1.mlp.up_proj.weight")
+            .unwrap();
+        t.shape = vec![95, 48];
+        t.values.truncate(95 * 48);
+    });
+    assert_rejected(
+        dir.path(),
+        &[
+            "model.safetensors",
+            "`model.layers.1.mlp.up_proj.weight` has shape [95, 48]",
+            "[96, 48]",
+        ],
+    );
+
+    let dir = broken_copy(name);
+    rewrite_weights(dir.path(), |tensors| {
+        tensors.retain(|t| t.name != "model.norm.weight")
+    });
+    assert_rejected(
+        dir.path(),
+        &["model.safetensors", "missing tensor `model.norm.weight`"],
+    );
+
+    let dir = broken_copy(name);
+    rewrite_weights(dir.path(), |tensors| {
+        tensors.push(NamedTensor {
+            name: "model.extra.weight".into(),
+            shape: vec![2],
+            values: vec![0.0; 2],
+        })
+    });
+    assert_rejected(
+        dir.path(),
+        &[
+            "model.safetensors",
+            "unexpected tensors",
+            "model.extra.weight",
+        ],
+    );
+
+    let dir = broken_copy(name);
+    let weights = dir.path().join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_rejected(dir.path(), &["model.safetensors", "truncated"]);
+
+    let dir = broken_copy(name);
+    std::fs::copy(
+        fixture("tokenizer-bytelevel.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_rejected(
+        dir.path(),
+        &["tokenizer.json", "360 tokens", "vocab_size is 300"],
+    );
+
+    // A sharded checkpoint missing one shard.
+    let dir = broken_copy("llama-gqa3");
+    std::fs::remove_file(dir.path().join("model-00003-of-00012.safetensors")).unwrap();
+    assert_rejected(dir.path(), &["model-00003-of-00012.safetensors: missing"]);
+
+    // Not a model directory at all.
+    let empty = tempfile::tempdir().unwrap();
+    assert_rejected(
+        empty.path(),
+        &["neither an Ember checkpoint", "nor a Hugging Face"],
+    );
+}
+
+#[test]
+fn unsupported_exports_are_rejected_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "abc def ghi\n".repeat(50)).unwrap();
+    let run = tmp.path().join("run");
+    stdout(&ember(&[
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "train.steps=1",
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.d_ff=32",
+        "--set",
+        "model.max_seq_len=8",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "model.position=\"alibi\"",
+        "--set",
+        "train.eval_every=1",
+        "--set",
+        "train.eval_batches=1",
+        "--quiet",
+    ]));
+    let out_dir = tmp.path().join("hf");
+    let out = ember(&[
+        "export",
+        "--model",
+        run.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("model.position = Alibi"), "{stderr}");
+    assert!(!out_dir.exists(), "nothing is written");
+}
