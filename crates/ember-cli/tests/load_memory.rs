@@ -91,7 +91,7 @@ fn write_streaming(path: &Path, shapes: &[(String, Vec<usize>)]) {
         offset += bytes;
     }
     let mut header = serde_json::Value::Object(header).to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
