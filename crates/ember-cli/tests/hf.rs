@@ -58,21 +58,55 @@ fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
     )
 }
 
-const FIXTURES: [&str; 8] = [
-    "llama-gqa3",
-    "llama-mqa-tied-linear-bf16",
-    "llama3-scaled-f16",
-    "llama-dynamic-ntk",
-    "mistral-sliding-window",
-    "qwen2-bias",
-    "gpt2",
-    "mixtral",
-];
+/// Every fixture directory (those with recorded expectations).
+fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixture(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").exists())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 8, "{names:?}");
+    names
+}
+
+/// A 2-step training run on a small corpus in `dir/run`, with extra `ember train` flags.
+fn train_small(dir: &Path, extra: &[&str]) -> PathBuf {
+    let corpus = dir.join("corpus.txt");
+    let text = "It was the best of times, it was the worst of times.\n".repeat(40);
+    std::fs::write(&corpus, text).unwrap();
+    let run = dir.join("run");
+    let mut args = vec![
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ];
+    for set in [
+        "train.steps=2",
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "model.max_seq_len=16",
+        "train.batch_size=2",
+        "train.eval_every=2",
+        "train.eval_batches=1",
+    ] {
+        args.extend(["--set", set]);
+    }
+    args.extend_from_slice(extra);
+    stdout(&ember(&args));
+    run
+}
 
 #[test]
 fn parity_commands_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in FIXTURES {
+    for name in fixture_names() {
+        let name = name.as_str();
         let dir = fixture(name);
         let dir = dir.to_str().unwrap();
         let exp = expected(name);
@@ -162,37 +196,7 @@ fn exports_reload_with_identical_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = "1,2,3,4,5,6,7,8";
     // A freshly trained Ember checkpoint (char tokenizer) and a Hugging Face fixture.
-    let corpus = tmp.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        "It was the best of times, it was the worst of times.\n".repeat(40),
-    )
-    .unwrap();
-    let run = tmp.path().join("run");
-    stdout(&ember(&[
-        "train",
-        "--data",
-        corpus.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        "train.steps=2",
-        "--set",
-        "model.d_model=32",
-        "--set",
-        "model.n_layers=1",
-        "--set",
-        "model.d_ff=64",
-        "--set",
-        "model.max_seq_len=16",
-        "--set",
-        "train.batch_size=2",
-        "--set",
-        "train.eval_every=2",
-        "--set",
-        "train.eval_batches=1",
-        "--quiet",
-    ]));
+    let run = train_small(tmp.path(), &[]);
     for (source, name) in [(run.clone(), "ember-run"), (fixture("gpt2"), "gpt2")] {
         let source = source.to_str().unwrap();
         let out = tmp.path().join(format!("{name}-hf"));
@@ -428,35 +432,7 @@ fn malformed_directories_are_rejected_clearly() {
 #[test]
 fn unsupported_exports_are_rejected_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let corpus = tmp.path().join("corpus.txt");
-    std::fs::write(&corpus, "abc def ghi\n".repeat(50)).unwrap();
-    let run = tmp.path().join("run");
-    stdout(&ember(&[
-        "train",
-        "--data",
-        corpus.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        "train.steps=1",
-        "--set",
-        "model.d_model=16",
-        "--set",
-        "model.n_layers=1",
-        "--set",
-        "model.d_ff=32",
-        "--set",
-        "model.max_seq_len=8",
-        "--set",
-        "train.batch_size=2",
-        "--set",
-        "model.position=\"alibi\"",
-        "--set",
-        "train.eval_every=1",
-        "--set",
-        "train.eval_batches=1",
-        "--quiet",
-    ]));
+    let run = train_small(tmp.path(), &["--set", "model.position=\"alibi\""]);
     let out_dir = tmp.path().join("hf");
     let out = ember(&[
         "export",

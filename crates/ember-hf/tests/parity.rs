@@ -15,16 +15,19 @@ use serde_json::Value;
 
 type B = burn_flex::Flex;
 
-const FIXTURES: [&str; 8] = [
-    "llama-gqa3",
-    "llama-mqa-tied-linear-bf16",
-    "llama3-scaled-f16",
-    "llama-dynamic-ntk",
-    "mistral-sliding-window",
-    "qwen2-bias",
-    "gpt2",
-    "mixtral",
-];
+/// Every fixture directory (those with recorded expectations): all eight architectures
+/// and settings that `make_hf_fixtures.py` builds.
+fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").exists())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 8, "{names:?}");
+    names
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -80,7 +83,8 @@ fn load(dir: &Path) -> (HfModel, Transformer<B>) {
 
 #[test]
 fn logits_match_transformers() {
-    for name in FIXTURES {
+    for name in fixture_names() {
+        let name = name.as_str();
         let (_, model) = load(&fixtures().join(name));
         let exp = expected(name);
         let prompt = ids(&exp["prompt"]);
@@ -104,7 +108,8 @@ fn logits_match_transformers() {
 
 #[test]
 fn greedy_continuations_match_transformers() {
-    for name in FIXTURES {
+    for name in fixture_names() {
+        let name = name.as_str();
         let (hf, model) = load(&fixtures().join(name));
         let exp = expected(name);
         let prompt = ids(&exp["prompt"]);
@@ -136,7 +141,8 @@ fn greedy_continuations_match_transformers() {
 #[test]
 fn perplexity_matches_transformers() {
     let text = std::fs::read_to_string(fixtures().join("text.txt")).unwrap();
-    for name in FIXTURES {
+    for name in fixture_names() {
+        let name = name.as_str();
         let (hf, model) = load(&fixtures().join(name));
         let exp = &expected(name)["perplexity"];
         let tokens = hf
@@ -204,7 +210,8 @@ fn assert_same_params(a: &Transformer<B>, b: &Transformer<B>, what: &str) {
 #[test]
 fn import_export_import_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in FIXTURES {
+    for name in fixture_names() {
+        let name = name.as_str();
         let (hf, model) = load(&fixtures().join(name));
         let out = tmp.path().join(name);
         let arch = export(
