@@ -5,8 +5,13 @@ use ember_nn::{Transformer, TransformerConfig};
 
 type B = Flex;
 
+/// Two models with the same seeded weights in every run (tests run in parallel threads and
+/// the backend's random generator is global, so creation is serialised).
 fn models() -> Vec<Transformer<B>> {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SEEDED.lock().unwrap();
     let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, 1234);
     let mut gpt = TransformerConfig::gpt2(30, 32, 2, 4, 24);
     gpt.init_std = 0.3;
     let mut llama = TransformerConfig::llama(30, 32, 2, 4, 2, 48, 24);
