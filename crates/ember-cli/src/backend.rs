@@ -38,20 +38,24 @@ pub fn dispatch(
         #[cfg(feature = "flex")]
         BackendName::Flex => f(&crate::commands::On::<burn::backend::Flex>::new(
             Default::default(),
+            true,
         )),
         #[cfg(feature = "ndarray")]
         BackendName::Ndarray => f(&crate::commands::On::<burn::backend::NdArray>::new(
             Default::default(),
+            true,
         )),
         #[cfg(feature = "wgpu")]
         BackendName::Wgpu => f(&crate::commands::On::<burn::backend::Wgpu>::new(
             Default::default(),
+            false,
         )),
         #[cfg(feature = "cuda")]
         BackendName::Cuda => {
             check_cuda_driver()?;
             f(&crate::commands::On::<burn::backend::Cuda>::new(
                 Default::default(),
+                false,
             ))
         }
         #[allow(unreachable_patterns)]

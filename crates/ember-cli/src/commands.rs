@@ -9,14 +9,16 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_hf::WeightDType;
 use ember_hf::safetensors_io::{NamedTensor, write_safetensors};
-use ember_infer::{Generator, Sampler, SamplingConfig};
+use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig};
 use ember_nn::ForwardOptions;
 use ember_nn::FusedBackend;
 use ember_train::{TrainConfig, TrainOptions};
 
 use crate::error::CliError;
 use crate::model_dir::{ModelDir, parse_ids};
-use crate::{DTypeArg, ExportArgs, GenerateArgs, InfoArgs, LogitsArgs, PerplexityArgs, TrainArgs};
+use crate::{
+    DTypeArg, DecoderArg, ExportArgs, GenerateArgs, InfoArgs, LogitsArgs, PerplexityArgs, TrainArgs,
+};
 
 /// The backend-specific commands.
 pub trait Runner {
@@ -30,13 +32,16 @@ pub trait Runner {
 /// A [`Runner`] on backend `B`.
 pub struct On<B: Backend> {
     device: B::Device,
+    /// A CPU backend: batch-1 decoding runs on the host decoder by default.
+    cpu: bool,
     _backend: PhantomData<B>,
 }
 
 impl<B: Backend> On<B> {
-    pub fn new(device: B::Device) -> Self {
+    pub fn new(device: B::Device, cpu: bool) -> Self {
         Self {
             device,
+            cpu,
             _backend: PhantomData,
         }
     }
@@ -110,16 +115,50 @@ impl<B: FusedBackend> Runner for On<B> {
             top_p: Some(top_p),
             seed: args.seed,
         });
-        let generator = Generator::new(&model, &self.device, !args.no_cache)
+        let mut generator = Generator::new(&model, &self.device, !args.no_cache)
             .with_stop_tokens(&dir.stop_tokens());
+        let host = match args.decoder {
+            DecoderArg::Burn => None,
+            DecoderArg::Auto if !self.cpu || args.no_cache => None,
+            DecoderArg::Auto | DecoderArg::Host => Some(HostWeights::F32),
+            DecoderArg::HostInt8 => Some(HostWeights::Int8),
+        };
+        if let Some(weights) = host {
+            generator = match generator.with_host_decoder(weights) {
+                Ok(g) => g,
+                Err(e) if args.decoder != DecoderArg::Auto => {
+                    return Err(CliError::Usage(format!("--decoder: {e}")));
+                }
+                // `auto` keeps the burn path for models the host decoder lacks.
+                Err(_) => Generator::new(&model, &self.device, !args.no_cache)
+                    .with_stop_tokens(&dir.stop_tokens()),
+            };
+        }
+        if args.no_cache && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
+            return Err(CliError::Usage(
+                "--decoder host needs the KV cache; drop --no-cache".into(),
+            ));
+        }
         let max_new_tokens = args.max_new_tokens.unwrap_or(defaults.max_new_tokens);
         let mut stdout = std::io::stdout().lock();
+        let decoder = if generator.uses_host_decoder() {
+            match host {
+                Some(HostWeights::Int8) => "host-int8",
+                _ => "host",
+            }
+        } else {
+            "burn"
+        };
+        let mut timer = DecodeTimer::start(prompt_ids.len(), decoder);
         if args.print_ids {
             let new = generator
-                .generate(&prompt_ids, max_new_tokens, &mut sampler, |_| {})
+                .generate(&prompt_ids, max_new_tokens, &mut sampler, |_| timer.token())
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let text: Vec<String> = new.iter().map(u32::to_string).collect();
             let _ = writeln!(stdout, "{}", text.join(","));
+            if args.stats {
+                eprintln!("{}", timer.report());
+            }
             return Ok(());
         }
         let prompt_decoded = dir.decode(&prompt_ids).unwrap_or_default();
@@ -133,6 +172,7 @@ impl<B: FusedBackend> Runner for On<B> {
         let mut printed = prompt_decoded.len();
         generator
             .generate(&prompt_ids, max_new_tokens, &mut sampler, |id| {
+                timer.token();
                 ids.push(id);
                 match dir.decode(&ids) {
                     Some(text)
@@ -149,6 +189,9 @@ impl<B: FusedBackend> Runner for On<B> {
             })
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let _ = writeln!(stdout);
+        if args.stats {
+            eprintln!("{}", timer.report());
+        }
         Ok(())
     }
 
@@ -252,6 +295,56 @@ impl<B: FusedBackend> Runner for On<B> {
             args.out.display()
         );
         Ok(())
+    }
+}
+
+/// Time to the first token (prompt processing plus one token) and the rate after it.
+struct DecodeTimer {
+    start: std::time::Instant,
+    first: Option<std::time::Instant>,
+    last: std::time::Instant,
+    tokens: usize,
+    prompt: usize,
+    decoder: &'static str,
+}
+
+impl DecodeTimer {
+    fn start(prompt: usize, decoder: &'static str) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            start: now,
+            first: None,
+            last: now,
+            tokens: 0,
+            prompt,
+            decoder,
+        }
+    }
+
+    fn token(&mut self) {
+        let now = std::time::Instant::now();
+        self.first.get_or_insert(now);
+        self.last = now;
+        self.tokens += 1;
+    }
+
+    fn report(&self) -> String {
+        let first = self.first.unwrap_or(self.last);
+        let ttft = (first - self.start).as_secs_f64();
+        let rest = (self.last - first).as_secs_f64();
+        let rate = if self.tokens > 1 && rest > 0.0 {
+            format!("{:.1} tokens/s", (self.tokens - 1) as f64 / rest)
+        } else {
+            "-".into()
+        };
+        format!(
+            "decoder {} | prompt {} tokens, first token after {:.1} ms ({:.0} prompt tokens/s) | {} tokens, {rate} after the first",
+            self.decoder,
+            self.prompt,
+            ttft * 1e3,
+            self.prompt as f64 / ttft.max(1e-9),
+            self.tokens,
+        )
     }
 }
 

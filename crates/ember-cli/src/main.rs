@@ -96,6 +96,22 @@ pub struct GenerateArgs {
     /// Recompute the whole context for every token instead of using the KV cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Who decodes: `auto` (the host decoder on CPU backends when it supports the model,
+    /// else burn), `burn`, `host` (f32 weights, the same numbers as burn) or `host-int8`
+    /// (int8 weights with block scales: faster, approximate).
+    #[arg(long, value_enum, default_value_t = DecoderArg::Auto)]
+    pub decoder: DecoderArg,
+    /// Print prefill and decoding speed to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecoderArg {
+    Auto,
+    Burn,
+    Host,
+    HostInt8,
 }
 
 #[derive(Args)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_hf::{GenerationConfig, HfModel, WeightDType, WeightFiles, export};
-use ember_infer::{Generator, Sampler, SamplingConfig, perplexity};
+use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig, perplexity};
 use ember_nn::{ForwardOptions, Transformer, TransformerConfig, param_values};
 use serde_json::Value;
 
@@ -135,6 +135,17 @@ fn greedy_continuations_match_transformers() {
                 .unwrap();
             assert_eq!(got, want, "{name} (cache: {use_cache})");
         }
+        // The host decoder (every architecture but Mixtral's MoE).
+        let Ok(host) = Generator::new(&model, &Default::default(), true)
+            .with_stop_tokens(&hf.generation.eos_token_ids)
+            .with_host_decoder(HostWeights::F32)
+        else {
+            assert_eq!(name, "mixtral");
+            continue;
+        };
+        let mut sampler = Sampler::new(SamplingConfig::greedy());
+        let got = host.generate(&prompt, 24, &mut sampler, |_| {}).unwrap();
+        assert_eq!(got, want, "{name} (host decoder)");
     }
 }
 

@@ -5,6 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ember_nn::FusedBackend;
 use ember_nn::{ContiguousKvCache, ForwardOptions, KvCache, Transformer};
 
+use crate::host::{HostDecoder, HostWeights};
 use crate::sampling::Sampler;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,6 +28,8 @@ pub struct Generator<'a, B: Backend> {
     use_cache: bool,
     /// Generation ends after any of these (end-of-sequence ids).
     stop_tokens: Vec<u32>,
+    /// Decodes on the host instead of through burn (cached generation only).
+    host: Option<HostDecoder>,
 }
 
 impl<'a, B: FusedBackend> Generator<'a, B> {
@@ -36,7 +39,21 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             device: device.clone(),
             use_cache,
             stop_tokens: Vec::new(),
+            host: None,
         }
+    }
+
+    /// Decodes with a [`HostDecoder`] (weights copied to the host as `weights`) instead
+    /// of burn's graph: the fast path on CPU backends. `Err` names the model option the
+    /// host decoder lacks; the generator is then unchanged.
+    pub fn with_host_decoder(mut self, weights: HostWeights) -> Result<Self, String> {
+        self.host = Some(HostDecoder::new(self.model, weights)?);
+        Ok(self)
+    }
+
+    /// Whether tokens come from the host decoder.
+    pub fn uses_host_decoder(&self) -> bool {
+        self.host.is_some() && self.use_cache
     }
 
     /// Ends generation after any of `ids` (which is still returned), as `transformers`
@@ -67,6 +84,9 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             });
         }
         let window = config.max_seq_len;
+        if let (Some(host), true) = (&self.host, self.use_cache) {
+            return Ok(self.generate_on_host(host, prompt, max_new_tokens, sampler, on_token));
+        }
         let mut tokens = prompt.to_vec();
         let mut new_tokens = Vec::with_capacity(max_new_tokens);
         let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
@@ -101,6 +121,44 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             }
         }
         Ok(new_tokens)
+    }
+
+    /// [`Self::generate`] through the host decoder, with the same context shifting.
+    fn generate_on_host(
+        &self,
+        host: &HostDecoder,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(u32),
+    ) -> Vec<u32> {
+        let window = host.config().max_seq_len;
+        let mut state = host.new_state();
+        let mut tokens = prompt.to_vec();
+        let mut new_tokens = Vec::with_capacity(max_new_tokens);
+        for _ in 0..max_new_tokens {
+            if state.len() >= window {
+                state.clear();
+            }
+            let pending = if state.is_empty() {
+                let keep = if tokens.len() > window {
+                    window / 2
+                } else {
+                    tokens.len()
+                };
+                &tokens[tokens.len() - keep..]
+            } else {
+                &tokens[tokens.len() - 1..]
+            };
+            let next = sampler.sample(host.prefill(&mut state, pending));
+            tokens.push(next);
+            new_tokens.push(next);
+            on_token(next);
+            if self.stop_tokens.contains(&next) {
+                break;
+            }
+        }
+        new_tokens
     }
 
     /// Logits `[vocab]` at the last of `tokens`, which continue the cache when one is given.

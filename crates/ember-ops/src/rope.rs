@@ -268,8 +268,10 @@ pub struct RopeTables<B: Backend> {
     config: RopeConfig,
 }
 
-/// `cos`/`sin` rows for positions `positions` in the layout's order, angles in f64.
-fn table_rows(
+/// `cos`/`sin` rows (`rotary_dim` values each) for `positions` in the layout's order,
+/// angles computed in f64, for a sequence of `len` positions (only dynamic NTK depends on
+/// it). The tables [`RopeTables`] holds, computed on the host.
+pub fn table_rows(
     config: &RopeConfig,
     positions: std::ops::Range<usize>,
     len: usize,

@@ -1,0 +1,165 @@
+//! The host decoder against the burn model it was built from: per-step logits over a
+//! 20-token sequence, against burn's cached forward one token at a time, for every
+//! supported shape (f32: max |Δ| / max |logit| ≤ 1e-4; int8, whose block quantisation
+//! changes the numbers: ≤ 6e-2 on these std-0.2 random weights), identical greedy
+//! generation (also past the context window), and clear refusals for what it does not
+//! implement.
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_infer::{
+    ContiguousKvCache, Generator, HostDecoder, HostWeights, Sampler, SamplingConfig,
+};
+use ember_nn::{ForwardOptions, MlpKind, PositionKind, Transformer, TransformerConfig};
+use ember_ops::{RopeLayout, RopeScaling};
+
+type B = Flex;
+
+fn model(config: &TransformerConfig) -> Transformer<B> {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SEEDED.lock().unwrap();
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, 99);
+    let mut config = config.clone();
+    config.init_std = 0.2;
+    Transformer::new(&config, &device).unwrap()
+}
+
+fn configs() -> Vec<(&'static str, TransformerConfig)> {
+    let llama = TransformerConfig::llama(61, 64, 2, 8, 2, 96, 32);
+    let mut gpt2 = TransformerConfig::gpt2(61, 64, 2, 4, 32);
+    gpt2.mlp = MlpKind::GeluTanh;
+    let mut gpt2_erf_untied = TransformerConfig::gpt2(61, 64, 2, 4, 32);
+    gpt2_erf_untied.tie_embeddings = false;
+    let mut tied_mqa = TransformerConfig::llama(61, 64, 2, 4, 1, 96, 32);
+    tied_mqa.tie_embeddings = true;
+    let mut partial = llama.clone();
+    partial.rope_layout = RopeLayout::Interleaved;
+    partial.partial_rotary_factor = 0.5;
+    partial.mlp = MlpKind::GeGlu;
+    let mut llama3 = llama.clone();
+    llama3.rope_scaling = Some(RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_seq: 8,
+    });
+    let mut dynamic = llama.clone();
+    dynamic.rope_scaling = Some(RopeScaling::DynamicNtk {
+        factor: 2.0,
+        original_max_seq: 8,
+    });
+    let mut qwen = llama.clone();
+    qwen.qkv_bias = Some(true);
+    let mut nope = llama.clone();
+    nope.position = PositionKind::None;
+    vec![
+        ("llama-gqa", llama.clone()),
+        ("gpt2-tanh", gpt2),
+        ("gpt2-erf-untied", gpt2_erf_untied),
+        ("llama-mqa-tied", tied_mqa),
+        ("interleaved-partial-geglu", partial),
+        ("llama3-scaling", llama3),
+        ("dynamic-ntk", dynamic),
+        (
+            "mistral-window-5",
+            TransformerConfig::mistral(61, 64, 2, 4, 2, 96, 32, 5),
+        ),
+        ("qkv-bias", qwen),
+        ("nope", nope),
+    ]
+}
+
+const TOKENS: [u32; 20] = [
+    3, 17, 59, 2, 2, 40, 11, 8, 33, 60, 0, 21, 5, 5, 47, 19, 26, 1, 38, 12,
+];
+
+/// The burn model's logits for `TOKENS` fed one at a time through its KV cache (the
+/// frequencies of dynamic NTK then follow each step's length, as in the host decoder's
+/// `step`).
+fn burn_logits(model: &Transformer<B>) -> Vec<f32> {
+    let mut cache = ContiguousKvCache::<B>::new(model.config().n_layers);
+    let mut out = Vec::new();
+    for &t in &TOKENS {
+        let input = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![i64::from(t)], [1, 1]),
+            &Default::default(),
+        );
+        let options = ForwardOptions {
+            cache: Some(&mut cache),
+            ..Default::default()
+        };
+        let logits: Vec<f32> = model.forward(input, options).into_data().to_vec().unwrap();
+        out.extend(logits);
+    }
+    out
+}
+
+#[test]
+fn step_logits_match_the_burn_model() {
+    for (name, config) in configs() {
+        let model = model(&config);
+        let want = burn_logits(&model);
+        let vocab = config.vocab_size;
+        let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (weights, tol) in [(HostWeights::F32, 1e-4), (HostWeights::Int8, 6e-2)] {
+            let host = HostDecoder::new(&model, weights).unwrap();
+            let mut state = host.new_state();
+            let mut worst = 0f32;
+            for (t, &token) in TOKENS.iter().enumerate() {
+                let got = host.step(&mut state, token);
+                let row = &want[t * vocab..(t + 1) * vocab];
+                for (a, b) in got.iter().zip(row) {
+                    worst = worst.max((a - b).abs() / max);
+                }
+            }
+            println!("{name} {weights:?}: max |Δlogit| / max |logit| = {worst:.2e}");
+            assert!(worst <= tol, "{name} {weights:?}: {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_the_burn_path() {
+    let device = Default::default();
+    for (name, config) in configs() {
+        let model = model(&config);
+        // 50 new tokens after a 3-token prompt run past the 32-token window.
+        let run = |host: bool| {
+            let mut generator = Generator::new(&model, &device, true);
+            if host {
+                generator = generator.with_host_decoder(HostWeights::F32).unwrap();
+                assert!(generator.uses_host_decoder());
+            }
+            generator
+                .generate(
+                    &[4, 9, 16],
+                    50,
+                    &mut Sampler::new(SamplingConfig::greedy()),
+                    |_| {},
+                )
+                .unwrap()
+        };
+        assert_eq!(run(true), run(false), "{name}");
+    }
+}
+
+#[test]
+fn unsupported_models_are_named() {
+    let mixtral = TransformerConfig::mixtral(61, 48, 1, 4, 2, 80, 32, 3, 2);
+    let mut alibi = TransformerConfig::llama(61, 48, 1, 4, 2, 80, 32);
+    alibi.position = PositionKind::Alibi;
+    let mut qk = TransformerConfig::llama(61, 48, 1, 4, 2, 80, 32);
+    qk.qk_norm = true;
+    for (config, needle) in [
+        (mixtral, "Mixture-of-Experts"),
+        (alibi, "Alibi"),
+        (qk, "QK-norm"),
+    ] {
+        let model = model(&config);
+        let err = HostDecoder::new(&model, HostWeights::F32).unwrap_err();
+        assert!(err.contains(needle), "{err}");
+        let generator = Generator::new(&model, &Default::default(), true);
+        assert!(generator.with_host_decoder(HostWeights::F32).is_err());
+    }
+}
