@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 mod arch;
 mod attention_memory;
+mod decode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -301,13 +302,16 @@ fn bench(args: &[String]) -> Result<()> {
     let data = flag("--data")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/data/tinyshakespeare.txt"));
+    let steps = number("--steps", 2000)?;
+    if flag("--suite") == Some("decode") {
+        return decode::bench(&data, steps);
+    }
     if !data.exists() {
         bail!(
             "{}: benchmark data not found (pass --data FILE)",
             data.display()
         );
     }
-    let steps = number("--steps", 2000)?;
     match flag("--suite") {
         None | Some("nanogpt") => {}
         Some("arch") => {
@@ -319,7 +323,7 @@ fn bench(args: &[String]) -> Result<()> {
             );
         }
         Some(other) => {
-            bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory)")
+            bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode)")
         }
     }
     let ember = build_ember()?;

@@ -337,8 +337,17 @@ impl DecodeTimer {
         } else {
             "-".into()
         };
+        // The process's peak resident memory (Linux).
+        let peak = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or("-".into(), |kb| format!("{:.1} MB", kb / 1024.0));
         format!(
-            "decoder {} | prompt {} tokens, first token after {:.1} ms ({:.0} prompt tokens/s) | {} tokens, {rate} after the first",
+            "decoder {} | prompt {} tokens, first token after {:.1} ms ({:.0} prompt tokens/s) | {} tokens, {rate} after the first | peak RSS {peak}",
             self.decoder,
             self.prompt,
             ttft * 1e3,

@@ -174,6 +174,12 @@ pub struct InfoArgs {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when stdout is a closed pipe (`ember info | head`), like other Unix
+    // tools, instead of panicking in `println!`.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = backend::dispatch(cli.backend, |runner| match cli.command {
         Command::Train(args) => runner.train(args),

@@ -150,7 +150,29 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             } else {
                 &tokens[tokens.len() - 1..]
             };
-            let next = sampler.sample(host.prefill(&mut state, pending));
+            let next = if pending.len() > 1 {
+                // Prompts run as one batched pass through burn (matrix-matrix products),
+                // whose keys and values then seed the host cache.
+                let mut cache = ContiguousKvCache::<B>::new(self.model.config().n_layers);
+                let logits = self.logits_last(pending, Some(&mut cache));
+                let layers: Vec<(Vec<f32>, Vec<f32>)> = (0..self.model.config().n_layers)
+                    .map(|l| {
+                        let (k, v) = cache.layer(l).expect("every layer was cached");
+                        let host = |t: &Tensor<B, 4>| {
+                            t.clone()
+                                .into_data()
+                                .convert::<f32>()
+                                .to_vec::<f32>()
+                                .expect("f32 cache")
+                        };
+                        (host(k), host(v))
+                    })
+                    .collect();
+                state.load(&layers, pending.len(), self.model.config().n_kv_heads);
+                sampler.sample(&logits)
+            } else {
+                sampler.sample(host.step(&mut state, pending[0]))
+            };
             tokens.push(next);
             new_tokens.push(next);
             on_token(next);

@@ -45,6 +45,13 @@ impl<B: Backend> ContiguousKvCache<B> {
         }
     }
 
+    /// Layer `layer`'s keys and values, `[batch, n_kv_heads, len, head_dim]` each.
+    pub fn layer(&self, layer: usize) -> Option<(&Tensor<B, 4>, &Tensor<B, 4>)> {
+        self.layers
+            .get(layer)
+            .and_then(|slot| slot.as_ref().map(|(k, v)| (k, v)))
+    }
+
     /// Forgets every cached position.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|slot| *slot = None);

@@ -130,6 +130,29 @@ impl DecodeState {
     pub fn clear(&mut self) {
         self.pos = 0;
     }
+
+    /// Replaces the cache with `len` positions computed elsewhere (a batched forward pass
+    /// of the same model): per layer, keys and values `[n_kv_heads, len, head_dim]`.
+    pub fn load(&mut self, layers: &[(Vec<f32>, Vec<f32>)], len: usize, n_kv: usize) {
+        assert_eq!(layers.len(), self.keys.len());
+        let head_dim = self.k.len() / n_kv;
+        assert!(
+            len * n_kv * head_dim <= self.keys[0].len(),
+            "the KV cache is full"
+        );
+        for (l, (k, v)) in layers.iter().enumerate() {
+            for (src, dst) in [(k, &mut self.keys[l]), (v, &mut self.values[l])] {
+                for h in 0..n_kv {
+                    for t in 0..len {
+                        let from = (h * len + t) * head_dim;
+                        let to = (t * n_kv + h) * head_dim;
+                        dst[to..to + head_dim].copy_from_slice(&src[from..from + head_dim]);
+                    }
+                }
+            }
+        }
+        self.pos = len;
+    }
 }
 
 /// A model's weights laid out for batch-1 decoding on the host.
