@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 mod arch;
 mod attention_memory;
 mod decode;
+mod micro;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -296,6 +297,9 @@ fn bench(args: &[String]) -> Result<()> {
             .map_or(Ok(default), str::parse::<usize>)
             .context(name.to_string())
     };
+    if args.iter().any(|a| a == "--micro") {
+        return micro::bench(flag("--filter"));
+    }
     if flag("--suite") == Some("attention-memory") {
         return attention_memory::bench(number("--seq", 4096)?);
     }

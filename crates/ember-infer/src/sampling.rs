@@ -49,24 +49,50 @@ impl Sampler {
         let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / c.temperature).collect();
         let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let mut probs: Vec<f64> = scaled.iter().map(|&l| (l - max).exp()).collect();
+        // Most likely first, ties to the lower id: a total order, so sorting only the
+        // leading `m` after a selection gives exactly the prefix a full sort would.
+        let cmp = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
         let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let sort_prefix = |order: &mut Vec<usize>, m: usize| {
+            if m < order.len() {
+                order.select_nth_unstable_by(m, cmp);
+            }
+            let m = m.min(order.len());
+            order[..m].sort_unstable_by(cmp);
+        };
         let mut keep = probs.len();
         if let Some(k) = c.top_k.filter(|&k| k > 0) {
             keep = keep.min(k);
         }
-        if let Some(p) = c.top_p.filter(|&p| p < 1.0) {
-            let total: f64 = order[..keep].iter().map(|&i| probs[i]).sum();
-            let mut cumulative = 0.0;
-            let mut n = 0;
-            for &i in &order[..keep] {
-                cumulative += probs[i] / total;
-                n += 1;
-                if cumulative >= p {
-                    break;
+        match c.top_p.filter(|&p| p < 1.0) {
+            None => sort_prefix(&mut order, keep),
+            Some(p) => {
+                // Grow the sorted prefix until it holds the nucleus.
+                let total: f64 = if keep < probs.len() {
+                    sort_prefix(&mut order, keep);
+                    order[..keep].iter().map(|&i| probs[i]).sum()
+                } else {
+                    probs.iter().sum()
+                };
+                let mut m = keep.min(64);
+                loop {
+                    sort_prefix(&mut order, m);
+                    let mut cumulative = 0.0;
+                    let mut n = 0;
+                    for &i in &order[..m] {
+                        cumulative += probs[i] / total;
+                        n += 1;
+                        if cumulative >= p {
+                            break;
+                        }
+                    }
+                    if cumulative >= p || m == keep {
+                        keep = n;
+                        break;
+                    }
+                    m = (m * 4).min(keep);
                 }
             }
-            keep = n;
         }
         for &i in &order[keep..] {
             probs[i] = 0.0;

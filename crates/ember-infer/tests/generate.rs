@@ -115,3 +115,58 @@ fn sampling_filters_and_seeds() {
     let hits = (0..n).filter(|_| s.sample(&logits) == 3).count() as f64 / n as f64;
     assert!((hits - exp[3] / total).abs() < 0.02, "{hits}");
 }
+
+/// The filtered distribution over a large vocabulary equals one computed naively with a
+/// full sort (the sampler sorts only the prefix it needs).
+#[test]
+fn filtered_distributions_match_a_full_sort() {
+    let logits: Vec<f32> = (0..5000u64)
+        .map(|i| ((i.wrapping_mul(2654435761) % 10007) as f32 / 1000.0).sin() * 6.0)
+        .collect();
+    for (temperature, top_k, top_p) in [
+        (1.0, Some(50), None),
+        (0.7, None, Some(0.9)),
+        (1.3, Some(400), Some(0.5)),
+        (0.5, None, Some(0.999)),
+        (2.0, Some(4999), Some(0.3)),
+    ] {
+        let config = SamplingConfig {
+            temperature,
+            top_k,
+            top_p,
+            seed: 0,
+        };
+        let got = Sampler::new(config).distribution(&logits).unwrap();
+        // Naive: softmax, full stable sort by probability (ties to the lower id).
+        let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
+        let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let probs: Vec<f64> = scaled.iter().map(|l| (l - max).exp()).collect();
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let mut keep = top_k.unwrap_or(probs.len()).min(probs.len());
+        if let Some(p) = top_p {
+            let total: f64 = order[..keep].iter().map(|&i| probs[i]).sum();
+            let mut cumulative = 0.0;
+            keep = order[..keep]
+                .iter()
+                .position(|&i| {
+                    cumulative += probs[i] / total;
+                    cumulative >= p
+                })
+                .map_or(keep, |n| n + 1);
+        }
+        let kept: f64 = order[..keep].iter().map(|&i| probs[i]).sum();
+        let mut want = vec![0.0; probs.len()];
+        for &i in &order[..keep] {
+            want[i] = probs[i] / kept;
+        }
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{temperature} {top_k:?} {top_p:?}");
+        }
+        assert_eq!(
+            got.iter().filter(|&&p| p > 0.0).count(),
+            keep,
+            "{temperature} {top_k:?} {top_p:?}"
+        );
+    }
+}
