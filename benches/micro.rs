@@ -117,8 +117,26 @@ fn rope(c: &mut Criterion) {
     let tables =
         RopeTables::<B>::with_config(RopeConfig::new(48, 10_000.0), 256, &Default::default());
     let x = randn([1, 256, 6, 48]);
-    group.bench_function("apply_seq_major_stories15m", |bench| {
+    group.bench_function(BenchmarkId::new("fused", "stories15m"), |bench| {
         bench.iter(|| sync(tables.apply_seq_major(x.clone(), 0)))
+    });
+    let (cos, sin) = {
+        let (c, s) = ember_ops::rope::table_rows(&RopeConfig::new(48, 10_000.0), 0..256, 256);
+        let t = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [256, 48]), &Default::default())
+        };
+        (t(c), t(s))
+    };
+    group.bench_function(BenchmarkId::new("composed", "stories15m"), |bench| {
+        bench.iter(|| {
+            sync::<4>(wrap(composed::rope::<B>(
+                prim(x.clone()),
+                prim(cos.clone()),
+                prim(sin.clone()),
+                false,
+                false,
+            )))
+        })
     });
     let host = RopeConfig::new(48, 10_000.0);
     group.bench_function("host_table_row", |bench| {

@@ -348,8 +348,33 @@ impl<B: Backend> RopeTables<B> {
     /// Rotates `x`: `[batch, seq, heads, head_dim]` (the layout of a projection's output
     /// before the heads are moved forward, where every operand is contiguous) whose first
     /// row is position `start`.
-    pub fn apply_seq_major(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        self.rotate(x, start, 1)
+    pub fn apply_seq_major(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4>
+    where
+        B: crate::FusedBackend,
+    {
+        let (cos, sin) = self.rows(start, x.dims()[1], &x.device());
+        crate::fused::rope(x, cos, sin, self.config.layout == RopeLayout::Interleaved)
+    }
+
+    /// The `cos`, `sin` rows `[seq, rotary_dim]` for positions `start..start + seq`.
+    fn rows(&self, start: usize, seq: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let config = self.config();
+        match config.scaling {
+            // Dynamic NTK's frequencies depend on the current length.
+            Some(RopeScaling::DynamicNtk {
+                original_max_seq, ..
+            }) if start + seq > original_max_seq => {
+                let (cos, sin) = table_rows(&config, start..start + seq, start + seq);
+                let t = |v: Vec<f32>| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v, [seq, config.rotary_dim]), device)
+                };
+                (t(cos), t(sin))
+            }
+            _ => (
+                self.cos.clone().narrow(0, start, seq),
+                self.sin.clone().narrow(0, start, seq),
+            ),
+        }
     }
 
     /// Rotates `x` whose dimension `seq_dim` (1 or 2) is the sequence.

@@ -232,3 +232,86 @@ fn fused_ops_fall_back_for_other_dtypes() {
         assert!((g - w).abs() < 1e-6, "{got:?}");
     }
 }
+
+/// RoPE tables `[seq, rotary]` for random angles, each angle shared by the two features
+/// of its pair (halves for rotate-half, neighbours for interleaved), as real tables are.
+fn tables(seq: usize, rotary: usize, interleaved: bool) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let angles = random::<B, 2>([seq, rotary / 2]);
+    let full = if interleaved {
+        angles
+            .reshape([seq, rotary / 2, 1])
+            .repeat_dim(2, 2)
+            .reshape([seq, rotary])
+    } else {
+        Tensor::cat(vec![angles.clone(), angles], 1)
+    };
+    (full.clone().cos(), full.sin())
+}
+
+/// The Flex RoPE kernel and its autodiff node against the composed body: values and the
+/// gradient of `Σ rope(x) · r`, both layouts, full and partial rotation, odd shapes, and
+/// a strided input.
+#[test]
+fn rope_matches_composed_in_values_and_gradients() {
+    // (batch, seq, heads, head_dim, rotary_dim)
+    for (batch, seq, heads, head_dim, rotary) in
+        [(2, 5, 3, 8, 8), (1, 7, 2, 12, 6), (3, 1, 1, 4, 4)]
+    {
+        for interleaved in [false, true] {
+            let x = random::<B, 4>([batch, seq, heads, head_dim]);
+            let r = random::<B, 4>([batch, seq, heads, head_dim]);
+            let (cos, sin) = tables(seq, rotary, interleaved);
+            let run = |fused_path: bool| {
+                let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+                let (c, s) = (
+                    Tensor::<AD, 2>::from_inner(cos.clone()),
+                    Tensor::<AD, 2>::from_inner(sin.clone()),
+                );
+                let out: Tensor<AD, 4> = if fused_path {
+                    fused::rope(xa.clone(), c, s, interleaved)
+                } else {
+                    tensor(composed::rope::<AD>(
+                        prim(xa.clone()),
+                        prim(c),
+                        prim(s),
+                        interleaved,
+                        false,
+                    ))
+                };
+                let grads = (out.clone() * Tensor::from_inner(r.clone()))
+                    .sum()
+                    .backward();
+                (out.inner(), xa.grad(&grads).unwrap())
+            };
+            let (v1, g1) = run(true);
+            let (v2, g2) = run(false);
+            close(v1, v2, 1e-5);
+            close(g1, g2, 1e-5);
+            // The inverse undoes the rotation.
+            let there = fused::rope(x.clone(), cos.clone(), sin.clone(), interleaved);
+            let back = tensor::<B, 4>(B::fused_rope(
+                prim(there),
+                prim(cos.clone()),
+                prim(sin.clone()),
+                interleaved,
+                true,
+            ));
+            // cos² + sin² = 1 for true angles, which these are.
+            close(back, x.clone(), 1e-4);
+        }
+    }
+    // A strided (swapped) input takes the contiguous copy path.
+    let x = random::<B, 4>([2, 3, 4, 8]).swap_dims(1, 2);
+    let (cos, sin) = tables(4, 8, false);
+    close(
+        fused::rope(x.clone(), cos.clone(), sin.clone(), false),
+        tensor(composed::rope::<B>(
+            prim(x),
+            prim(cos),
+            prim(sin),
+            false,
+            false,
+        )),
+        1e-5,
+    );
+}

@@ -32,6 +32,22 @@ impl<B: FusedBackend> Backward<B, 1> for GeluBackward {
 }
 
 #[derive(Debug)]
+struct RopeBackward;
+
+impl<B: FusedBackend> Backward<B, 1> for RopeBackward {
+    /// (cos, sin, interleaved, inverse)
+    type State = (FloatTensor<B>, FloatTensor<B>, bool, bool);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin, interleaved, inverse) = ops.state;
+        // The rotation is orthogonal: its gradient is the opposite rotation.
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::fused_rope(dy, cos, sin, interleaved, !inverse)
+        });
+    }
+}
+
+#[derive(Debug)]
 struct LayerNormBackward;
 
 impl<B: FusedBackend> Backward<B, 3> for LayerNormBackward {
@@ -151,6 +167,31 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         eps: f64,
     ) -> FloatTensor<Self> {
         norm_no_bias::<B, C>(x, weight, eps, true)
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        // The tables are constants: only `x` is a parent.
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match RopeBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out =
+                    B::fused_rope(x.primitive, cos.clone(), sin.clone(), interleaved, inverse);
+                prep.finish((cos, sin, interleaved, inverse), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_rope(x.primitive, cos, sin, interleaved, inverse))
+            }
+        }
     }
 
     fn fused_attention(

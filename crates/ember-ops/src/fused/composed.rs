@@ -195,3 +195,44 @@ pub fn attention_backward<B: FusedBackend>(
     let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
     (dq, dk, dv)
 }
+
+/// RoPE with burn's tensor ops on `x: [batch, seq, heads, head_dim]`.
+pub fn rope<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    interleaved: bool,
+    inverse: bool,
+) -> FloatTensor<B> {
+    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    let cos = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(cos));
+    let sin = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(sin));
+    let sin = if inverse { sin.neg() } else { sin };
+    let [d0, seq, d2, head_dim] = x.dims();
+    let r = cos.dims()[1];
+    let (cos, sin) = (cos.reshape([1, seq, 1, r]), sin.reshape([1, seq, 1, r]));
+    let (rot, pass) = if r == head_dim {
+        (x, None)
+    } else {
+        (
+            x.clone().narrow(3, 0, r),
+            Some(x.narrow(3, r, head_dim - r)),
+        )
+    };
+    let rotated = if interleaved {
+        let pairs = rot.clone().reshape([d0, seq, d2, r / 2, 2]);
+        let even = pairs.clone().narrow(4, 0, 1);
+        let odd = pairs.narrow(4, 1, 1);
+        Tensor::cat(vec![odd.neg(), even], 4).reshape([d0, seq, d2, r])
+    } else {
+        let x1 = rot.clone().narrow(3, 0, r / 2);
+        let x2 = rot.clone().narrow(3, r / 2, r / 2);
+        Tensor::cat(vec![x2.neg(), x1], 3)
+    };
+    let out = rot * cos + rotated * sin;
+    let out = match pass {
+        Some(pass) => Tensor::cat(vec![out, pass], 3),
+        None => out,
+    };
+    out.into_primitive().tensor()
+}

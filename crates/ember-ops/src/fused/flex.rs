@@ -393,6 +393,64 @@ pub(super) fn softmax_backward_rows(p: &[f32], dp: &mut [f32], width: usize, sca
     softmax_backward_chunk(p, dp, width, scale);
 }
 
+/// RoPE on rows of `heads · head_dim` values, one sequence position per row (row `i`
+/// of the chunk is position `(first_row + i) % seq`); `sign = -1` rotates backwards.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rope_body(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    first_row: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    interleaved: bool,
+    sign: f32,
+    y: &mut [f32],
+) {
+    let r = cos.len() / seq;
+    let half = r / 2;
+    let row_len = heads * head_dim;
+    for (i, (xr, yr)) in x
+        .chunks_exact(row_len)
+        .zip(y.chunks_exact_mut(row_len))
+        .enumerate()
+    {
+        let t = (first_row + i) % seq;
+        let (c, s) = (&cos[t * r..(t + 1) * r], &sin[t * r..(t + 1) * r]);
+        for (xh, yh) in xr.chunks_exact(head_dim).zip(yr.chunks_exact_mut(head_dim)) {
+            if interleaved {
+                for j in 0..half {
+                    let (a, b) = (xh[2 * j], xh[2 * j + 1]);
+                    yh[2 * j] = a * c[2 * j] - sign * b * s[2 * j];
+                    yh[2 * j + 1] = b * c[2 * j + 1] + sign * a * s[2 * j + 1];
+                }
+            } else {
+                for j in 0..half {
+                    let (a, b) = (xh[j], xh[j + half]);
+                    yh[j] = a * c[j] - sign * b * s[j];
+                    yh[j + half] = b * c[j + half] + sign * a * s[j + half];
+                }
+            }
+            yh[r..].copy_from_slice(&xh[r..]);
+        }
+    }
+}
+
+multiversion!(fn rope_chunk(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    first_row: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    interleaved: bool,
+    sign: f32,
+    y: &mut [f32],
+) => rope_body);
+
 impl FusedBackend for Flex {
     /// Per-head gemm calls around the fused masked softmax on strided views, with no
     /// copies for the head split; see [`flex_attention`]. (burn's own Flex attention is
@@ -475,6 +533,49 @@ impl FusedBackend for Flex {
             Some((dx, dweight, _)) => (dx, dweight),
             None => composed::rms_norm_backward::<Self>(x, weight, dy, eps),
         }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(cc), Some(sc)) = (
+            f32_contiguous(&x),
+            f32_contiguous(&cos),
+            f32_contiguous(&sin),
+        ) else {
+            return composed::rope::<Self>(x, cos, sin, interleaved, inverse);
+        };
+        let shape = x.shape();
+        let (seq, heads, head_dim) = (shape[1], shape[2], shape[3]);
+        let row_len = heads * head_dim;
+        let xs = values(&xc);
+        let rows = xs.len() / row_len.max(1);
+        let chunk_rows = rows_per_task(rows, row_len);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let (cs, ss) = (values(&cc), values(&sc));
+        let mut y = vec![0.0f32; xs.len()];
+        y.par_chunks_mut(chunk_rows * row_len)
+            .zip(xs.par_chunks(chunk_rows * row_len))
+            .enumerate()
+            .for_each(|(i, (yc, xc))| {
+                rope_chunk(
+                    xc,
+                    cs,
+                    ss,
+                    i * chunk_rows,
+                    seq,
+                    heads,
+                    head_dim,
+                    interleaved,
+                    sign,
+                    yc,
+                )
+            });
+        output(y, shape)
     }
 
     fn fused_softmax(

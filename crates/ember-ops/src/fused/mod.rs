@@ -13,7 +13,7 @@
 //! gradients), see `tests/fused.rs`.
 //!
 //! The Tensor-level entry points are the free functions [`gelu`], [`layer_norm`],
-//! [`rms_norm`] and [`attention`].
+//! [`rms_norm`], [`rope`] and [`attention`].
 
 pub mod autodiff;
 mod backends;
@@ -111,6 +111,23 @@ pub trait FusedBackend: Backend {
         composed::softmax_backward::<Self>(p, dp, scale)
     }
 
+    /// Rotary embedding of `x: [batch, seq, heads, head_dim]` (sequence-major) with
+    /// `cos`, `sin: [seq, rotary_dim]` in the layout's order (rotate-half, or interleaved
+    /// pairs): the first `rotary_dim` features become `x · cos + rotate(x) · sin`, the rest
+    /// pass through. With `inverse`, `sin` is negated: the inverse rotation, which is also
+    /// the gradient of the forward one (rotation is orthogonal). The tables must give the
+    /// two features of a pair the same angle, as [`crate::RopeTables`] builds them; the
+    /// gradient relies on it.
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        composed::rope::<Self>(x, cos, sin, interleaved, inverse)
+    }
+
     /// Scaled dot-product attention with grouped-query sharing and optional causal
     /// masking (bottom-right aligned), scale `1/sqrt(head_dim)`. Returns
     /// `[batch, n_heads, seq_q, head_dim]`. The default runs burn's fused `attention` op.
@@ -181,6 +198,23 @@ pub fn softmax<B: FusedBackend, const D: usize>(
     causal_q_len: Option<usize>,
 ) -> Tensor<B, D> {
     tensor(B::fused_softmax(prim(scores), scale, causal_q_len))
+}
+
+/// Rotary embedding of `x: [batch, seq, heads, head_dim]` by the rows `cos`, `sin:
+/// [seq, rotary_dim]`; see [`FusedBackend::fused_rope`].
+pub fn rope<B: FusedBackend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    interleaved: bool,
+) -> Tensor<B, 4> {
+    tensor(B::fused_rope(
+        prim(x),
+        prim(cos),
+        prim(sin),
+        interleaved,
+        false,
+    ))
 }
 
 /// Scaled dot-product attention; see [`FusedBackend::fused_attention`].
