@@ -395,20 +395,32 @@ pub(super) fn softmax_backward_rows(p: &[f32], dp: &mut [f32], width: usize, sca
 
 /// RoPE on rows of `heads · head_dim` values, one sequence position per row (row `i`
 /// of the chunk is position `(first_row + i) % seq`); `sign = -1` rotates backwards.
+#[derive(Clone, Copy)]
+struct RopeLayoutInfo {
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    interleaved: bool,
+    /// `1` forward, `-1` for the inverse rotation.
+    sign: f32,
+}
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn rope_body(
     x: &[f32],
     cos: &[f32],
     sin: &[f32],
     first_row: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    interleaved: bool,
-    sign: f32,
+    info: RopeLayoutInfo,
     y: &mut [f32],
 ) {
+    let RopeLayoutInfo {
+        seq,
+        heads,
+        head_dim,
+        interleaved,
+        sign,
+    } = info;
     let r = cos.len() / seq;
     let half = r / 2;
     let row_len = heads * head_dim;
@@ -443,11 +455,7 @@ multiversion!(fn rope_chunk(
     cos: &[f32],
     sin: &[f32],
     first_row: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    interleaved: bool,
-    sign: f32,
+    info: RopeLayoutInfo,
     y: &mut [f32],
 ) => rope_body);
 
@@ -555,26 +563,19 @@ impl FusedBackend for Flex {
         let xs = values(&xc);
         let rows = xs.len() / row_len.max(1);
         let chunk_rows = rows_per_task(rows, row_len);
-        let sign = if inverse { -1.0 } else { 1.0 };
+        let info = RopeLayoutInfo {
+            seq,
+            heads,
+            head_dim,
+            interleaved,
+            sign: if inverse { -1.0 } else { 1.0 },
+        };
         let (cs, ss) = (values(&cc), values(&sc));
         let mut y = vec![0.0f32; xs.len()];
         y.par_chunks_mut(chunk_rows * row_len)
             .zip(xs.par_chunks(chunk_rows * row_len))
             .enumerate()
-            .for_each(|(i, (yc, xc))| {
-                rope_chunk(
-                    xc,
-                    cs,
-                    ss,
-                    i * chunk_rows,
-                    seq,
-                    heads,
-                    head_dim,
-                    interleaved,
-                    sign,
-                    yc,
-                )
-            });
+            .for_each(|(i, (yc, xc))| rope_chunk(xc, cs, ss, i * chunk_rows, info, yc));
         output(y, shape)
     }
 
