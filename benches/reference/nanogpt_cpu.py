@@ -121,6 +121,14 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--out", required=True)
+    # nanoGPT's CPU shape by default; `--d 384 --layers 6 --heads 6 --block 256 --batch 8`
+    # is its GPU shape (the gpt-wide benchmark).
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--eval-every", type=int, default=250)
     args = ap.parse_args()
 
     # One intra-op thread per core, as PyTorch picks on a machine it has to itself.
@@ -133,7 +141,7 @@ def main():
     n = int(len(data) * 0.9)
     train, val = data[:n], data[n:]
 
-    model = GPT(len(chars))
+    model = GPT(len(chars), d=args.d, layers=args.layers, heads=args.heads, block=args.block)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -146,7 +154,7 @@ def main():
         start = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        x, y = batch(train, rng, 12, 64)
+        x, y = batch(train, rng, args.batch, args.block)
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,11 +162,13 @@ def main():
         opt.step()
         times.append((time.perf_counter() - start) * 1e3)
         done = step + 1
-        if done % 250 == 0 or done == args.steps:
+        if done % args.eval_every == 0 or done == args.steps:
             model.eval()
             eval_rng = SplitMix64(1337 ^ 0x5EED5EED5EED5EED)
             with torch.no_grad():
-                total = sum(model(*batch(val, eval_rng, 12, 64)).item() for _ in range(20))
+                total = sum(
+                    model(*batch(val, eval_rng, args.batch, args.block)).item() for _ in range(20)
+                )
             losses[done] = total / 20
             model.train()
             print(f"reference step {done}: val {losses[done]:.4f}", flush=True)
@@ -167,7 +177,7 @@ def main():
     json.dump(
         {
             "ms_per_step": ms,
-            "tokens_per_s": 12 * 64 / (ms / 1e3),
+            "tokens_per_s": args.batch * args.block / (ms / 1e3),
             "val_loss": losses[args.steps],
             "val_losses": losses,
             "torch_version": torch.__version__,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 mod arch;
 mod attention_memory;
 mod decode;
+mod gpt_wide;
 mod micro;
 
 fn main() -> ExitCode {
@@ -318,6 +319,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     match flag("--suite") {
         None | Some("nanogpt") => {}
+        Some("gpt-wide") => return gpt_wide::bench(&data, number("--steps", 50)?),
         Some("arch") => {
             return arch::bench_arch(
                 &data,
@@ -327,7 +329,9 @@ fn bench(args: &[String]) -> Result<()> {
             );
         }
         Some(other) => {
-            bail!("--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode)")
+            bail!(
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, gpt-wide)"
+            )
         }
     }
     let ember = build_ember()?;
