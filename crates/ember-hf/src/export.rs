@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ember_data::Tokenizer;
 use ember_data::tokenizer::TOKENIZER_FILE;
-use ember_nn::{FusedBackend, Transformer, param_values};
+use ember_nn::{FusedBackend, Transformer, param_values_f32};
 
 use crate::config::{CONFIG_FILE, HfArch, export_arch, to_config_json};
 use crate::error::{HfError, at};
@@ -38,17 +38,7 @@ pub fn export<B: FusedBackend>(
             ),
         ));
     }
-    let mut values: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values(model)
-        .into_iter()
-        .map(|(path, data)| {
-            let shape = data.shape.to_vec();
-            let values = data
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("parameters convert to f32");
-            (path, (shape, values))
-        })
-        .collect();
+    let mut values: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values_f32(model);
 
     let shapes: HashMap<String, Vec<usize>> = values
         .iter()

@@ -113,6 +113,25 @@ fn step_logits_match_the_burn_model() {
                     worst = worst.max((a - b).abs() / max);
                 }
             }
+            // `prefill` runs the same steps; only dynamic NTK sizes its frequencies by the
+            // whole block instead of each step's length.
+            if !matches!(config.rope_scaling, Some(RopeScaling::DynamicNtk { .. })) {
+                let stepped = {
+                    let mut state = host.new_state();
+                    let mut last = Vec::new();
+                    for &t in &TOKENS {
+                        last = host.step(&mut state, t).to_vec();
+                    }
+                    last
+                };
+                let mut state = host.new_state();
+                assert_eq!(
+                    host.prefill(&mut state, &TOKENS),
+                    stepped.as_slice(),
+                    "{name}"
+                );
+                assert_eq!(state.len(), TOKENS.len());
+            }
             println!("{name} {weights:?}: max |Δlogit| / max |logit| = {worst:.2e}");
             assert!(worst <= tol, "{name} {weights:?}: {worst:.2e}");
         }

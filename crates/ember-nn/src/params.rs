@@ -262,3 +262,20 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Tensor
     module.visit(&mut collector);
     collector.values
 }
+
+/// Every float parameter as `(shape, values converted to f32)`, by path.
+pub fn param_values_f32<B: Backend, M: Module<B>>(
+    module: &M,
+) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    param_values(module)
+        .into_iter()
+        .map(|(path, data)| {
+            let shape = data.shape.to_vec();
+            let values = data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("float parameters convert to f32");
+            (path, (shape, values))
+        })
+        .collect()
+}

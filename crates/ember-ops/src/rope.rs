@@ -277,32 +277,47 @@ pub fn table_rows(
     len: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let (inv_freq, mscale) = config.inv_freq(len);
-    let n = positions.len() * config.rotary_dim;
-    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for pos in positions {
-        let row: Vec<(f32, f32)> = inv_freq
-            .iter()
-            .map(|f| {
-                let (s, c) = (pos as f64 * f).sin_cos();
-                ((c * mscale) as f32, (s * mscale) as f32)
-            })
-            .collect();
-        match config.layout {
-            RopeLayout::RotateHalf => {
-                for _ in 0..2 {
-                    cos.extend(row.iter().map(|r| r.0));
-                    sin.extend(row.iter().map(|r| r.1));
-                }
-            }
-            RopeLayout::Interleaved => {
-                for r in &row {
-                    cos.extend([r.0, r.0]);
-                    sin.extend([r.1, r.1]);
-                }
-            }
-        }
+    let r = config.rotary_dim;
+    let n = positions.len() * r;
+    let (mut cos, mut sin) = (vec![0f32; n], vec![0f32; n]);
+    for (i, pos) in positions.enumerate() {
+        let rows = i * r..(i + 1) * r;
+        table_row_into(
+            config.layout,
+            &inv_freq,
+            mscale,
+            pos,
+            &mut cos[rows.clone()],
+            &mut sin[rows],
+        );
     }
     (cos, sin)
+}
+
+/// Writes position `pos`'s `cos`/`sin` row (`2 · inv_freq.len()` values each, in
+/// `layout`'s order) for the frequencies and factor [`RopeConfig::inv_freq`] returns,
+/// without allocating.
+pub fn table_row_into(
+    layout: RopeLayout,
+    inv_freq: &[f64],
+    mscale: f64,
+    pos: usize,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let half = inv_freq.len();
+    for (i, f) in inv_freq.iter().enumerate() {
+        let (s, c) = (pos as f64 * f).sin_cos();
+        let (c, s) = ((c * mscale) as f32, (s * mscale) as f32);
+        let (a, b) = match layout {
+            RopeLayout::RotateHalf => (i, i + half),
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        };
+        cos[a] = c;
+        cos[b] = c;
+        sin[a] = s;
+        sin[b] = s;
+    }
 }
 
 impl<B: Backend> RopeTables<B> {

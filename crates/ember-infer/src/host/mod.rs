@@ -16,9 +16,9 @@ use std::collections::HashMap;
 
 use ember_nn::{
     FusedBackend, MlpKind, NormKind, NormPlacement, PositionKind, Transformer, TransformerConfig,
-    param_values,
+    param_values_f32,
 };
-use ember_ops::{RopeConfig, RopeLayout};
+use ember_ops::{RopeConfig, RopeLayout, RopeScaling};
 
 pub use kernels::Matrix;
 
@@ -160,6 +160,8 @@ impl DecodeState {
 pub struct HostDecoder {
     config: TransformerConfig,
     rope: Option<RopeConfig>,
+    /// RoPE frequencies and cos/sin factor (recomputed per step only for dynamic NTK).
+    inv_freq: (Vec<f64>, f64),
     tok_embeddings: Vec<f32>,
     pos_embeddings: Option<Vec<f32>>,
     layers: Vec<Layer>,
@@ -178,17 +180,7 @@ impl HostDecoder {
         let config = model.config().clone();
         Self::check(&config)?;
         let quantize = weights == HostWeights::Int8;
-        let mut params: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values(model)
-            .into_iter()
-            .map(|(path, data)| {
-                let shape = data.shape.to_vec();
-                let values = data
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .expect("f32 parameters");
-                (path, (shape, values))
-            })
-            .collect();
+        let mut params: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values_f32(model);
         let mut take = |path: &str| {
             params
                 .remove(path)
@@ -270,8 +262,10 @@ impl HostDecoder {
             }
             Err(_) => Matrix::new(vocab, d, tok_embeddings.clone(), quantize),
         };
+        let rope = (config.position == PositionKind::Rope).then(|| config.rope_config());
         Ok(Self {
-            rope: (config.position == PositionKind::Rope).then(|| config.rope_config()),
+            inv_freq: rope.map_or((Vec::new(), 1.0), |r| r.inv_freq(config.max_seq_len)),
+            rope,
             config,
             tok_embeddings,
             pos_embeddings,
@@ -384,9 +378,20 @@ impl HostDecoder {
             }
         }
         if let Some(rope) = &self.rope {
-            let (cos, sin) = ember_ops::rope::table_rows(rope, pos..pos + 1, len);
-            state.cos.copy_from_slice(&cos);
-            state.sin.copy_from_slice(&sin);
+            // Only dynamic NTK's frequencies change with the length.
+            let dynamic = match rope.scaling {
+                Some(RopeScaling::DynamicNtk { .. }) => Some(rope.inv_freq(len)),
+                _ => None,
+            };
+            let (inv_freq, mscale) = dynamic.as_ref().unwrap_or(&self.inv_freq);
+            ember_ops::rope::table_row_into(
+                rope.layout,
+                inv_freq,
+                *mscale,
+                pos,
+                &mut state.cos,
+                &mut state.sin,
+            );
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let group = n_heads / n_kv;
