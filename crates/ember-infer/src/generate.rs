@@ -92,17 +92,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
         for _ in 0..max_new_tokens {
             let logits = if self.use_cache {
-                let pending = if cache.is_empty() {
-                    // (Re-)encode the most recent context that fits.
-                    let keep = if tokens.len() > window {
-                        window / 2
-                    } else {
-                        tokens.len()
-                    };
-                    &tokens[tokens.len() - keep..]
-                } else {
-                    &tokens[tokens.len() - 1..]
-                };
+                let pending = pending(&tokens, cache.is_empty(), window);
                 let logits = self.logits_last(pending, Some(&mut cache));
                 if cache.len() >= window {
                     cache.clear();
@@ -140,16 +130,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             if state.len() >= window {
                 state.clear();
             }
-            let pending = if state.is_empty() {
-                let keep = if tokens.len() > window {
-                    window / 2
-                } else {
-                    tokens.len()
-                };
-                &tokens[tokens.len() - keep..]
-            } else {
-                &tokens[tokens.len() - 1..]
-            };
+            let pending = pending(&tokens, state.is_empty(), window);
             let next = if pending.len() > 1 {
                 // Prompts run as one batched pass through burn (matrix-matrix products),
                 // whose keys and values then seed the host cache.
@@ -204,4 +185,16 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             .to_vec()
             .expect("f32 logits")
     }
+}
+
+/// The tokens a cached step feeds the model: with an empty cache, the most recent context
+/// that fits (the whole sequence, or the last half window once it has outgrown the
+/// window); otherwise the newest token.
+fn pending(tokens: &[u32], cache_empty: bool, window: usize) -> &[u32] {
+    let keep = match (cache_empty, tokens.len() > window) {
+        (false, _) => 1,
+        (true, true) => window / 2,
+        (true, false) => tokens.len(),
+    };
+    &tokens[tokens.len() - keep..]
 }
