@@ -11,6 +11,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ember_infer::host::Matrix;
 use ember_infer::{Sampler, SamplingConfig};
 use ember_nn::{Mlp, MlpKind, TransformerConfig};
+use ember_ops::bf16_gemm::{self, MatRef};
 use ember_ops::fused::composed;
 use ember_ops::{RopeConfig, RopeTables};
 use ember_train::{CrossEntropy, LmLoss};
@@ -30,6 +31,10 @@ fn wrap<const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
 }
 
 /// Forces a lazily evaluated result.
+fn host<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.to_data().to_vec().unwrap()
+}
+
 fn sync<const D: usize>(t: Tensor<B, D>) {
     std::hint::black_box(t.into_data());
 }
@@ -230,6 +235,39 @@ fn matmul(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("flex", name), |bench| {
             bench.iter(|| sync(a.clone().matmul(b.clone())))
         });
+        if bf16_gemm::available() {
+            // The three products of a linear layer's training step: forward `x·W`, input
+            // gradient `dy·Wᵀ` and weight gradient `xᵀ·dy`, on transposed views as the
+            // backward pass passes them.
+            let (a_host, b_host) = (host(&a), host(&b));
+            let mut out = vec![0f32; m * n];
+            // A matrix of leading dimension `ld`, read as stored or transposed.
+            let row_major = |data, ld: usize| MatRef {
+                data,
+                offset: 0,
+                row_stride: ld as isize,
+                col_stride: 1,
+            };
+            let transposed = |data, ld: usize| MatRef {
+                data,
+                offset: 0,
+                row_stride: 1,
+                col_stride: ld as isize,
+            };
+            let cases = [
+                ("bf16_nn", row_major(&a_host, k), row_major(&b_host, n)),
+                ("bf16_tn", transposed(&a_host, m), row_major(&b_host, n)),
+                ("bf16_nt", row_major(&a_host, k), transposed(&b_host, k)),
+            ];
+            for (label, lhs, rhs) in cases {
+                group.bench_function(BenchmarkId::new(label, name), |bench| {
+                    bench.iter(|| {
+                        bf16_gemm::gemm(m, n, k, lhs, rhs, &mut out);
+                        std::hint::black_box(&out);
+                    })
+                });
+            }
+        }
     }
     // Batch-1 decoding: the classifier of stories15M.
     let w: Vec<f32> = (0..32000 * 288)

@@ -15,6 +15,7 @@
 
 pub mod alibi;
 pub mod attention;
+pub mod bf16_gemm;
 pub mod flex_attention;
 pub mod fused;
 pub mod mask;

@@ -3,6 +3,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor, TensorData, TensorPrimitive, Tolerance};
+use ember_ops::bf16_gemm::round_to_bf16;
 use ember_ops::fused::{self, FusedBackend, composed};
 use ember_ops::reference::{explicit_attention, naive_attention};
 
@@ -314,4 +315,76 @@ fn rope_matches_composed_in_values_and_gradients() {
         )),
         1e-5,
     );
+}
+
+/// `t` with every value rounded to the nearest bf16 on the host. (Flex's own cast to bf16
+/// goes through f64 and lands one bf16 step off for a few values a hair above a tie, so
+/// the reference rounds with the tested scalar rule instead.)
+fn rounded(t: Tensor<B, 2>) -> Tensor<B, 2> {
+    let shape = t.shape();
+    let values: Vec<f32> = t.into_data().to_vec().unwrap();
+    let values: Vec<f32> = values.into_iter().map(round_to_bf16).collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
+
+/// The bf16 matmul (the AVX512-BF16 kernel where the CPU has it) against the f32 product
+/// of bf16-rounded inputs, on contiguous and transposed operands; its gradients are the
+/// bf16 products `dy · bᵀ` and `aᵀ · dy`; and precision `f32` leaves `matmul` exact.
+#[test]
+fn bf16_matmul_matches_the_rounded_reference_in_values_and_gradients() {
+    let reference = |a: Tensor<B, 2>, b: Tensor<B, 2>| rounded(a).matmul(rounded(b));
+    for (m, k, n) in [(13, 7, 45), (64, 300, 33), (1, 1, 1)] {
+        let a = random::<B, 2>([m, k]) * 0.5;
+        let b = random::<B, 2>([k, n]) * 0.5;
+        let want = reference(a.clone(), b.clone());
+        // Sums of k products of bf16 values: only the order of f32 additions differs.
+        let tol = 1e-5 * k as f32;
+        close(fused::matmul_bf16(a.clone(), b.clone()), want.clone(), tol);
+        // The same product from transposed views of transposed storage.
+        let a_t = Tensor::<B, 2>::from_data(a.clone().transpose().into_data(), &Default::default());
+        let b_t = Tensor::<B, 2>::from_data(b.clone().transpose().into_data(), &Default::default());
+        close(
+            fused::matmul_bf16(a_t.transpose(), b_t.transpose()),
+            want.clone(),
+            tol,
+        );
+        // Rounding is real: the bf16 product differs from the f32 one.
+        if k > 1 {
+            let exact = a.clone().matmul(b.clone());
+            let gap: f32 = (exact - want.clone()).abs().max().into_scalar();
+            assert!(
+                gap > 1e-4,
+                "{m}x{k}x{n}: bf16 product equals the f32 one ({gap})"
+            );
+        }
+        // The composed body (burn's cast) agrees up to its rare one-step rounding slips.
+        let composed = tensor::<B, 2>(composed::matmul_bf16::<B>(prim(a.clone()), prim(b.clone())));
+        close(composed, want.clone(), 0.05);
+
+        let device = Default::default();
+        let a_ad = Tensor::<AD, 2>::from_data(a.to_data(), &device).require_grad();
+        let b_ad = Tensor::<AD, 2>::from_data(b.to_data(), &device).require_grad();
+        let dy = random::<B, 2>([m, n]);
+        let dy_ad = Tensor::<AD, 2>::from_data(dy.to_data(), &device);
+        let out = fused::matmul_bf16(a_ad.clone(), b_ad.clone());
+        close(Tensor::<B, 2>::from_data(out.to_data(), &device), want, tol);
+        let grads = (out * dy_ad).sum().backward();
+        let da = a_ad.grad(&grads).unwrap();
+        let db = b_ad.grad(&grads).unwrap();
+        close(da, reference(dy.clone(), b.transpose()), 1.5e-5 * n as f32);
+        close(db, reference(a.transpose(), dy), 1.5e-5 * m as f32);
+    }
+    // The process-wide switch: f32 is burn's matmul, bf16 the rounded product.
+    let a = random::<B, 2>([9, 40]);
+    let b = random::<B, 2>([40, 11]);
+    fused::set_matmul_precision(fused::MatmulPrecision::F32);
+    close(
+        fused::matmul(a.clone(), b.clone()),
+        a.clone().matmul(b.clone()),
+        0.0,
+    );
+    fused::set_matmul_precision(fused::MatmulPrecision::Bf16);
+    let product = fused::matmul(a.clone(), b.clone());
+    fused::set_matmul_precision(fused::MatmulPrecision::F32);
+    close(product, fused::matmul_bf16(a, b), 0.0);
 }

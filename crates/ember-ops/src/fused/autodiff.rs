@@ -114,7 +114,47 @@ impl<B: FusedBackend> Backward<B, 3> for AttentionBackward {
     }
 }
 
+#[derive(Debug)]
+struct MatmulBf16Backward;
+
+impl<B: FusedBackend> Backward<B, 2> for MatmulBf16Backward {
+    /// (a, b), each kept only when the other input needs its gradient.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let [a_node, b_node] = ops.parents;
+        // Both gradients are bf16 products too, on transposed views (no copies on Flex).
+        if let (Some(node), Some(b)) = (a_node, b) {
+            let da = B::fused_matmul_bf16(dy.clone(), B::float_transpose(b));
+            grads.register::<B>(node.id, da);
+        }
+        if let (Some(node), Some(a)) = (b_node, a) {
+            let db = B::fused_matmul_bf16(B::float_transpose(a), dy);
+            grads.register::<B>(node.id, db);
+        }
+    }
+}
+
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MatmulBf16Backward
+            .prepare::<C>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_matmul_bf16(a.primitive.clone(), b.primitive.clone());
+                // `a` is needed for `b`'s gradient and `b` for `a`'s.
+                let keep_a = (!b.node.requirement.is_none()).then_some(a.primitive);
+                let keep_b = (!a.node.requirement.is_none()).then_some(b.primitive);
+                prep.finish((keep_a, keep_b), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_matmul_bf16(a.primitive, b.primitive)),
+        }
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match GeluBackward
             .prepare::<C>([x.node.clone()])

@@ -236,3 +236,12 @@ pub fn rope<B: Backend>(
     };
     out.into_primitive().tensor()
 }
+
+/// `a · b` with both inputs rounded to bf16 by burn's cast and an f32 matmul over the
+/// rounded values. (Flex's cast goes through f64 and rounds a few values just above a
+/// tie one bf16 step down; the Flex kernel rounds to nearest even exactly.)
+pub fn matmul_bf16<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+    use burn::tensor::FloatDType;
+    let round = |t| B::float_cast(B::float_cast(t, FloatDType::BF16), FloatDType::F32);
+    B::float_matmul(round(a), round(b))
+}

@@ -11,6 +11,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::{FusedBackend, composed, flex_attention, math};
+use crate::bf16_gemm::{self, MatRef};
 
 /// Compiles `$body` (an `#[inline(always)]` function) for AVX-512 and AVX2+FMA as well as
 /// the baseline, and calls the best one the CPU supports.
@@ -459,7 +460,38 @@ multiversion!(fn rope_chunk(
     y: &mut [f32],
 ) => rope_body);
 
+/// A 2-D f32 tensor as a strided view of its buffer, or `None` for other dtypes, ranks
+/// or negative strides.
+fn mat_ref(t: &FlexTensor) -> Option<(usize, usize, MatRef<'_>)> {
+    let layout = t.layout();
+    let (rows, cols, row_stride, col_stride) = layout.as_2d_strides()?;
+    (t.dtype() == DType::F32 && layout.has_positive_strides()).then(|| {
+        let view = MatRef {
+            data: t.storage::<f32>(),
+            offset: layout.start_offset(),
+            row_stride,
+            col_stride,
+        };
+        (rows, cols, view)
+    })
+}
+
 impl FusedBackend for Flex {
+    /// The AVX512-BF16 kernel of [`crate::bf16_gemm`] on strided views (the backward
+    /// pass's transposes are not copied); the composed cast-and-matmul elsewhere.
+    fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !bf16_gemm::available() {
+            return composed::matmul_bf16::<Self>(a, b);
+        }
+        let (Some((m, k, a_ref)), Some((k_b, n, b_ref))) = (mat_ref(&a), mat_ref(&b)) else {
+            return composed::matmul_bf16::<Self>(a, b);
+        };
+        assert_eq!(k, k_b, "matmul_bf16: inner dimensions {k} and {k_b} differ");
+        let mut c = vec![0.0f32; m * n];
+        bf16_gemm::gemm(m, n, k, a_ref, b_ref, &mut c);
+        output(c, Shape::new([m, n]))
+    }
+
     /// Per-head gemm calls around the fused masked softmax on strided views, with no
     /// copies for the head split; see [`flex_attention`]. (burn's own Flex attention is
     /// a scalar loop for short sequences, which made it the largest single cost of a

@@ -13,7 +13,7 @@
 //! gradients), see `tests/fused.rs`.
 //!
 //! The Tensor-level entry points are the free functions [`gelu`], [`layer_norm`],
-//! [`rms_norm`], [`rope`] and [`attention`].
+//! [`rms_norm`], [`rope`], [`attention`], [`matmul`] and [`matmul_bf16`].
 
 pub mod autodiff;
 mod backends;
@@ -23,6 +23,9 @@ pub mod flex;
 #[cfg(feature = "flex")]
 mod flex_attention;
 pub mod math;
+pub mod precision;
+
+pub use precision::{MatmulPrecision, matmul_precision, set_matmul_precision};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -128,6 +131,13 @@ pub trait FusedBackend: Backend {
         composed::rope::<Self>(x, cos, sin, interleaved, inverse)
     }
 
+    /// `a · b` for `a: [m, k]`, `b: [k, n]` with both inputs rounded to bf16 (round to
+    /// nearest even) and the products summed in f32. The default casts to bf16 and back
+    /// and runs the f32 matmul: the reference the kernels are tested against.
+    fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::matmul_bf16::<Self>(a, b)
+    }
+
     /// Scaled dot-product attention with grouped-query sharing and optional causal
     /// masking (bottom-right aligned), scale `1/sqrt(head_dim)`. Returns
     /// `[batch, n_heads, seq_q, head_dim]`. The default runs burn's fused `attention` op.
@@ -215,6 +225,21 @@ pub fn rope<B: FusedBackend>(
         interleaved,
         false,
     ))
+}
+
+/// `a · b` at the process's [`matmul_precision`]: burn's f32 matmul, or
+/// [`matmul_bf16`]. `a: [m, k]`, `b: [k, n]` → `[m, n]`.
+pub fn matmul<B: FusedBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    match matmul_precision() {
+        MatmulPrecision::F32 => a.matmul(b),
+        MatmulPrecision::Bf16 => matmul_bf16(a, b),
+    }
+}
+
+/// `a · b` with bf16 inputs and f32 sums; see [`FusedBackend::fused_matmul_bf16`].
+/// Under autodiff the gradients `dy · bᵀ` and `aᵀ · dy` are bf16 products too.
+pub fn matmul_bf16<B: FusedBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    tensor(B::fused_matmul_bf16(prim(a), prim(b)))
 }
 
 /// Scaled dot-product attention; see [`FusedBackend::fused_attention`].

@@ -1,0 +1,520 @@
+//! `C = A · B` with bf16 inputs and f32 accumulation, on AVX512-BF16 (`vdpbf16ps`).
+//!
+//! `vdpbf16ps` multiplies 32 bf16 pairs and adds each pair's sum into 16 f32 lanes: twice
+//! the multiply-adds of an f32 FMA per instruction. The operands are rounded to bf16
+//! (round to nearest even) while being packed, the products and sums stay in f32: what
+//! PyTorch does under `torch.set_float32_matmul_precision("medium")` or bf16 autocast on
+//! a CPU, with f32 master weights left untouched.
+//!
+//! The structure is the usual one (BLIS): for each block of `KC_PAIRS` pairs along `k`,
+//! pack `B` into panels of `NR` columns (`[pair][column]`, each `u32` two bf16 values
+//! along `k`) and `A` into panels of `MR` rows (`[pair][row]`), then run an `MR × NR`
+//! register-tile kernel over every pair of panels. Row panels are split across rayon's
+//! threads. Operands are read through strides, so transposed views (the backward pass)
+//! need no copy; the packers have vector paths for unit-stride rows and columns.
+
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+const MR: usize = 8;
+/// Columns of the register tile: two 16-lane vectors.
+const NR: usize = 32;
+/// Pairs of `k` per packed block: a `B` panel is `KC_PAIRS · NR · 4` = 16 KiB (L1).
+const KC_PAIRS: usize = 128;
+/// Below this many multiply-adds the product runs on the calling thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+
+/// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride + j·col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl MatRef<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        let index =
+            self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
+        self.data[index as usize]
+    }
+
+    /// Checks that every element of a `rows × cols` view lies inside `data`.
+    fn check(&self, rows: usize, cols: usize, name: &str) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let corners = [(0, 0), (rows - 1, 0), (0, cols - 1), (rows - 1, cols - 1)];
+        for (i, j) in corners {
+            let index =
+                self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
+            assert!(
+                index >= 0 && (index as usize) < self.data.len(),
+                "bf16 gemm: operand {name} ({rows}x{cols}) reaches outside its buffer"
+            );
+        }
+    }
+}
+
+/// Whether this CPU runs [`gemm`]: AVX-512F with the BF16 extension.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// f32 → bf16 bits, rounding to nearest even (NaN stays NaN), as `vcvtneps2bf16` does.
+#[inline(always)]
+pub fn to_bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+/// f32 rounded to the nearest bf16 value (the reference for the kernel's inputs).
+pub fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits(u32::from(to_bf16_bits(x)) << 16)
+}
+
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(to_bf16_bits(lo)) | (u32::from(to_bf16_bits(hi)) << 16)
+}
+
+/// `c[m × n] (row-major, overwritten) = a[m × k] · b[k × n]`, inputs rounded to bf16.
+///
+/// # Panics
+/// If the CPU lacks AVX512-BF16 (see [`available`]), if `c` is not `m · n` long, or if a
+/// view reaches outside its buffer.
+pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
+    assert!(available(), "bf16 gemm: this CPU lacks AVX512-BF16");
+    assert_eq!(c.len(), m * n, "bf16 gemm: output is not m x n");
+    a.check(m, k, "a");
+    b.check(k, n, "b");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let pairs = k.div_ceil(2);
+    let m_panels = m.div_ceil(MR);
+    let n_panels = n.div_ceil(NR);
+    let parallel = m * n * k >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
+    let mut packed_a = vec![0u32; m_panels * MR * KC_PAIRS];
+    let mut packed_b = vec![0u32; n_panels * NR * KC_PAIRS];
+    for p0 in (0..pairs).step_by(KC_PAIRS) {
+        let kcp = KC_PAIRS.min(pairs - p0);
+        let a_panels = packed_a.chunks_mut(MR * KC_PAIRS).enumerate();
+        let b_panels = packed_b.chunks_mut(NR * KC_PAIRS).enumerate();
+        let pack_a =
+            |(i, panel): (usize, &mut [u32])| pack_a_panel(a, m, k, i * MR, p0, kcp, panel);
+        let pack_b =
+            |(j, panel): (usize, &mut [u32])| pack_b_panel(b, n, k, j * NR, p0, kcp, panel);
+        if parallel {
+            a_panels.par_bridge().for_each(pack_a);
+            b_panels.par_bridge().for_each(pack_b);
+        } else {
+            a_panels.for_each(pack_a);
+            b_panels.for_each(pack_b);
+        }
+        let accumulate = p0 > 0;
+        let (packed_a, packed_b) = (&packed_a, &packed_b);
+        let row_panel = |(i, c_rows): (usize, &mut [f32])| {
+            let rows = MR.min(m - i * MR);
+            let a_panel = &packed_a[i * MR * KC_PAIRS..][..MR * kcp];
+            for j in 0..n_panels {
+                let cols = NR.min(n - j * NR);
+                let b_panel = &packed_b[j * NR * KC_PAIRS..][..NR * kcp];
+                let c_tile = &mut c_rows[j * NR..];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `available()` was checked on entry; the panels hold `kcp` pairs
+                // and `c_tile` holds `rows` rows of stride `n` from column `j · NR`.
+                unsafe {
+                    kernel(kcp, a_panel, b_panel, c_tile, n, rows, cols, accumulate)
+                };
+            }
+        };
+        if parallel {
+            c.par_chunks_mut(MR * n).enumerate().for_each(row_panel);
+        } else {
+            c.chunks_mut(MR * n).enumerate().for_each(row_panel);
+        }
+    }
+}
+
+/// Packs rows `row0 .. row0 + MR` and pairs `p0 .. p0 + kcp` of `a` as `[pair][row]`,
+/// zero past the matrix.
+fn pack_a_panel(
+    a: MatRef,
+    m: usize,
+    k: usize,
+    row0: usize,
+    p0: usize,
+    kcp: usize,
+    out: &mut [u32],
+) {
+    let rows = MR.min(m - row0);
+    let full_k = 2 * (p0 + kcp) <= k;
+    #[cfg(target_arch = "x86_64")]
+    if a.col_stride == 1 && full_k {
+        // Each row's pairs are adjacent in memory: convert the row, scatter its pairs.
+        let mut row_pairs = [0u32; KC_PAIRS];
+        for r in 0..MR {
+            if r < rows {
+                let start =
+                    (a.offset as isize + (row0 + r) as isize * a.row_stride) as usize + 2 * p0;
+                // SAFETY: `available()` holds (checked by `gemm`).
+                unsafe { convert_pairs(&a.data[start..start + 2 * kcp], &mut row_pairs[..kcp]) };
+                for (p, &v) in row_pairs[..kcp].iter().enumerate() {
+                    out[p * MR + r] = v;
+                }
+            } else {
+                for p in 0..kcp {
+                    out[p * MR + r] = 0;
+                }
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if a.row_stride == 1 && full_k && rows == MR {
+        // A transposed view: the MR rows of one `k` are adjacent in memory.
+        for p in 0..kcp {
+            let kk = 2 * (p0 + p);
+            let lo = (a.offset as isize + row0 as isize + kk as isize * a.col_stride) as usize;
+            let hi = (lo as isize + a.col_stride) as usize;
+            // SAFETY: `available()` holds (checked by `gemm`).
+            unsafe {
+                interleave_pairs(
+                    &a.data[lo..lo + MR],
+                    &a.data[hi..hi + MR],
+                    &mut out[p * MR..][..MR],
+                )
+            };
+        }
+        return;
+    }
+    for p in 0..kcp {
+        let kk = 2 * (p0 + p);
+        for r in 0..MR {
+            out[p * MR + r] = if r < rows {
+                let lo = a.at(row0 + r, kk);
+                let hi = if kk + 1 < k {
+                    a.at(row0 + r, kk + 1)
+                } else {
+                    0.0
+                };
+                pair(lo, hi)
+            } else {
+                0
+            };
+        }
+    }
+}
+
+/// Packs columns `col0 .. col0 + NR` and pairs `p0 .. p0 + kcp` of `b` as `[pair][column]`,
+/// zero past the matrix.
+fn pack_b_panel(
+    b: MatRef,
+    n: usize,
+    k: usize,
+    col0: usize,
+    p0: usize,
+    kcp: usize,
+    out: &mut [u32],
+) {
+    let cols = NR.min(n - col0);
+    let full_k = 2 * (p0 + kcp) <= k;
+    #[cfg(target_arch = "x86_64")]
+    if b.col_stride == 1 && full_k && cols == NR {
+        // Row-major: the NR columns of one `k` are adjacent in memory.
+        for p in 0..kcp {
+            let kk = 2 * (p0 + p);
+            let lo = (b.offset as isize + kk as isize * b.row_stride + col0 as isize) as usize;
+            let hi = (lo as isize + b.row_stride) as usize;
+            // SAFETY: `available()` holds (checked by `gemm`).
+            unsafe {
+                interleave_pairs(
+                    &b.data[lo..lo + NR],
+                    &b.data[hi..hi + NR],
+                    &mut out[p * NR..][..NR],
+                )
+            };
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b.row_stride == 1 && full_k {
+        // A transposed view: each column's pairs are adjacent in memory.
+        let mut col_pairs = [0u32; KC_PAIRS];
+        for c in 0..NR {
+            if c < cols {
+                let start =
+                    (b.offset as isize + (col0 + c) as isize * b.col_stride) as usize + 2 * p0;
+                // SAFETY: `available()` holds (checked by `gemm`).
+                unsafe { convert_pairs(&b.data[start..start + 2 * kcp], &mut col_pairs[..kcp]) };
+                for (p, &v) in col_pairs[..kcp].iter().enumerate() {
+                    out[p * NR + c] = v;
+                }
+            } else {
+                for p in 0..kcp {
+                    out[p * NR + c] = 0;
+                }
+            }
+        }
+        return;
+    }
+    for p in 0..kcp {
+        let kk = 2 * (p0 + p);
+        for c in 0..NR {
+            out[p * NR + c] = if c < cols {
+                let lo = b.at(kk, col0 + c);
+                let hi = if kk + 1 < k {
+                    b.at(kk + 1, col0 + c)
+                } else {
+                    0.0
+                };
+                pair(lo, hi)
+            } else {
+                0
+            };
+        }
+    }
+}
+
+/// `out[p] = (bf16(x[2p]), bf16(x[2p + 1]))` for adjacent values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert_pairs(x: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(x.len(), 2 * out.len());
+    let mut chunks = x.chunks_exact(32);
+    let mut outs = out.chunks_exact_mut(16);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        // SAFETY: `c` holds 32 values and `o` 16 slots.
+        unsafe {
+            let lo = _mm512_loadu_ps(c.as_ptr());
+            let hi = _mm512_loadu_ps(c.as_ptr().add(16));
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(
+                o.as_mut_ptr().cast(),
+                std::mem::transmute::<__m512bh, __m512i>(packed),
+            );
+        }
+    }
+    for (o, c) in outs
+        .into_remainder()
+        .iter_mut()
+        .zip(chunks.remainder().chunks_exact(2))
+    {
+        *o = pair(c[0], c[1]);
+    }
+}
+
+/// `out[i] = (bf16(lo[i]), bf16(hi[i]))` for two rows of values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    debug_assert!(lo.len() >= n && hi.len() >= n);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: 16 values from `i` are in bounds of all three slices.
+        unsafe {
+            let l = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i)));
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(i)));
+            let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(l));
+            let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
+            let v = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), v);
+        }
+        i += 16;
+    }
+    for j in i..n {
+        out[j] = pair(lo[j], hi[j]);
+    }
+}
+
+/// The `MR × NR` tile: `c[r][col] (+)= Σ_p a[p][r] · b[p][col]` over `kcp` pairs, for the
+/// first `rows` rows and `cols` columns (`c` has row stride `ldc`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    kcp: usize,
+    a: &[u32],
+    b: &[u32],
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for p in 0..kcp {
+        // SAFETY: pair `p` of both panels is in bounds (asserted above).
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR + 16).cast()));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*pa.add(p * MR + r) as i32));
+                acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, b0);
+                acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, b1);
+            }
+        }
+    }
+    let mask_lo: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let mask_hi: __mmask16 = if cols >= NR {
+        0xffff
+    } else if cols > 16 {
+        (1u16 << (cols - 16)) - 1
+    } else {
+        0
+    };
+    for (r, acc_r) in acc.iter().enumerate().take(rows) {
+        let row = &mut c[r * ldc..];
+        debug_assert!(row.len() >= cols);
+        // SAFETY: the masks cover only the first `cols` elements of the row.
+        unsafe {
+            let ptr = row.as_mut_ptr();
+            let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask_lo, ptr));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask_hi, ptr.add(16)));
+            }
+            _mm512_mask_storeu_ps(ptr, mask_lo, v0);
+            _mm512_mask_storeu_ps(ptr.add(16), mask_hi, v1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact product of the bf16-rounded inputs, in f64.
+    fn reference(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f64> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|t| {
+                        f64::from(round_to_bf16(a.at(i, t))) * f64::from(round_to_bf16(b.at(t, j)))
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every layout the backward pass uses (row-major and transposed views of both
+    /// operands), odd sizes that leave partial tiles, an odd `k`, and `k` across blocks.
+    #[test]
+    fn matches_the_exact_product_of_rounded_inputs() {
+        if !available() {
+            eprintln!("skipped: no AVX512-BF16 on this CPU");
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (8, 32, 2),
+            (13, 45, 7),
+            (37, 70, 300),
+            (64, 96, 513),
+            (5, 33, 256),
+        ] {
+            let a_data = values(m * k + 3, 1 + (m * n * k) as u64);
+            let b_data = values(k * n + 5, 2 + (m + n + k) as u64);
+            for a_t in [false, true] {
+                for b_t in [false, true] {
+                    let a = if a_t {
+                        MatRef {
+                            data: &a_data,
+                            offset: 3,
+                            row_stride: 1,
+                            col_stride: m as isize,
+                        }
+                    } else {
+                        MatRef {
+                            data: &a_data,
+                            offset: 3,
+                            row_stride: k as isize,
+                            col_stride: 1,
+                        }
+                    };
+                    let b = if b_t {
+                        MatRef {
+                            data: &b_data,
+                            offset: 5,
+                            row_stride: 1,
+                            col_stride: k as isize,
+                        }
+                    } else {
+                        MatRef {
+                            data: &b_data,
+                            offset: 5,
+                            row_stride: n as isize,
+                            col_stride: 1,
+                        }
+                    };
+                    let mut c = vec![f32::NAN; m * n];
+                    gemm(m, n, k, a, b, &mut c);
+                    let want = reference(m, n, k, a, b);
+                    for (idx, (&got, &want)) in c.iter().zip(&want).enumerate() {
+                        // f32 accumulation of k products of magnitude <= 1.
+                        let tol = 1e-6 * k as f64 + 1e-6 * want.abs();
+                        assert!(
+                            (f64::from(got) - want).abs() <= tol,
+                            "{m}x{n}x{k} a_t={a_t} b_t={b_t} [{idx}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(round_to_bf16(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3·2^-8 is halfway too: the even neighbour is 1 + 2^-6.
+        assert_eq!(round_to_bf16(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round_to_bf16(1.0 + 1.5 / 256.0), 1.0 + 1.0 / 128.0);
+        assert!(round_to_bf16(f32::NAN).is_nan());
+        assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round_to_bf16(-0.0).to_bits(), (-0.0f32).to_bits());
+    }
+}
