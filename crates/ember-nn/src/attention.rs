@@ -3,6 +3,8 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, Linear};
+
+use crate::linear::project;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_ops::{
@@ -138,9 +140,9 @@ impl<B: FusedBackend> Attention<B> {
         // Heads split as `[batch, seq, heads, head_dim]`: QK-norm and RoPE run on this
         // contiguous layout, then the heads move forward for attention.
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
-        let mut q = split(self.q_proj.forward(x.clone()), self.n_heads);
-        let mut k = split(self.k_proj.forward(x.clone()), self.n_kv_heads);
-        let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
+        let mut q = split(project(&self.q_proj, x.clone()), self.n_heads);
+        let mut k = split(project(&self.k_proj, x.clone()), self.n_kv_heads);
+        let v = split(project(&self.v_proj, x), self.n_kv_heads).swap_dims(1, 2);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = ember_ops::fused::rms_norm(q, qn.gamma.val(), qn.epsilon);
             k = ember_ops::fused::rms_norm(k, kn.gamma.val(), kn.epsilon);
@@ -170,6 +172,6 @@ impl<B: FusedBackend> Attention<B> {
         let out = out
             .swap_dims(1, 2)
             .reshape([batch * seq, self.n_heads * self.head_dim]);
-        self.o_proj.forward(out).reshape([batch, seq, d_model])
+        project(&self.o_proj, out).reshape([batch, seq, d_model])
     }
 }

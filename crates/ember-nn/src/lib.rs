@@ -16,6 +16,7 @@ pub mod block;
 pub mod config;
 pub mod init;
 pub mod kv_cache;
+pub mod linear;
 pub mod mlp;
 pub mod moe;
 pub mod norm;

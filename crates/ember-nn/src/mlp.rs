@@ -3,6 +3,8 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
+
+use crate::linear::project;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::backend::Backend;
@@ -63,17 +65,17 @@ impl<B: FusedBackend> Mlp<B> {
     pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let hidden = match &self.gate_proj {
             Some(gate) => {
-                let gate = gate.forward(x.clone());
+                let gate = project(gate, x.clone());
                 let gate = if self.gelu_gate {
                     ember_ops::fused::gelu(gate)
                 } else {
                     silu(gate)
                 };
-                gate * self.up_proj.forward(x)
+                gate * project(&self.up_proj, x)
             }
-            None if self.gelu_tanh => gelu_approximate(self.up_proj.forward(x)),
-            None => ember_ops::fused::gelu(self.up_proj.forward(x)),
+            None if self.gelu_tanh => gelu_approximate(project(&self.up_proj, x)),
+            None => ember_ops::fused::gelu(project(&self.up_proj, x)),
         };
-        self.down_proj.forward(hidden)
+        project(&self.down_proj, hidden)
     }
 }

@@ -155,8 +155,8 @@ impl<B: FusedBackend> Transformer<B> {
         let [batch, seq, d_model] = hidden.dims();
         let hidden = hidden.reshape([batch * seq, d_model]);
         let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.tok_embeddings.weight.val().transpose()),
+            Some(head) => crate::linear::project(head, hidden),
+            None => ember_ops::fused::matmul(hidden, self.tok_embeddings.weight.val().transpose()),
         };
         logits.reshape([batch, seq, self.config.vocab_size])
     }

@@ -9,7 +9,7 @@
 //! The structure is the usual one (BLIS): for each block of `KC_PAIRS` pairs along `k`,
 //! pack `B` into panels of `NR` columns (`[pair][column]`, each `u32` two bf16 values
 //! along `k`) and `A` into panels of `MR` rows (`[pair][row]`), then run an `MR × NR`
-//! register-tile kernel over every pair of panels. Row panels are split across rayon's
+//! register-tile kernel over every pair of panels. The tiles are split across rayon's
 //! threads. Operands are read through strides, so transposed views (the backward pass)
 //! need no copy; the packers have vector paths for unit-stride rows and columns.
 
@@ -19,8 +19,11 @@ use rayon::prelude::*;
 const MR: usize = 8;
 /// Columns of the register tile: two 16-lane vectors.
 const NR: usize = 32;
-/// Pairs of `k` per packed block: a `B` panel is `KC_PAIRS · NR · 4` = 16 KiB (L1).
-const KC_PAIRS: usize = 128;
+/// Pairs of `k` per packed block: `k` up to 768 in one block, so a product runs two
+/// parallel regions (pack, multiply) per block. A row panel (`MR · KC_PAIRS · 4` = 12 KiB)
+/// stays in L1 while the column panel (48 KiB) streams from L2, 128 bytes per 16
+/// `vdpbf16ps`.
+const KC_PAIRS: usize = 384;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
@@ -112,111 +115,158 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
     let parallel = m * n * k >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
-    let mut packed_a = vec![0u32; m_panels * MR * KC_PAIRS];
-    let mut packed_b = vec![0u32; n_panels * NR * KC_PAIRS];
-    for p0 in (0..pairs).step_by(KC_PAIRS) {
-        let kcp = KC_PAIRS.min(pairs - p0);
-        let a_panels = packed_a.chunks_mut(MR * KC_PAIRS).enumerate();
-        let b_panels = packed_b.chunks_mut(NR * KC_PAIRS).enumerate();
-        let pack_a =
-            |(i, panel): (usize, &mut [u32])| pack_a_panel(a, m, k, i * MR, p0, kcp, panel);
-        let pack_b =
-            |(j, panel): (usize, &mut [u32])| pack_b_panel(b, n, k, j * NR, p0, kcp, panel);
-        if parallel {
-            a_panels.par_bridge().for_each(pack_a);
-            b_panels.par_bridge().for_each(pack_b);
-        } else {
-            a_panels.for_each(pack_a);
-            b_panels.for_each(pack_b);
-        }
-        let accumulate = p0 > 0;
-        let (packed_a, packed_b) = (&packed_a, &packed_b);
-        let row_panel = |(i, c_rows): (usize, &mut [f32])| {
-            let rows = MR.min(m - i * MR);
-            let a_panel = &packed_a[i * MR * KC_PAIRS..][..MR * kcp];
-            for j in 0..n_panels {
-                let cols = NR.min(n - j * NR);
-                let b_panel = &packed_b[j * NR * KC_PAIRS..][..NR * kcp];
-                let c_tile = &mut c_rows[j * NR..];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available()` was checked on entry; the panels hold `kcp` pairs
-                // and `c_tile` holds `rows` rows of stride `n` from column `j · NR`.
-                unsafe {
-                    kernel(kcp, a_panel, b_panel, c_tile, n, rows, cols, accumulate)
-                };
+    let mut run = |(packed_a, packed_b): &mut (Vec<u32>, Vec<u32>)| {
+        // Every element is written by the packers: no zeroing needed.
+        packed_a.resize(m_panels * MR * KC_PAIRS, 0);
+        packed_b.resize(n_panels * NR * KC_PAIRS, 0);
+        for p0 in (0..pairs).step_by(KC_PAIRS) {
+            let kcp = KC_PAIRS.min(pairs - p0);
+            let pack_a = |(i, panel): (usize, &mut [u32])| {
+                pack_a_panel(a, m, k, i * MR, p0, &mut panel[..MR * kcp])
+            };
+            let pack_b = |(j, panel): (usize, &mut [u32])| {
+                pack_b_panel(b, n, k, j * NR, p0, &mut panel[..NR * kcp])
+            };
+            let a_panels = &mut packed_a[..m_panels * MR * KC_PAIRS];
+            let b_panels = &mut packed_b[..n_panels * NR * KC_PAIRS];
+            if parallel {
+                rayon::join(
+                    || {
+                        a_panels
+                            .par_chunks_mut(MR * KC_PAIRS)
+                            .enumerate()
+                            .for_each(pack_a)
+                    },
+                    || {
+                        b_panels
+                            .par_chunks_mut(NR * KC_PAIRS)
+                            .enumerate()
+                            .for_each(pack_b)
+                    },
+                );
+            } else {
+                a_panels
+                    .chunks_mut(MR * KC_PAIRS)
+                    .enumerate()
+                    .for_each(pack_a);
+                b_panels
+                    .chunks_mut(NR * KC_PAIRS)
+                    .enumerate()
+                    .for_each(pack_b);
             }
-        };
-        if parallel {
-            c.par_chunks_mut(MR * n).enumerate().for_each(row_panel);
-        } else {
-            c.chunks_mut(MR * n).enumerate().for_each(row_panel);
+            let accumulate = p0 > 0;
+            let (packed_a, packed_b) = (&*packed_a, &*packed_b);
+            let out = SharedOut(c.as_mut_ptr());
+            // Tile `t` is row panel `t / n_panels`, column panel `t % n_panels`: a thread's
+            // contiguous range of tiles reuses each packed row panel across columns.
+            let tile = |t: usize| {
+                let (i, j) = (t / n_panels, t % n_panels);
+                let rows = MR.min(m - i * MR);
+                let cols = NR.min(n - j * NR);
+                let a_panel = &packed_a[i * MR * KC_PAIRS..][..MR * kcp];
+                let b_panel = &packed_b[j * NR * KC_PAIRS..][..NR * kcp];
+                let out = &out;
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `available()` was checked on entry; the panels hold `kcp` pairs;
+                // tile `(i, j)` writes only its own `rows × cols` block of `c` (row stride
+                // `n`), which no other tile touches.
+                unsafe {
+                    kernel(
+                        kcp,
+                        a_panel,
+                        b_panel,
+                        out.0.add(i * MR * n + j * NR),
+                        n,
+                        rows,
+                        cols,
+                        accumulate,
+                    )
+                };
+            };
+            if parallel {
+                (0..m_panels * n_panels).into_par_iter().for_each(tile);
+            } else {
+                (0..m_panels * n_panels).for_each(tile);
+            }
         }
-    }
+    };
+    // A thread that waits inside one product may run another (rayon work stealing): that
+    // one packs into buffers of its own.
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => run(&mut buffers),
+        Err(_) => run(&mut Default::default()),
+    });
 }
 
-/// Packs rows `row0 .. row0 + MR` and pairs `p0 .. p0 + kcp` of `a` as `[pair][row]`,
-/// zero past the matrix.
-fn pack_a_panel(
-    a: MatRef,
-    m: usize,
-    k: usize,
-    row0: usize,
-    p0: usize,
-    kcp: usize,
-    out: &mut [u32],
-) {
+/// The output's base pointer, shared by the tile tasks (each writes a disjoint block).
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint tiles through it, and `gemm` holds `&mut c` meanwhile.
+unsafe impl Sync for SharedOut {}
+
+thread_local! {
+    /// The packed panels of the calling thread's last product, reused (fresh allocations
+    /// of this size are zero pages that fault in on every call).
+    static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// Pairs of the block starting at pair `p0` whose two values both lie inside `k`.
+fn whole_pairs(k: usize, p0: usize, kcp: usize) -> usize {
+    (k / 2).saturating_sub(p0).min(kcp)
+}
+
+/// Packs rows `row0 .. row0 + MR` of `a`, pairs `p0 ..` (as many as `out` holds), as
+/// `[pair][row]`, zero past the matrix.
+fn pack_a_panel(a: MatRef, m: usize, k: usize, row0: usize, p0: usize, out: &mut [u32]) {
+    let kcp = out.len() / MR;
     let rows = MR.min(m - row0);
-    let full_k = 2 * (p0 + kcp) <= k;
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if a.col_stride == 1 && full_k {
+    if a.col_stride == 1 {
         // Each row's pairs are adjacent in memory: convert the row, scatter its pairs.
+        done = whole_pairs(k, p0, kcp);
         let mut row_pairs = [0u32; KC_PAIRS];
         for r in 0..MR {
             if r < rows {
-                let start =
-                    (a.offset as isize + (row0 + r) as isize * a.row_stride) as usize + 2 * p0;
+                let start = offset(a, row0 + r, 2 * p0);
                 // SAFETY: `available()` holds (checked by `gemm`).
-                unsafe { convert_pairs(&a.data[start..start + 2 * kcp], &mut row_pairs[..kcp]) };
-                for (p, &v) in row_pairs[..kcp].iter().enumerate() {
+                unsafe { convert_pairs(&a.data[start..start + 2 * done], &mut row_pairs[..done]) };
+                for (p, &v) in row_pairs[..done].iter().enumerate() {
                     out[p * MR + r] = v;
                 }
             } else {
-                for p in 0..kcp {
+                for p in 0..done {
                     out[p * MR + r] = 0;
                 }
             }
         }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if a.row_stride == 1 && full_k && rows == MR {
-        // A transposed view: the MR rows of one `k` are adjacent in memory.
-        for p in 0..kcp {
-            let kk = 2 * (p0 + p);
-            let lo = (a.offset as isize + row0 as isize + kk as isize * a.col_stride) as usize;
-            let hi = (lo as isize + a.col_stride) as usize;
+    } else if a.row_stride == 1 {
+        // A transposed view: the rows of one `k` are adjacent in memory.
+        done = whole_pairs(k, p0, kcp);
+        for p in 0..done {
+            let lo = offset(a, row0, 2 * (p0 + p));
+            let hi = offset(a, row0, 2 * (p0 + p) + 1);
             // SAFETY: `available()` holds (checked by `gemm`).
             unsafe {
                 interleave_pairs(
-                    &a.data[lo..lo + MR],
-                    &a.data[hi..hi + MR],
+                    &a.data[lo..lo + rows],
+                    &a.data[hi..hi + rows],
                     &mut out[p * MR..][..MR],
                 )
             };
         }
-        return;
     }
-    for p in 0..kcp {
+    for p in done..kcp {
         let kk = 2 * (p0 + p);
         for r in 0..MR {
-            out[p * MR + r] = if r < rows {
-                let lo = a.at(row0 + r, kk);
+            out[p * MR + r] = if r < rows && kk < k {
                 let hi = if kk + 1 < k {
                     a.at(row0 + r, kk + 1)
                 } else {
                     0.0
                 };
-                pair(lo, hi)
+                pair(a.at(row0 + r, kk), hi)
             } else {
                 0
             };
@@ -224,74 +274,68 @@ fn pack_a_panel(
     }
 }
 
-/// Packs columns `col0 .. col0 + NR` and pairs `p0 .. p0 + kcp` of `b` as `[pair][column]`,
-/// zero past the matrix.
-fn pack_b_panel(
-    b: MatRef,
-    n: usize,
-    k: usize,
-    col0: usize,
-    p0: usize,
-    kcp: usize,
-    out: &mut [u32],
-) {
+/// Packs columns `col0 .. col0 + NR` of `b`, pairs `p0 ..` (as many as `out` holds), as
+/// `[pair][column]`, zero past the matrix.
+fn pack_b_panel(b: MatRef, n: usize, k: usize, col0: usize, p0: usize, out: &mut [u32]) {
+    let kcp = out.len() / NR;
     let cols = NR.min(n - col0);
-    let full_k = 2 * (p0 + kcp) <= k;
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if b.col_stride == 1 && full_k && cols == NR {
-        // Row-major: the NR columns of one `k` are adjacent in memory.
-        for p in 0..kcp {
-            let kk = 2 * (p0 + p);
-            let lo = (b.offset as isize + kk as isize * b.row_stride + col0 as isize) as usize;
-            let hi = (lo as isize + b.row_stride) as usize;
+    if b.col_stride == 1 {
+        // Row-major: the columns of one `k` are adjacent in memory.
+        done = whole_pairs(k, p0, kcp);
+        for p in 0..done {
+            let lo = offset(b, 2 * (p0 + p), col0);
+            let hi = offset(b, 2 * (p0 + p) + 1, col0);
             // SAFETY: `available()` holds (checked by `gemm`).
             unsafe {
                 interleave_pairs(
-                    &b.data[lo..lo + NR],
-                    &b.data[hi..hi + NR],
+                    &b.data[lo..lo + cols],
+                    &b.data[hi..hi + cols],
                     &mut out[p * NR..][..NR],
                 )
             };
         }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if b.row_stride == 1 && full_k {
+    } else if b.row_stride == 1 {
         // A transposed view: each column's pairs are adjacent in memory.
+        done = whole_pairs(k, p0, kcp);
         let mut col_pairs = [0u32; KC_PAIRS];
         for c in 0..NR {
             if c < cols {
-                let start =
-                    (b.offset as isize + (col0 + c) as isize * b.col_stride) as usize + 2 * p0;
+                let start = offset(b, 2 * p0, col0 + c);
                 // SAFETY: `available()` holds (checked by `gemm`).
-                unsafe { convert_pairs(&b.data[start..start + 2 * kcp], &mut col_pairs[..kcp]) };
-                for (p, &v) in col_pairs[..kcp].iter().enumerate() {
+                unsafe { convert_pairs(&b.data[start..start + 2 * done], &mut col_pairs[..done]) };
+                for (p, &v) in col_pairs[..done].iter().enumerate() {
                     out[p * NR + c] = v;
                 }
             } else {
-                for p in 0..kcp {
+                for p in 0..done {
                     out[p * NR + c] = 0;
                 }
             }
         }
-        return;
     }
-    for p in 0..kcp {
+    for p in done..kcp {
         let kk = 2 * (p0 + p);
         for c in 0..NR {
-            out[p * NR + c] = if c < cols {
-                let lo = b.at(kk, col0 + c);
+            out[p * NR + c] = if c < cols && kk < k {
                 let hi = if kk + 1 < k {
                     b.at(kk + 1, col0 + c)
                 } else {
                     0.0
                 };
-                pair(lo, hi)
+                pair(b.at(kk, col0 + c), hi)
             } else {
                 0
             };
         }
     }
+}
+
+/// The buffer index of element `(i, j)`.
+#[inline(always)]
+fn offset(view: MatRef, i: usize, j: usize) -> usize {
+    (view.offset as isize + i as isize * view.row_stride + j as isize * view.col_stride) as usize
 }
 
 /// `out[p] = (bf16(x[2p]), bf16(x[2p + 1]))` for adjacent values.
@@ -323,33 +367,46 @@ unsafe fn convert_pairs(x: &[f32], out: &mut [u32]) {
     }
 }
 
-/// `out[i] = (bf16(lo[i]), bf16(hi[i]))` for two rows of values.
+/// `out[i] = (bf16(lo[i]), bf16(hi[i]))` for `i < lo.len()`, zero for the rest of `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
-    let n = out.len();
-    debug_assert!(lo.len() >= n && hi.len() >= n);
+    let count = lo.len();
+    debug_assert!(hi.len() == count && count <= out.len());
     let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: 16 values from `i` are in bounds of all three slices.
+    while i < out.len() {
+        let valid = count.saturating_sub(i).min(16);
+        let width = (out.len() - i).min(16);
+        let load: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            (1u16 << valid) - 1
+        };
+        let store: __mmask16 = if width == 16 {
+            0xffff
+        } else {
+            (1u16 << width) - 1
+        };
+        // SAFETY: the masks keep the loads inside `lo`/`hi` and the store inside `out`.
         unsafe {
-            let l = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i)));
-            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(i)));
+            let l = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, lo.as_ptr().add(i.min(count))));
+            let h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(load, hi.as_ptr().add(i.min(count))));
             let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(l));
             let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
             let v = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
-            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), v);
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(i).cast(), store, v);
         }
         i += 16;
-    }
-    for j in i..n {
-        out[j] = pair(lo[j], hi[j]);
     }
 }
 
 /// The `MR × NR` tile: `c[r][col] (+)= Σ_p a[p][r] · b[p][col]` over `kcp` pairs, for the
 /// first `rows` rows and `cols` columns (`c` has row stride `ldc`).
+///
+/// # Safety
+/// AVX512-BF16 must be available, and `c` must be valid for writes of `rows` rows of
+/// `cols` values at stride `ldc`, with no other thread accessing them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
@@ -357,7 +414,7 @@ unsafe fn kernel(
     kcp: usize,
     a: &[u32],
     b: &[u32],
-    c: &mut [f32],
+    c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
@@ -393,11 +450,10 @@ unsafe fn kernel(
         0
     };
     for (r, acc_r) in acc.iter().enumerate().take(rows) {
-        let row = &mut c[r * ldc..];
-        debug_assert!(row.len() >= cols);
-        // SAFETY: the masks cover only the first `cols` elements of the row.
+        // SAFETY: the caller owns `rows` rows of `cols` values from `c` at stride `ldc`,
+        // and the masks cover only the first `cols` values of each.
         unsafe {
-            let ptr = row.as_mut_ptr();
+            let ptr = c.add(r * ldc);
             let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
             if accumulate {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask_lo, ptr));
@@ -441,7 +497,7 @@ mod tests {
     }
 
     /// Every layout the backward pass uses (row-major and transposed views of both
-    /// operands), odd sizes that leave partial tiles, an odd `k`, and `k` across blocks.
+    /// operands), odd sizes that leave partial tiles, odd `k`, and `k` over three blocks.
     #[test]
     fn matches_the_exact_product_of_rounded_inputs() {
         if !available() {

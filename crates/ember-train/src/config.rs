@@ -64,6 +64,11 @@ pub struct LoopConfig {
     /// Write a checkpoint every this many steps (and always at the end); 0 = only at the end.
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Precision of the model's matrix products (`"f32"` or `"bf16"`: inputs rounded to
+    /// bf16, sums in f32; weights, gradients and optimizer state stay f32). See
+    /// `ember_ops::fused::precision`.
+    #[serde(default)]
+    pub matmul_precision: ember_ops::fused::MatmulPrecision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

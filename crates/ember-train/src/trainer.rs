@@ -11,6 +11,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::{Batch, BatchSampler, TokenCache, TokenSplits, Tokenizer};
 use ember_nn::FusedBackend;
 use ember_nn::{ForwardOptions, MoeLosses, Transformer, param_infos};
+use ember_ops::fused::{MatmulPrecision, matmul_precision, set_matmul_precision};
 use ember_optim::{
     AdamWGroups, AdamWSettings, LrSchedule, WarmupCosine, clip_global_norm, decay_matrices,
 };
@@ -130,6 +131,30 @@ fn model_diff(
         .collect()
 }
 
+/// Sets the process's matmul precision for a training run and restores the previous one
+/// when the run ends, however it ends.
+struct PrecisionScope(MatmulPrecision);
+
+impl PrecisionScope {
+    fn set(precision: MatmulPrecision) -> Self {
+        if precision == MatmulPrecision::Bf16 && !ember_ops::bf16_gemm::available() {
+            eprintln!(
+                "note: train.matmul_precision = \"bf16\": this CPU lacks AVX512-BF16, so CPU \
+                 backends emulate it (slower than f32)"
+            );
+        }
+        let previous = matmul_precision();
+        set_matmul_precision(precision);
+        Self(previous)
+    }
+}
+
+impl Drop for PrecisionScope {
+    fn drop(&mut self) {
+        set_matmul_precision(self.0);
+    }
+}
+
 /// Trains a model per `config` (see [`TrainOptions`]) and leaves a checkpoint in
 /// `out_dir/checkpoint`.
 pub fn train<B>(
@@ -142,6 +167,7 @@ where
     B::InnerBackend: FusedBackend,
 {
     config.validate()?;
+    let _precision = PrecisionScope::set(config.train.matmul_precision);
     let resume = options
         .resume
         .as_deref()
