@@ -24,7 +24,9 @@ const HEADS: usize = 6;
 const BLOCK: usize = 256;
 const BATCH: usize = 8;
 
-pub fn bench(data: &Path, steps: usize) -> Result<()> {
+/// `precision`: the `train.matmul_precision` of the Ember run (`f32` or `bf16`); the
+/// reference is always PyTorch fp32.
+pub fn bench(data: &Path, steps: usize, precision: &str) -> Result<()> {
     let root = root();
     let ember = build_ember()?;
     let out = root.join("target/bench/gpt-wide-run");
@@ -39,6 +41,7 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
         format!("train.batch_size={BATCH}"),
         format!("train.steps={steps}"),
         format!("train.eval_every={steps}"),
+        format!("train.matmul_precision={precision}"),
     ];
     let mut cmd = Command::new(&ember);
     cmd.args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
@@ -62,6 +65,7 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
     let gflops = |ms: f64| flops_per_step / (ms / 1e3) / 1e9;
     let mut summary = json!({
         "bench": "gpt-wide",
+        "matmul_precision": precision,
         "steps": steps,
         "ms_per_step": ms,
         "tokens_per_s": tokens / (ms / 1e3),

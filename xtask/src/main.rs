@@ -308,6 +308,10 @@ fn bench(args: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/data/tinyshakespeare.txt"));
     let steps = number("--steps", 2000)?;
+    let precision = flag("--matmul-precision").unwrap_or("f32");
+    if !matches!(precision, "f32" | "bf16") {
+        bail!("--matmul-precision {precision}: expected f32 or bf16");
+    }
     if flag("--suite") == Some("decode") {
         return decode::bench(&data, steps);
     }
@@ -319,7 +323,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     match flag("--suite") {
         None | Some("nanogpt") => {}
-        Some("gpt-wide") => return gpt_wide::bench(&data, number("--steps", 50)?),
+        Some("gpt-wide") => return gpt_wide::bench(&data, number("--steps", 50)?, precision),
         Some("arch") => {
             return arch::bench_arch(
                 &data,
@@ -343,7 +347,9 @@ fn bench(args: &[String]) -> Result<()> {
         .arg("--out")
         .arg(&out)
         .arg("--set")
-        .arg(format!("train.steps={steps}")))?;
+        .arg(format!("train.steps={steps}"))
+        .arg("--set")
+        .arg(format!("train.matmul_precision={precision}")))?;
     let peak_rss_mb = children_peak_rss_mb();
     let metrics = read_metrics(&out.join("metrics.jsonl"))?;
     let ms_per_step = median_step_ms(&metrics);
@@ -357,6 +363,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut summary = serde_json::json!({
         "bench": "nanogpt-cpu",
         "backend": features(),
+        "matmul_precision": precision,
         "steps": steps,
         "val_loss": val_at(steps as u64),
         "val_loss_250": val_at(250),

@@ -122,10 +122,12 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
         for p0 in (0..pairs).step_by(KC_PAIRS) {
             let kcp = KC_PAIRS.min(pairs - p0);
             let pack_a = |(i, panel): (usize, &mut [u32])| {
-                pack_a_panel(a, m, k, i * MR, p0, &mut panel[..MR * kcp])
+                // SAFETY: `available()` was checked on entry.
+                unsafe { pack_a_panel(a, m, k, i * MR, p0, &mut panel[..MR * kcp]) }
             };
             let pack_b = |(j, panel): (usize, &mut [u32])| {
-                pack_b_panel(b, n, k, j * NR, p0, &mut panel[..NR * kcp])
+                // SAFETY: `available()` was checked on entry.
+                unsafe { pack_b_panel(b, n, k, j * NR, p0, &mut panel[..NR * kcp]) }
             };
             let a_panels = &mut packed_a[..m_panels * MR * KC_PAIRS];
             let b_panels = &mut packed_b[..n_panels * NR * KC_PAIRS];
@@ -218,7 +220,10 @@ fn whole_pairs(k: usize, p0: usize, kcp: usize) -> usize {
 
 /// Packs rows `row0 .. row0 + MR` of `a`, pairs `p0 ..` (as many as `out` holds), as
 /// `[pair][row]`, zero past the matrix.
-fn pack_a_panel(a: MatRef, m: usize, k: usize, row0: usize, p0: usize, out: &mut [u32]) {
+/// # Safety
+/// On x86-64 the CPU must have AVX512-BF16 (compiled with it so the converters inline).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
+unsafe fn pack_a_panel(a: MatRef, m: usize, k: usize, row0: usize, p0: usize, out: &mut [u32]) {
     let kcp = out.len() / MR;
     let rows = MR.min(m - row0);
     let mut done = 0;
@@ -276,7 +281,10 @@ fn pack_a_panel(a: MatRef, m: usize, k: usize, row0: usize, p0: usize, out: &mut
 
 /// Packs columns `col0 .. col0 + NR` of `b`, pairs `p0 ..` (as many as `out` holds), as
 /// `[pair][column]`, zero past the matrix.
-fn pack_b_panel(b: MatRef, n: usize, k: usize, col0: usize, p0: usize, out: &mut [u32]) {
+/// # Safety
+/// On x86-64 the CPU must have AVX512-BF16 (compiled with it so the converters inline).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
+unsafe fn pack_b_panel(b: MatRef, n: usize, k: usize, col0: usize, p0: usize, out: &mut [u32]) {
     let kcp = out.len() / NR;
     let cols = NR.min(n - col0);
     let mut done = 0;
@@ -341,6 +349,7 @@ fn offset(view: MatRef, i: usize, j: usize) -> usize {
 /// `out[p] = (bf16(x[2p]), bf16(x[2p + 1]))` for adjacent values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
 unsafe fn convert_pairs(x: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     debug_assert_eq!(x.len(), 2 * out.len());
@@ -370,6 +379,7 @@ unsafe fn convert_pairs(x: &[f32], out: &mut [u32]) {
 /// `out[i] = (bf16(lo[i]), bf16(hi[i]))` for `i < lo.len()`, zero for the rest of `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
 unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     let count = lo.len();

@@ -134,6 +134,17 @@ impl TrainConfig {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        // serde's message for a bad enum value does not name the key.
+        if let Some(value) = table.get("train").and_then(|t| t.get("matmul_precision")) {
+            let valid = value
+                .as_str()
+                .is_some_and(|v| v.parse::<ember_ops::fused::MatmulPrecision>().is_ok());
+            if !valid {
+                return Err(ConfigError(format!(
+                    "{origin}: train.matmul_precision = {value}: expected \"f32\" or \"bf16\""
+                )));
+            }
+        }
         let config: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;

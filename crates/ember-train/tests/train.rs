@@ -239,6 +239,11 @@ fn config_errors_name_the_key_or_flag() {
         msg.contains("model.moe.top_k: must be between 1 and n_experts = 4, got 6"),
         "{msg}"
     );
+    let msg = err(None, &["train.matmul_precision=fp8"]);
+    assert!(
+        msg.contains("train.matmul_precision = \"fp8\": expected \"f32\" or \"bf16\""),
+        "{msg}"
+    );
     let msg = err(Some("llama"), &["model.position=\"spiral\""]);
     assert!(msg.contains("unknown variant `spiral`"), "{msg}");
     let msg = err(
