@@ -112,6 +112,12 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
         return;
     }
     let pairs = k.div_ceil(2);
+    // `B`'s columns are packed like `A`'s rows: as the rows of `Bᵀ`.
+    let b_t = MatRef {
+        row_stride: b.col_stride,
+        col_stride: b.row_stride,
+        ..b
+    };
     let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
     let parallel = m * n * k >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
@@ -123,11 +129,11 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
             let kcp = KC_PAIRS.min(pairs - p0);
             let pack_a = |(i, panel): (usize, &mut [u32])| {
                 // SAFETY: `available()` was checked on entry.
-                unsafe { pack_a_panel(a, m, k, i * MR, p0, &mut panel[..MR * kcp]) }
+                unsafe { pack_panel(a, m, k, i * MR, p0, MR, &mut panel[..MR * kcp]) }
             };
             let pack_b = |(j, panel): (usize, &mut [u32])| {
                 // SAFETY: `available()` was checked on entry.
-                unsafe { pack_b_panel(b, n, k, j * NR, p0, &mut panel[..NR * kcp]) }
+                unsafe { pack_panel(b_t, n, k, j * NR, p0, NR, &mut panel[..NR * kcp]) }
             };
             let a_panels = &mut packed_a[..m_panels * MR * KC_PAIRS];
             let b_panels = &mut packed_b[..n_panels * NR * KC_PAIRS];
@@ -218,121 +224,73 @@ fn whole_pairs(k: usize, p0: usize, kcp: usize) -> usize {
     (k / 2).saturating_sub(p0).min(kcp)
 }
 
-/// Packs rows `row0 .. row0 + MR` of `a`, pairs `p0 ..` (as many as `out` holds), as
-/// `[pair][row]`, zero past the matrix.
+/// Packs lines `line0 .. line0 + width` of `view` (rows of `A`, or columns of `B` given
+/// as `Bᵀ`), pairs `p0 ..` along its columns (as many as `out` holds), as
+/// `[pair][line]`, zero past the matrix.
+///
 /// # Safety
 /// On x86-64 the CPU must have AVX512-BF16 (compiled with it so the converters inline).
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
-unsafe fn pack_a_panel(a: MatRef, m: usize, k: usize, row0: usize, p0: usize, out: &mut [u32]) {
-    let kcp = out.len() / MR;
-    let rows = MR.min(m - row0);
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_panel(
+    view: MatRef,
+    lines: usize,
+    k: usize,
+    line0: usize,
+    p0: usize,
+    width: usize,
+    out: &mut [u32],
+) {
+    let kcp = out.len() / width;
+    let valid = width.min(lines - line0);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if a.col_stride == 1 {
-        // Each row's pairs are adjacent in memory: convert the row, scatter its pairs.
+    if view.col_stride == 1 {
+        // Each line's pairs are adjacent in memory: convert the line, scatter its pairs.
         done = whole_pairs(k, p0, kcp);
-        let mut row_pairs = [0u32; KC_PAIRS];
-        for r in 0..MR {
-            if r < rows {
-                let start = offset(a, row0 + r, 2 * p0);
-                // SAFETY: `available()` holds (checked by `gemm`).
-                unsafe { convert_pairs(&a.data[start..start + 2 * done], &mut row_pairs[..done]) };
-                for (p, &v) in row_pairs[..done].iter().enumerate() {
-                    out[p * MR + r] = v;
+        let mut line_pairs = [0u32; KC_PAIRS];
+        for l in 0..width {
+            if l < valid {
+                let start = offset(view, line0 + l, 2 * p0);
+                // SAFETY: `available()` holds (the caller's contract).
+                unsafe {
+                    convert_pairs(&view.data[start..start + 2 * done], &mut line_pairs[..done])
+                };
+                for (p, &v) in line_pairs[..done].iter().enumerate() {
+                    out[p * width + l] = v;
                 }
             } else {
                 for p in 0..done {
-                    out[p * MR + r] = 0;
+                    out[p * width + l] = 0;
                 }
             }
         }
-    } else if a.row_stride == 1 {
-        // A transposed view: the rows of one `k` are adjacent in memory.
+    } else if view.row_stride == 1 {
+        // The lines of one `k` are adjacent in memory.
         done = whole_pairs(k, p0, kcp);
         for p in 0..done {
-            let lo = offset(a, row0, 2 * (p0 + p));
-            let hi = offset(a, row0, 2 * (p0 + p) + 1);
-            // SAFETY: `available()` holds (checked by `gemm`).
+            let lo = offset(view, line0, 2 * (p0 + p));
+            let hi = offset(view, line0, 2 * (p0 + p) + 1);
+            // SAFETY: `available()` holds (the caller's contract).
             unsafe {
                 interleave_pairs(
-                    &a.data[lo..lo + rows],
-                    &a.data[hi..hi + rows],
-                    &mut out[p * MR..][..MR],
+                    &view.data[lo..lo + valid],
+                    &view.data[hi..hi + valid],
+                    &mut out[p * width..][..width],
                 )
             };
         }
     }
     for p in done..kcp {
         let kk = 2 * (p0 + p);
-        for r in 0..MR {
-            out[p * MR + r] = if r < rows && kk < k {
+        for l in 0..width {
+            out[p * width + l] = if l < valid && kk < k {
                 let hi = if kk + 1 < k {
-                    a.at(row0 + r, kk + 1)
+                    view.at(line0 + l, kk + 1)
                 } else {
                     0.0
                 };
-                pair(a.at(row0 + r, kk), hi)
-            } else {
-                0
-            };
-        }
-    }
-}
-
-/// Packs columns `col0 .. col0 + NR` of `b`, pairs `p0 ..` (as many as `out` holds), as
-/// `[pair][column]`, zero past the matrix.
-/// # Safety
-/// On x86-64 the CPU must have AVX512-BF16 (compiled with it so the converters inline).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
-unsafe fn pack_b_panel(b: MatRef, n: usize, k: usize, col0: usize, p0: usize, out: &mut [u32]) {
-    let kcp = out.len() / NR;
-    let cols = NR.min(n - col0);
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if b.col_stride == 1 {
-        // Row-major: the columns of one `k` are adjacent in memory.
-        done = whole_pairs(k, p0, kcp);
-        for p in 0..done {
-            let lo = offset(b, 2 * (p0 + p), col0);
-            let hi = offset(b, 2 * (p0 + p) + 1, col0);
-            // SAFETY: `available()` holds (checked by `gemm`).
-            unsafe {
-                interleave_pairs(
-                    &b.data[lo..lo + cols],
-                    &b.data[hi..hi + cols],
-                    &mut out[p * NR..][..NR],
-                )
-            };
-        }
-    } else if b.row_stride == 1 {
-        // A transposed view: each column's pairs are adjacent in memory.
-        done = whole_pairs(k, p0, kcp);
-        let mut col_pairs = [0u32; KC_PAIRS];
-        for c in 0..NR {
-            if c < cols {
-                let start = offset(b, 2 * p0, col0 + c);
-                // SAFETY: `available()` holds (checked by `gemm`).
-                unsafe { convert_pairs(&b.data[start..start + 2 * done], &mut col_pairs[..done]) };
-                for (p, &v) in col_pairs[..done].iter().enumerate() {
-                    out[p * NR + c] = v;
-                }
-            } else {
-                for p in 0..done {
-                    out[p * NR + c] = 0;
-                }
-            }
-        }
-    }
-    for p in done..kcp {
-        let kk = 2 * (p0 + p);
-        for c in 0..NR {
-            out[p * NR + c] = if c < cols && kk < k {
-                let hi = if kk + 1 < k {
-                    b.at(kk + 1, col0 + c)
-                } else {
-                    0.0
-                };
-                pair(b.at(kk, col0 + c), hi)
+                pair(view.at(line0 + l, kk), hi)
             } else {
                 0
             };
