@@ -11,6 +11,16 @@ use ember_train::{Checkpoint, CrossEntropy, LmLoss, TrainConfig, TrainOptions, t
 
 type B = Autodiff<Flex>;
 
+/// Training draws its weights and dropout masks from the backend's generator, which is
+/// global to the device, and the trainer seeds it: tests that train take turns, so one
+/// run's draws never interleave with another's (the resume test compares bits).
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DRAWS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A small corpus built by the test: a few thousand characters of varied text.
 fn corpus(dir: &Path) -> PathBuf {
     let mut text = String::new();
@@ -73,6 +83,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn ten_steps_then_resume_ten_equals_twenty_straight() {
+    let _turn = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
     let device = Default::default();
@@ -109,6 +120,7 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
 
 #[test]
 fn moe_training_logs_its_losses_and_expert_load() {
+    let _turn = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let options = TrainOptions {
         out_dir: tmp.path().join("moe"),
@@ -156,6 +168,7 @@ fn moe_training_logs_its_losses_and_expert_load() {
 
 #[test]
 fn resume_with_a_different_model_is_refused() {
+    let _turn = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
     let options = TrainOptions {
@@ -179,6 +192,7 @@ fn resume_with_a_different_model_is_refused() {
 
 #[test]
 fn overfits_one_batch() {
+    let _turn = exclusive();
     let device = Default::default();
     let config = TransformerConfig::gpt2(20, 32, 2, 4, 16);
     let mut model = Transformer::<B>::new(&config, &device).unwrap();
