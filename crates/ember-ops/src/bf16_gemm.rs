@@ -37,11 +37,16 @@ pub struct MatRef<'a> {
 }
 
 impl MatRef<'_> {
+    /// The buffer index of element `(i, j)` (negative only for a view that does not fit,
+    /// which [`MatRef::check`] refuses).
+    #[inline(always)]
+    fn index(&self, i: usize, j: usize) -> isize {
+        self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride
+    }
+
     #[inline(always)]
     fn at(&self, i: usize, j: usize) -> f32 {
-        let index =
-            self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
-        self.data[index as usize]
+        self.data[self.index(i, j) as usize]
     }
 
     /// Checks that every element of a `rows × cols` view lies inside `data`.
@@ -51,8 +56,7 @@ impl MatRef<'_> {
         }
         let corners = [(0, 0), (rows - 1, 0), (0, cols - 1), (rows - 1, cols - 1)];
         for (i, j) in corners {
-            let index =
-                self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
+            let index = self.index(i, j);
             assert!(
                 index >= 0 && (index as usize) < self.data.len(),
                 "bf16 gemm: operand {name} ({rows}x{cols}) reaches outside its buffer"
@@ -298,10 +302,10 @@ unsafe fn pack_panel(
     }
 }
 
-/// The buffer index of element `(i, j)`.
+/// The buffer index of element `(i, j)` of a checked view.
 #[inline(always)]
 fn offset(view: MatRef, i: usize, j: usize) -> usize {
-    (view.offset as isize + i as isize * view.row_stride + j as isize * view.col_stride) as usize
+    view.index(i, j) as usize
 }
 
 /// `out[p] = (bf16(x[2p]), bf16(x[2p + 1]))` for adjacent values.
