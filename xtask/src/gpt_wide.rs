@@ -14,8 +14,8 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::{
-    build_ember, children_peak_rss_mb, median_step_ms, python_with_torch, read_metrics, root, run,
-    summary_line,
+    build_ember, median_step_ms, python_with_torch, read_metrics, resolved_shards, root, run,
+    run_peak_rss_mb, summary_line,
 };
 
 const D: usize = 384;
@@ -25,8 +25,8 @@ const BLOCK: usize = 256;
 const BATCH: usize = 8;
 
 /// `precision`: the `train.matmul_precision` of the Ember run (`f32` or `bf16`); the
-/// reference is always PyTorch fp32.
-pub fn bench(data: &Path, steps: usize, precision: &str) -> Result<()> {
+/// reference is always PyTorch fp32. `shards`: the run's `train.batch_shards` (0 = auto).
+pub fn bench(data: &Path, steps: usize, precision: &str, shards: usize) -> Result<()> {
     let root = root();
     let ember = build_ember()?;
     let out = root.join("target/bench/gpt-wide-run");
@@ -42,6 +42,7 @@ pub fn bench(data: &Path, steps: usize, precision: &str) -> Result<()> {
         format!("train.steps={steps}"),
         format!("train.eval_every={steps}"),
         format!("train.matmul_precision={precision}"),
+        format!("train.batch_shards={shards}"),
     ];
     let mut cmd = Command::new(&ember);
     cmd.args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
@@ -51,8 +52,7 @@ pub fn bench(data: &Path, steps: usize, precision: &str) -> Result<()> {
     for set in &sets {
         cmd.args(["--set", set]);
     }
-    run(&mut cmd)?;
-    let peak_rss_mb = children_peak_rss_mb();
+    let peak_rss_mb = run_peak_rss_mb(&mut cmd)?;
     let metrics = read_metrics(&out.join("metrics.jsonl"))?;
     let ms = median_step_ms(&metrics);
     let tokens = (BATCH * BLOCK) as f64;
@@ -66,6 +66,7 @@ pub fn bench(data: &Path, steps: usize, precision: &str) -> Result<()> {
     let mut summary = json!({
         "bench": "gpt-wide",
         "matmul_precision": precision,
+        "batch_shards": resolved_shards(shards, BATCH),
         "steps": steps,
         "ms_per_step": ms,
         "tokens_per_s": tokens / (ms / 1e3),

@@ -277,12 +277,23 @@ fn python_with_torch() -> Option<String> {
     })
 }
 
-/// Peak resident memory of finished child processes, in MB.
-fn children_peak_rss_mb() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
+/// Runs `cmd` to success and returns that process's peak resident memory in MB (its own,
+/// not that of earlier children such as the build).
+fn run_peak_rss_mb(cmd: &mut Command) -> Result<f64> {
+    let child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 writes into the zeroed struct and the status we pass; it reaps the
+    // child, which `Child`'s drop leaves alone.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if reaped != pid {
+        bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("{cmd:?} failed (wait status {status})");
+    }
+    Ok(usage.ru_maxrss as f64 / 1024.0)
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -312,6 +323,7 @@ fn bench(args: &[String]) -> Result<()> {
     if !matches!(precision, "f32" | "bf16") {
         bail!("--matmul-precision {precision}: expected f32 or bf16");
     }
+    let shards = number("--batch-shards", 0)?;
     if flag("--suite") == Some("decode") {
         return decode::bench(&data, steps);
     }
@@ -323,7 +335,9 @@ fn bench(args: &[String]) -> Result<()> {
     }
     match flag("--suite") {
         None | Some("nanogpt") => {}
-        Some("gpt-wide") => return gpt_wide::bench(&data, number("--steps", 50)?, precision),
+        Some("gpt-wide") => {
+            return gpt_wide::bench(&data, number("--steps", 50)?, precision, shards);
+        }
         Some("arch") => {
             return arch::bench_arch(
                 &data,
@@ -341,16 +355,19 @@ fn bench(args: &[String]) -> Result<()> {
     let ember = build_ember()?;
     let out = root.join("target/bench/nanogpt-cpu-run");
     let _ = std::fs::remove_dir_all(&out);
-    run(Command::new(&ember)
-        .args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .arg("--set")
-        .arg(format!("train.steps={steps}"))
-        .arg("--set")
-        .arg(format!("train.matmul_precision={precision}")))?;
-    let peak_rss_mb = children_peak_rss_mb();
+    let peak_rss_mb = run_peak_rss_mb(
+        Command::new(&ember)
+            .args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .arg("--set")
+            .arg(format!("train.steps={steps}"))
+            .arg("--set")
+            .arg(format!("train.matmul_precision={precision}"))
+            .arg("--set")
+            .arg(format!("train.batch_shards={shards}")),
+    )?;
     let metrics = read_metrics(&out.join("metrics.jsonl"))?;
     let ms_per_step = median_step_ms(&metrics);
     let tokens_per_s = 12.0 * 64.0 / (ms_per_step / 1e3);
@@ -364,6 +381,7 @@ fn bench(args: &[String]) -> Result<()> {
         "bench": "nanogpt-cpu",
         "backend": features(),
         "matmul_precision": precision,
+        "batch_shards": resolved_shards(shards, 12),
         "steps": steps,
         "val_loss": val_at(steps as u64),
         "val_loss_250": val_at(250),
@@ -421,6 +439,17 @@ fn summary_line(summary: &serde_json::Value) -> String {
         .collect();
     line.sort_by_key(|s| !s.starts_with("bench="));
     line.join(" ")
+}
+
+/// The shard count the trainer picks for `train.batch_shards = shards` on a CPU backend
+/// (dropout 0): 0 means one per core, at most one per row.
+fn resolved_shards(shards: usize, batch: usize) -> usize {
+    match shards {
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(batch),
+        n => n,
+    }
 }
 
 /// Median of the logged step times.

@@ -60,6 +60,7 @@ impl<B: FusedBackend> Runner for On<B> {
             data: args.data.clone(),
             resume: args.resume.clone(),
             verbose: !args.quiet,
+            cpu_backend: self.cpu,
         };
         let summary = ember_train::train::<Autodiff<B>>(config, &options, &self.device)?;
         println!(

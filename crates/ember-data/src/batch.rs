@@ -42,6 +42,29 @@ pub struct Batch {
     pub block: usize,
 }
 
+impl Batch {
+    /// Splits the rows into at most `parts` contiguous batches whose sizes differ by at
+    /// most one (the first ones are the larger); none is empty. `parts` of 0 counts as 1.
+    pub fn split(&self, parts: usize) -> Vec<Batch> {
+        let parts = parts.clamp(1, self.batch.max(1));
+        let (base, extra) = (self.batch / parts, self.batch % parts);
+        let mut start = 0;
+        (0..parts)
+            .map(|i| {
+                let rows = base + usize::from(i < extra);
+                let span = start * self.block..(start + rows) * self.block;
+                start += rows;
+                Batch {
+                    inputs: self.inputs[span.clone()].to_vec(),
+                    targets: self.targets[span].to_vec(),
+                    batch: rows,
+                    block: self.block,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Draws windows at offsets `rng.below(len - block)`, one per row, as nanoGPT's
 /// `torch.randint(len(data) - block_size, (batch_size,))` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -176,3 +176,33 @@ fn splitmix64_matches_the_published_sequence() {
         assert_eq!(rng.next_u64(), want);
     }
 }
+
+#[test]
+fn batches_split_into_contiguous_near_equal_shards() {
+    let batch = ember_data::BatchSampler::new(7).sample(&(0..500).collect::<Vec<u32>>(), 7, 5);
+    for parts in [1, 2, 3, 7] {
+        let shards = batch.split(parts);
+        assert_eq!(shards.len(), parts);
+        let rows: Vec<usize> = shards.iter().map(|s| s.batch).collect();
+        assert_eq!(rows.iter().sum::<usize>(), 7);
+        assert!(
+            rows.iter().max().unwrap() - rows.iter().min().unwrap() <= 1,
+            "{rows:?}"
+        );
+        assert!(
+            rows.windows(2).all(|w| w[0] >= w[1]),
+            "larger shards first: {rows:?}"
+        );
+        let inputs: Vec<i64> = shards.iter().flat_map(|s| s.inputs.clone()).collect();
+        let targets: Vec<i64> = shards.iter().flat_map(|s| s.targets.clone()).collect();
+        assert_eq!(inputs, batch.inputs);
+        assert_eq!(targets, batch.targets);
+        for s in &shards {
+            assert_eq!(s.block, 5);
+            assert_eq!(s.inputs.len(), s.batch * 5);
+        }
+    }
+    // More shards than rows: one row each, none empty.
+    assert_eq!(batch.split(10).len(), 7);
+    assert_eq!(batch.split(0).len(), 1);
+}

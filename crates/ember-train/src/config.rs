@@ -69,6 +69,19 @@ pub struct LoopConfig {
     /// `ember_ops::fused::precision`.
     #[serde(default)]
     pub matmul_precision: ember_ops::fused::MatmulPrecision,
+    /// Groups of rows each micro-batch is cut into, run at the same time on threads of
+    /// their own with single-threaded ops, their gradients summed: data parallelism over
+    /// the CPU's cores (see `ember_train::shards`). 1 runs each micro-batch whole, every op
+    /// spread over all cores; 0 picks one shard per core (at most one per row) on CPU
+    /// backends when `model.dropout` is 0, and 1 otherwise. With dropout, shards draw
+    /// their masks from the device's one generator in whatever order the threads reach
+    /// it, so a sharded run with dropout is not bit-reproducible (nor exactly resumable).
+    #[serde(default = "one")]
+    pub batch_shards: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +202,15 @@ impl TrainConfig {
             if v == 0 {
                 return fail(key, "must be at least 1".into());
             }
+        }
+        if t.batch_shards > t.batch_size {
+            return fail(
+                "train.batch_shards",
+                format!(
+                    "{} shards cannot split train.batch_size = {} rows (0 picks one per core)",
+                    t.batch_shards, t.batch_size
+                ),
+            );
         }
         if t.eval_every > 0 && t.eval_batches == 0 {
             return fail(

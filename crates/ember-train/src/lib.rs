@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod loss;
 pub mod metrics;
+mod shards;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TrainState};

@@ -21,6 +21,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainState};
 use crate::config::{ConfigError, TrainConfig};
 use crate::loss::{CrossEntropy, LmLoss};
 use crate::metrics::StepMetrics;
+use crate::shards::Shards;
 
 /// Where the run reads and writes.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Log lines on stderr/stdout; `false` silences the loop (tests).
     pub verbose: bool,
+    /// Whether the backend computes on this machine's CPU cores (Flex, NdArray): then
+    /// `train.batch_shards = 0` shards each micro-batch over the cores.
+    pub cpu_backend: bool,
 }
 
 /// What a finished run reports.
@@ -85,6 +89,71 @@ fn batch_tensors<B: Backend>(
         Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
         Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
     )
+}
+
+/// What one micro-batch (or one shard of it) contributes to a step.
+struct MicroBatch {
+    /// Gradients of `weight × loss`.
+    grads: GradientsParams,
+    /// The share of the step this micro-batch stands for (rows / step rows).
+    weight: f64,
+    /// Mean token cross-entropy over its rows.
+    lm_loss: f64,
+    moe: Option<MoeStats>,
+}
+
+/// A micro-batch's MoE auxiliary losses (unweighted) and routing counts.
+struct MoeStats {
+    balance: f64,
+    z: f64,
+    load: Vec<Vec<usize>>,
+    dropped: usize,
+}
+
+/// Forward and backward over `batch`; the loss is scaled by `weight` before the backward
+/// pass, so summing the gradients of a step's micro-batches gives the step's mean.
+fn micro_batch<B>(
+    model: &Transformer<B>,
+    batch: &Batch,
+    weight: f64,
+    moe_config: Option<&ember_nn::MoeConfig>,
+    device: &B::Device,
+) -> MicroBatch
+where
+    B: AutodiffBackend + FusedBackend,
+{
+    let (inputs, targets) = batch_tensors::<B>(batch, device);
+    let mut moe_losses = MoeLosses::default();
+    let options = ForwardOptions {
+        moe: moe_config.is_some().then_some(&mut moe_losses),
+        ..Default::default()
+    };
+    let logits = model.forward(inputs, options);
+    let lm_loss = CrossEntropy::<B>::new(None, device).loss(logits, targets);
+    let mut loss = lm_loss.clone();
+    let mut moe = None;
+    if let (Some(config), Some(balance), Some(z)) =
+        (moe_config, moe_losses.balance_loss, moe_losses.z_loss)
+    {
+        moe = Some(MoeStats {
+            balance: balance.clone().into_scalar().elem::<f64>(),
+            z: z.clone().into_scalar().elem::<f64>(),
+            load: moe_losses.load,
+            dropped: moe_losses.dropped,
+        });
+        loss = loss + balance.mul_scalar(config.aux_loss_coef) + z.mul_scalar(config.z_loss_coef);
+    }
+    let loss = if weight != 1.0 {
+        loss.mul_scalar(weight)
+    } else {
+        loss
+    };
+    MicroBatch {
+        grads: GradientsParams::from_grads(loss.backward(), model),
+        weight,
+        lm_loss: lm_loss.into_scalar().elem::<f64>(),
+        moe,
+    }
 }
 
 /// Mean loss over `n_batches` batches drawn from `tokens` with a fixed seed, so every
@@ -236,7 +305,6 @@ where
         config.optim.warmup_steps,
         config.optim.decay_steps,
     );
-    let loss_fn = CrossEntropy::<B>::new(None, device);
     let eval_loss_fn = CrossEntropy::<B::InnerBackend>::new(None, device);
 
     std::fs::create_dir_all(&options.out_dir).map_err(io_error(&options.out_dir))?;
@@ -250,6 +318,20 @@ where
 
     let t = &config.train;
     let tokens_per_step = t.batch_size * block * t.grad_accum;
+    let n_shards = match t.batch_shards {
+        0 if options.cpu_backend && config.model.dropout == 0.0 => {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(t.batch_size)
+        }
+        0 => 1,
+        n => n,
+    };
+    let shards = Shards::new(n_shards).map_err(|e| {
+        ConfigError(format!(
+            "train.batch_shards: cannot start {n_shards} shard threads: {e}"
+        ))
+    })?;
     let progress = (options.verbose && std::io::stdout().is_terminal()).then(|| {
         let bar = ProgressBar::new(t.steps as u64);
         bar.set_style(
@@ -261,11 +343,16 @@ where
     });
     if options.verbose {
         let line = format!(
-            "ember train: {} parameters, {} train / {} val tokens, vocab {vocab}, {} steps of {tokens_per_step} tokens{}",
+            "ember train: {} parameters, {} train / {} val tokens, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
             config.model.num_params(),
             splits.train.len(),
             splits.val.len(),
             t.steps,
+            if n_shards > 1 {
+                format!(", each micro-batch in {n_shards} shards")
+            } else {
+                String::new()
+            },
             if cache.reused {
                 " (token cache reused)"
             } else {
@@ -292,35 +379,27 @@ where
         tally.start_step();
         for _ in 0..t.grad_accum {
             let batch = state.sampler.sample(&splits.train, t.batch_size, block);
-            let (inputs, targets) = batch_tensors::<B>(&batch, device);
-            let mut moe_losses = MoeLosses::default();
-            let options = ForwardOptions {
-                moe: moe_config.is_some().then_some(&mut moe_losses),
-                ..Default::default()
-            };
-            let logits = model.forward(inputs, options);
-            let loss = loss_fn.loss(logits, targets);
-            let lm_loss = loss.clone();
-            let loss = match (&moe_config, moe_losses.balance_loss, moe_losses.z_loss) {
-                (Some(moe), Some(balance), Some(z)) => {
+            let parts = shards.run(&model, &batch, |model, rows, weight| {
+                micro_batch(
+                    model,
+                    rows,
+                    weight / t.grad_accum as f64,
+                    moe_config.as_ref(),
+                    device,
+                )
+            });
+            for part in parts {
+                train_loss += part.lm_loss * part.weight;
+                if let Some(moe) = part.moe {
                     tally.add(
-                        balance.clone().into_scalar().elem::<f64>() / t.grad_accum as f64,
-                        z.clone().into_scalar().elem::<f64>() / t.grad_accum as f64,
-                        &moe_losses.load,
-                        moe_losses.dropped,
+                        moe.balance * part.weight,
+                        moe.z * part.weight,
+                        &moe.load,
+                        moe.dropped,
                     );
-                    loss + balance.mul_scalar(moe.aux_loss_coef) + z.mul_scalar(moe.z_loss_coef)
                 }
-                _ => loss,
-            };
-            let loss = if t.grad_accum > 1 {
-                loss.div_scalar(t.grad_accum as f64)
-            } else {
-                loss
-            };
-            train_loss += lm_loss.into_scalar().elem::<f64>() / t.grad_accum as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
+                accumulator.accumulate(&model, part.grads);
+            }
         }
         if !train_loss.is_finite() {
             return Err(TrainError::Diverged {

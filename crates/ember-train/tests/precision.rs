@@ -38,6 +38,7 @@ fn bf16_matmuls_train_like_f32_and_the_setting_ends_with_the_run() {
             data: vec![corpus.clone()],
             resume: None,
             verbose: false,
+            cpu_backend: true,
         };
         let summary = train::<B>(config, &options, &Default::default()).unwrap();
         assert!(summary.checkpoint.exists());

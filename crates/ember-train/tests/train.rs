@@ -93,6 +93,7 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
             data: data.clone(),
             resume,
             verbose: false,
+            cpu_backend: true,
         };
         train::<B>(small_config(steps), &options, &device).unwrap()
     };
@@ -118,6 +119,104 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
     assert!(weights(&tmp.path().join("other")) != weights(&tmp.path().join("straight")));
 }
 
+/// `(train_loss, grad_norm)` of every step in a run's metrics.
+fn loss_and_grad_norm(dir: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let record: ember_train::StepMetrics = serde_json::from_str(line).unwrap();
+            (record.train_loss, record.grad_norm)
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_micro_batches_train_like_whole_ones() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let run = |out: &str, shards: usize, moe: bool| {
+        let options = TrainOptions {
+            out_dir: tmp.path().join(out),
+            data: data.clone(),
+            resume: None,
+            verbose: false,
+            cpu_backend: true,
+        };
+        let mut config = small_config(4);
+        config.model.dropout = 0.0;
+        // 5 rows: 2 shards hold 3 and 2 rows, 3 shards 2, 2 and 1.
+        config.train.batch_size = 5;
+        config.train.batch_shards = shards;
+        if moe {
+            config.model.moe = Some(ember_nn::MoeConfig {
+                n_experts: 4,
+                top_k: 2,
+                renormalize: true,
+                capacity_factor: None,
+                aux_loss_coef: 0.01,
+                z_loss_coef: 0.001,
+            });
+        }
+        train::<B>(config, &options, &Default::default()).unwrap();
+        tmp.path().join(out)
+    };
+    let whole = run("whole", 1, false);
+    for shards in [2, 3] {
+        let sharded = run(&format!("sharded-{shards}"), shards, false);
+        // Per step: the mean loss and the gradient norm before clipping (a shard weighted
+        // wrongly changes the norm even where AdamW's update would hide it).
+        for (step, (a, b)) in loss_and_grad_norm(&whole)
+            .iter()
+            .zip(loss_and_grad_norm(&sharded))
+            .enumerate()
+        {
+            assert!(
+                (a.0 - b.0).abs() < 1e-5 * a.0,
+                "step {step}: loss {} vs {}",
+                a.0,
+                b.0
+            );
+            assert!(
+                (a.1 - b.1).abs() < 1e-4 * a.1,
+                "step {step}: grad norm {} vs {}",
+                a.1,
+                b.1
+            );
+        }
+        for ((name, a), (_, b)) in weights(&whole).iter().zip(weights(&sharded)) {
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{name}: weights differ by {worst}");
+        }
+    }
+    // MoE: the routing statistics of the shards add up, and the first step (before any
+    // update) sees the same language-model loss.
+    let whole = loss_and_grad_norm(&run("moe-whole", 1, true));
+    let sharded = loss_and_grad_norm(&run("moe-sharded", 2, true));
+    assert!((whole[0].0 - sharded[0].0).abs() < 1e-5 * whole[0].0);
+    let metrics = std::fs::read_to_string(tmp.path().join("moe-sharded/metrics.jsonl")).unwrap();
+    let record: ember_train::StepMetrics =
+        serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let shares = record.expert_load.unwrap();
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn batch_shards_beyond_the_batch_are_refused() {
+    let mut config = small_config(2);
+    config.train.batch_shards = 5;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("train.batch_shards") && err.contains("train.batch_size = 4"),
+        "{err}"
+    );
+}
+
 #[test]
 fn moe_training_logs_its_losses_and_expert_load() {
     let _turn = exclusive();
@@ -127,6 +226,7 @@ fn moe_training_logs_its_losses_and_expert_load() {
         data: vec![corpus(tmp.path())],
         resume: None,
         verbose: false,
+        cpu_backend: true,
     };
     let mut config = small_config(4);
     config.model.moe = Some(ember_nn::MoeConfig {
@@ -176,6 +276,7 @@ fn resume_with_a_different_model_is_refused() {
         data: data.clone(),
         resume: None,
         verbose: false,
+        cpu_backend: true,
     };
     train::<B>(small_config(2), &options, &Default::default()).unwrap();
     let mut config = small_config(4);

@@ -1,0 +1,84 @@
+//! Batch sharding over CPU cores.
+//!
+//! With `train.batch_shards = N > 1`, each micro-batch is cut into `N` groups of rows whose
+//! forward and backward passes run at the same time, one thread each, and whose gradients
+//! are summed (weighted by their share of the rows): data parallelism inside one process.
+//! Every op of a shard runs single-threaded (each shard thread is the only worker of its
+//! own rayon pool), so the cores never wait on each other inside an op. At the sizes of
+//! small models this beats splitting every op over the cores, where each op is too short
+//! to pay for waking and joining the other threads.
+//!
+//! Each shard differentiates its own copy of the parameters: leaves with fresh autodiff
+//! node ids over the same tensor data and the same [`ParamId`](burn::module::ParamId)s.
+//! burn keeps graphs that share a node under one lock, so shards that shared the model's
+//! own leaves would run their backward passes one after the other.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ember_data::Batch;
+
+/// The worker pools of a sharded run (none when `shards == 1`).
+pub(crate) struct Shards {
+    pools: Vec<rayon::ThreadPool>,
+}
+
+impl Shards {
+    /// `shards` groups of rows per micro-batch; 1 runs the whole micro-batch on the calling
+    /// thread, with every op using all of rayon's threads.
+    pub(crate) fn new(shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let pools = if shards > 1 {
+            (0..shards)
+                .map(|i| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("ember-shard-{i}"))
+                        .build()
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Self { pools })
+    }
+
+    /// Runs `f(model, rows, weight)` for each group of `batch`'s rows, where `weight` is the
+    /// group's share of the rows, and returns the results in row order.
+    ///
+    /// Sharded, each call gets its own differentiable copy of `model` (see the module
+    /// docs), so gradients must be read through parameter ids, as
+    /// [`GradientsParams::from_grads`](burn::optim::GradientsParams::from_grads) does.
+    pub(crate) fn run<B, M, T, F>(&self, model: &M, batch: &Batch, f: F) -> Vec<T>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B> + Sync,
+        T: Send,
+        F: Fn(&M, &Batch, f64) -> T + Sync,
+    {
+        if self.pools.is_empty() {
+            return vec![f(model, batch, 1.0)];
+        }
+        let parts = batch.split(self.pools.len());
+        let rows = batch.batch as f64;
+        let shard = |pool: &rayon::ThreadPool, part: &Batch| {
+            pool.install(|| {
+                let copy = M::from_inner(model.valid());
+                f(&copy, part, part.batch as f64 / rows)
+            })
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = parts[1..]
+                .iter()
+                .zip(&self.pools[1..])
+                .map(|(part, pool)| scope.spawn(move || shard(pool, part)))
+                .collect();
+            let mut results = vec![shard(&self.pools[0], &parts[0])];
+            for handle in others {
+                match handle.join() {
+                    Ok(result) => results.push(result),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            results
+        })
+    }
+}
