@@ -6,6 +6,11 @@ same batches (SplitMix64 offsets, exactly as Ember's BatchSampler draws them), s
 schedule (warmup 100, cosine 1e-3 -> 1e-4 at 2000, AdamW beta2 0.99, weight decay 0.1 on
 matrices, global-norm clip 1.0) and the same evaluation (20 fixed validation batches
 every 250 steps). Writes a JSON summary with median ms/step and tokens/s.
+
+With `--init DIR` the model starts from the weights of a Hugging Face GPT-2 directory (what
+`ember export` writes for Ember's untrained nanoGPT model) instead of its own draw, so both
+runs share their initial weights as well as their batches: the val losses then differ by
+the arithmetic alone, not by which random initialisation each side happened to draw.
 """
 
 import argparse
@@ -107,6 +112,41 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+def load_init(model, directory):
+    """Copies an exported GPT-2 checkpoint's weights into `model` (biases must be zero)."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, "model.safetensors")
+    w = load_file(path)
+    used = set()
+
+    def take(name, transpose=False):
+        if name not in w:
+            raise SystemExit(f"{path}: missing tensor {name}")
+        used.add(name)
+        t = w[name].float()
+        return t.T if transpose else t
+
+    with torch.no_grad():
+        model.wte.weight.copy_(take("transformer.wte.weight"))
+        model.wpe.weight.copy_(take("transformer.wpe.weight"))
+        for i, blk in enumerate(model.blocks):
+            p = f"transformer.h.{i}"
+            blk.ln1.weight.copy_(take(f"{p}.ln_1.weight"))
+            blk.qkv.weight.copy_(take(f"{p}.attn.c_attn.weight", transpose=True))
+            blk.proj.weight.copy_(take(f"{p}.attn.c_proj.weight", transpose=True))
+            blk.ln2.weight.copy_(take(f"{p}.ln_2.weight"))
+            blk.fc.weight.copy_(take(f"{p}.mlp.c_fc.weight", transpose=True))
+            blk.out.weight.copy_(take(f"{p}.mlp.c_proj.weight", transpose=True))
+        model.ln_f.weight.copy_(take("transformer.ln_f.weight"))
+    for name in sorted(set(w) - used):
+        if name.endswith(".bias") and not w[name].any():
+            continue
+        if name == "lm_head.weight" and torch.equal(w[name], w["transformer.wte.weight"]):
+            continue
+        raise SystemExit(f"{path}: tensor {name} has no place in the reference model")
+
+
 def lr_at(step, peak=1e-3, floor=1e-4, warmup=100, decay=2000):
     if step < warmup:
         return peak * (step + 1) / (warmup + 1)
@@ -129,6 +169,7 @@ def main():
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--init", help="start from this exported GPT-2 directory's weights")
     args = ap.parse_args()
 
     # One intra-op thread per core, as PyTorch picks on a machine it has to itself.
@@ -142,6 +183,8 @@ def main():
     train, val = data[:n], data[n:]
 
     model = GPT(len(chars), d=args.d, layers=args.layers, heads=args.heads, block=args.block)
+    if args.init:
+        load_init(model, args.init)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -182,6 +225,7 @@ def main():
             "val_losses": losses,
             "torch_version": torch.__version__,
             "threads": torch.get_num_threads(),
+            "init": args.init or "torch.manual_seed(1337)",
         },
         open(args.out, "w"),
     )

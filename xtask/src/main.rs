@@ -353,6 +353,23 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     let ember = build_ember()?;
+    // Both sides start from the same weights: Ember's initial model (a zero-step run),
+    // exported for the PyTorch reference; the timed run resumes from it.
+    let init = root.join("target/bench/nanogpt-cpu-init");
+    let init_hf = root.join("target/bench/nanogpt-cpu-init-hf");
+    let _ = std::fs::remove_dir_all(&init);
+    let _ = std::fs::remove_dir_all(&init_hf);
+    run(Command::new(&ember)
+        .args(["train", "--preset", "nanogpt-cpu", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&init)
+        .args(["--set", "train.steps=0"]))?;
+    run(Command::new(&ember)
+        .args(["export", "--model"])
+        .arg(&init)
+        .arg("--out")
+        .arg(&init_hf))?;
     let out = root.join("target/bench/nanogpt-cpu-run");
     let _ = std::fs::remove_dir_all(&out);
     let peak_rss_mb = run_peak_rss_mb(
@@ -361,6 +378,8 @@ fn bench(args: &[String]) -> Result<()> {
             .arg(&data)
             .arg("--out")
             .arg(&out)
+            .arg("--resume")
+            .arg(&init)
             .arg("--set")
             .arg(format!("train.steps={steps}"))
             .arg("--set")
@@ -402,12 +421,20 @@ fn bench(args: &[String]) -> Result<()> {
             .arg("--steps")
             .arg(steps.to_string())
             .arg("--out")
-            .arg(&ref_out))?;
+            .arg(&ref_out)
+            .arg("--init")
+            .arg(&init_hf))?;
         let reference: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&ref_out)?)?;
         let ref_tps = reference["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         summary["ref_tokens_per_s"] = ref_tps.into();
         summary["ref_val_loss"] = reference["val_loss"].clone();
+        if let (Some(ours), Some(theirs)) = (val_at(steps as u64), reference["val_loss"].as_f64()) {
+            summary["val_loss_delta"] = (ours - theirs).into();
+        }
+        for at in [250, 500, 1000, 2000] {
+            summary[format!("ref_val_loss_{at}")] = reference["val_losses"][at.to_string()].clone();
+        }
         summary["ref_torch"] = reference["torch_version"].clone();
         summary["ratio"] = (tokens_per_s / ref_tps).into();
     } else {

@@ -63,8 +63,17 @@ impl<B: FusedBackend> Runner for On<B> {
             cpu_backend: self.cpu,
         };
         let summary = ember_train::train::<Autodiff<B>>(config, &options, &self.device)?;
+        let speed = if summary.median_step_ms > 0.0 {
+            format!(
+                "median {:.1} ms/step ({:.0} tokens/s)",
+                summary.median_step_ms,
+                summary.tokens_per_step as f64 / (summary.median_step_ms / 1e3)
+            )
+        } else {
+            "no steps run".to_string()
+        };
         println!(
-            "done: step {} | train loss {} | val loss {} | median {:.1} ms/step ({:.0} tokens/s)",
+            "done: step {} | train loss {} | val loss {} | {speed}",
             summary.step,
             summary
                 .last_train_loss
@@ -72,8 +81,6 @@ impl<B: FusedBackend> Runner for On<B> {
             summary
                 .last_val_loss
                 .map_or("-".into(), |l| format!("{l:.4}")),
-            summary.median_step_ms,
-            summary.tokens_per_step as f64 / (summary.median_step_ms / 1e3).max(1e-9),
         );
         println!("checkpoint: {}", summary.checkpoint.display());
         Ok(())

@@ -51,7 +51,8 @@ pub struct OptimConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoopConfig {
-    /// Optimizer steps to run in total (a resumed run continues up to this step).
+    /// Optimizer steps to run in total (a resumed run continues up to this step); 0 writes
+    /// the freshly initialized model's checkpoint without training.
     pub steps: usize,
     /// Sequences per micro-batch.
     pub batch_size: usize,
@@ -195,7 +196,6 @@ impl TrainConfig {
         }
         let t = &self.train;
         for (key, v) in [
-            ("train.steps", t.steps),
             ("train.batch_size", t.batch_size),
             ("train.grad_accum", t.grad_accum),
         ] {

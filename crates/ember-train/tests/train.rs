@@ -218,6 +218,35 @@ fn batch_shards_beyond_the_batch_are_refused() {
 }
 
 #[test]
+fn zero_steps_write_the_initial_model_that_training_starts_from() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let run = |out: &str, steps: usize, resume: Option<PathBuf>| {
+        let options = TrainOptions {
+            out_dir: tmp.path().join(out),
+            data: data.clone(),
+            resume,
+            verbose: false,
+            cpu_backend: true,
+        };
+        train::<B>(small_config(steps), &options, &Default::default()).unwrap()
+    };
+    let init = run("init", 0, None);
+    assert_eq!(init.step, 0);
+    assert!(init.last_train_loss.is_none());
+    // The benchmark's PyTorch reference starts from this checkpoint's weights, and Ember's
+    // timed run resumes from it: the same as training from scratch.
+    run("from-init", 6, Some(tmp.path().join("init")));
+    run("straight", 6, None);
+    assert!(weights(&tmp.path().join("from-init")) == weights(&tmp.path().join("straight")));
+    let fresh = run("other-init", 0, None);
+    assert_eq!(fresh.step, 0);
+    assert!(weights(&tmp.path().join("init")) == weights(&tmp.path().join("other-init")));
+    assert!(weights(&tmp.path().join("init")) != weights(&tmp.path().join("straight")));
+}
+
+#[test]
 fn moe_training_logs_its_losses_and_expert_load() {
     let _turn = exclusive();
     let tmp = tempfile::tempdir().unwrap();
