@@ -104,6 +104,25 @@ fn pair(lo: f32, hi: f32) -> u32 {
 /// If the CPU lacks AVX512-BF16 (see [`available`]), if `c` is not `m · n` long, or if a
 /// view reaches outside its buffer.
 pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
+    // SAFETY: an initialised `f32` is a valid `MaybeUninit<f32>`, and `gemm_uninit` only
+    // writes initialised values.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+    gemm_uninit(m, n, k, a, b, c)
+}
+
+/// [`gemm`] into uninitialised memory: every element of `c` is written (the output of a
+/// fresh `Vec::with_capacity` needs no zeroing first).
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_uninit(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [std::mem::MaybeUninit<f32>],
+) {
     assert!(available(), "bf16 gemm: this CPU lacks AVX512-BF16");
     assert_eq!(c.len(), m * n, "bf16 gemm: output is not m x n");
     a.check(m, k, "a");
@@ -112,7 +131,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
         return;
     }
     if k == 0 {
-        c.fill(0.0);
+        c.fill(std::mem::MaybeUninit::new(0.0));
         return;
     }
     let pairs = k.div_ceil(2);
@@ -125,6 +144,9 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
     let parallel = m * n * k >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
+    // `A`'s rows hold their `k` values side by side: the kernel reads its pairs straight
+    // from rows converted to bf16 in place (`[row][pair]`), with no transposition.
+    let a_by_rows = a.col_stride == 1;
     let mut run = |(packed_a, packed_b): &mut (Vec<u32>, Vec<u32>)| {
         // Every element is written by the packers: no zeroing needed.
         packed_a.resize(m_panels * MR * KC_PAIRS, 0);
@@ -133,7 +155,13 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
             let kcp = KC_PAIRS.min(pairs - p0);
             let pack_a = |(i, panel): (usize, &mut [u32])| {
                 // SAFETY: `available()` was checked on entry.
-                unsafe { pack_panel(a, m, k, i * MR, p0, MR, &mut panel[..MR * kcp]) }
+                unsafe {
+                    if a_by_rows {
+                        convert_rows(a, m, k, i * MR, p0, kcp, panel)
+                    } else {
+                        pack_panel(a, m, k, i * MR, p0, MR, &mut panel[..MR * kcp])
+                    }
+                }
             };
             let pack_b = |(j, panel): (usize, &mut [u32])| {
                 // SAFETY: `available()` was checked on entry.
@@ -168,14 +196,28 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
             }
             let accumulate = p0 > 0;
             let (packed_a, packed_b) = (&*packed_a, &*packed_b);
-            let out = SharedOut(c.as_mut_ptr());
+            let out = SharedOut(c.as_mut_ptr().cast::<f32>());
             // Tile `t` is row panel `t / n_panels`, column panel `t % n_panels`: a thread's
             // contiguous range of tiles reuses each packed row panel across columns.
             let tile = |t: usize| {
                 let (i, j) = (t / n_panels, t % n_panels);
                 let rows = MR.min(m - i * MR);
                 let cols = NR.min(n - j * NR);
-                let a_panel = &packed_a[i * MR * KC_PAIRS..][..MR * kcp];
+                let a_panel = &packed_a[i * MR * KC_PAIRS..][..MR * KC_PAIRS];
+                let a_pairs = if a_by_rows {
+                    // Rows past `m` read the last row again; the kernel stores none of them.
+                    RowPairs {
+                        rows: std::array::from_fn(|r| {
+                            a_panel[r.min(rows - 1) * KC_PAIRS..].as_ptr()
+                        }),
+                        pair_stride: 1,
+                    }
+                } else {
+                    RowPairs {
+                        rows: std::array::from_fn(|r| a_panel[r..].as_ptr()),
+                        pair_stride: MR,
+                    }
+                };
                 let b_panel = &packed_b[j * NR * KC_PAIRS..][..NR * kcp];
                 let out = &out;
                 #[cfg(target_arch = "x86_64")]
@@ -185,7 +227,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
                 unsafe {
                     kernel(
                         kcp,
-                        a_panel,
+                        a_pairs,
                         b_panel,
                         out.0.add(i * MR * n + j * NR),
                         n,
@@ -302,6 +344,51 @@ unsafe fn pack_panel(
     }
 }
 
+/// Converts rows `line0 .. line0 + MR` of `view` (whose columns are adjacent:
+/// `col_stride == 1`), pairs `p0 .. p0 + kcp`, into `out` as `[row][pair]` with row stride
+/// `KC_PAIRS`, zero past `k`. Rows past `lines` are left alone.
+///
+/// # Safety
+/// On x86-64 the CPU must have AVX512-BF16.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
+unsafe fn convert_rows(
+    view: MatRef,
+    lines: usize,
+    k: usize,
+    line0: usize,
+    p0: usize,
+    kcp: usize,
+    out: &mut [u32],
+) {
+    let done = whole_pairs(k, p0, kcp);
+    for l in 0..MR.min(lines - line0) {
+        let row = &mut out[l * KC_PAIRS..][..kcp];
+        let start = offset(view, line0 + l, 2 * p0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` holds (the caller's contract).
+        unsafe {
+            convert_pairs(&view.data[start..start + 2 * done], &mut row[..done])
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        for (p, v) in row[..done].iter_mut().enumerate() {
+            *v = pair(view.data[start + 2 * p], view.data[start + 2 * p + 1]);
+        }
+        for (p, v) in row.iter_mut().enumerate().skip(done) {
+            let kk = 2 * (p0 + p);
+            *v = if kk < k {
+                let hi = if kk + 1 < k {
+                    view.at(line0 + l, kk + 1)
+                } else {
+                    0.0
+                };
+                pair(view.at(line0 + l, kk), hi)
+            } else {
+                0
+            };
+        }
+    }
+}
+
 /// The buffer index of element `(i, j)` of a checked view.
 #[inline(always)]
 fn offset(view: MatRef, i: usize, j: usize) -> usize {
@@ -373,18 +460,28 @@ unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     }
 }
 
-/// The `MR × NR` tile: `c[r][col] (+)= Σ_p a[p][r] · b[p][col]` over `kcp` pairs, for the
+/// Where the kernel reads `A`: pair `p` of tile row `r` is `rows[r][p · pair_stride]`
+/// (`[pair][row]` panels: `rows[r] = panel + r`, stride `MR`; rows converted in place:
+/// stride 1).
+#[derive(Clone, Copy)]
+struct RowPairs {
+    rows: [*const u32; MR],
+    pair_stride: usize,
+}
+
+/// The `MR × NR` tile: `c[r][col] (+)= Σ_p a(r, p) · b[p][col]` over `kcp` pairs, for the
 /// first `rows` rows and `cols` columns (`c` has row stride `ldc`).
 ///
 /// # Safety
-/// AVX512-BF16 must be available, and `c` must be valid for writes of `rows` rows of
-/// `cols` values at stride `ldc`, with no other thread accessing them.
+/// AVX512-BF16 must be available, `a` must be valid for reads of `kcp` pairs per row, and
+/// `c` must be valid for writes of `rows` rows of `cols` values at stride `ldc`, with no
+/// other thread accessing them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     kcp: usize,
-    a: &[u32],
+    a: RowPairs,
     b: &[u32],
     c: *mut f32,
     ldc: usize,
@@ -393,17 +490,19 @@ unsafe fn kernel(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= MR * kcp && b.len() >= NR * kcp);
+    debug_assert!(b.len() >= NR * kcp);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let pb = b.as_ptr();
     for p in 0..kcp {
-        // SAFETY: pair `p` of both panels is in bounds (asserted above).
+        // SAFETY: pair `p` of both panels is in bounds (asserted above; `a` by the
+        // caller's contract).
         unsafe {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR).cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR + 16).cast()));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*pa.add(p * MR + r) as i32));
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                    *a.rows[r].add(p * a.pair_stride) as i32,
+                ));
                 acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, b0);
                 acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, b1);
             }

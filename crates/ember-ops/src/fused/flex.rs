@@ -487,8 +487,10 @@ impl FusedBackend for Flex {
             return composed::matmul_bf16::<Self>(a, b);
         };
         assert_eq!(k, k_b, "matmul_bf16: inner dimensions {k} and {k_b} differ");
-        let mut c = vec![0.0f32; m * n];
-        bf16_gemm::gemm(m, n, k, a_ref, b_ref, &mut c);
+        let mut c = Vec::with_capacity(m * n);
+        bf16_gemm::gemm_uninit(m, n, k, a_ref, b_ref, &mut c.spare_capacity_mut()[..m * n]);
+        // SAFETY: `gemm_uninit` wrote all `m · n` values.
+        unsafe { c.set_len(m * n) };
         output(c, Shape::new([m, n]))
     }
 
