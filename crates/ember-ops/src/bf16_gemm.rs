@@ -265,6 +265,13 @@ thread_local! {
     };
 }
 
+/// Line `line`'s values at `kk` and `kk + 1` as one bf16 pair, zero past `k`.
+#[inline(always)]
+fn pair_at(view: MatRef, line: usize, kk: usize, k: usize) -> u32 {
+    let at = |j: usize| if j < k { view.at(line, j) } else { 0.0 };
+    pair(at(kk), at(kk + 1))
+}
+
 /// Pairs of the block starting at pair `p0` whose two values both lie inside `k`.
 fn whole_pairs(k: usize, p0: usize, kcp: usize) -> usize {
     (k / 2).saturating_sub(p0).min(kcp)
@@ -330,13 +337,8 @@ unsafe fn pack_panel(
     for p in done..kcp {
         let kk = 2 * (p0 + p);
         for l in 0..width {
-            out[p * width + l] = if l < valid && kk < k {
-                let hi = if kk + 1 < k {
-                    view.at(line0 + l, kk + 1)
-                } else {
-                    0.0
-                };
-                pair(view.at(line0 + l, kk), hi)
+            out[p * width + l] = if l < valid {
+                pair_at(view, line0 + l, kk, k)
             } else {
                 0
             };
@@ -375,16 +377,7 @@ unsafe fn convert_rows(
         }
         for (p, v) in row.iter_mut().enumerate().skip(done) {
             let kk = 2 * (p0 + p);
-            *v = if kk < k {
-                let hi = if kk + 1 < k {
-                    view.at(line0 + l, kk + 1)
-                } else {
-                    0.0
-                };
-                pair(view.at(line0 + l, kk), hi)
-            } else {
-                0
-            };
+            *v = pair_at(view, line0 + l, kk, k);
         }
     }
 }

@@ -60,6 +60,17 @@ fn small_config(steps: usize) -> TrainConfig {
     TrainConfig::resolve(Some("tiny"), None, &overrides).unwrap()
 }
 
+/// Options for a silent run on the CPU.
+fn quiet_options(out_dir: PathBuf, data: &[PathBuf], resume: Option<PathBuf>) -> TrainOptions {
+    TrainOptions {
+        out_dir,
+        data: data.to_vec(),
+        resume,
+        verbose: false,
+        cpu_backend: true,
+    }
+}
+
 /// Every parameter of the checkpoint in `dir`, by path, as raw f32 bits.
 fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
     let model = Checkpoint::open(dir)
@@ -88,13 +99,7 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
     let data = vec![corpus(tmp.path())];
     let device = Default::default();
     let run = |out: &str, steps: usize, resume: Option<PathBuf>| {
-        let options = TrainOptions {
-            out_dir: tmp.path().join(out),
-            data: data.clone(),
-            resume,
-            verbose: false,
-            cpu_backend: true,
-        };
+        let options = quiet_options(tmp.path().join(out), &data, resume);
         train::<B>(small_config(steps), &options, &device).unwrap()
     };
     let straight = run("straight", 20, None);
@@ -137,13 +142,7 @@ fn sharded_micro_batches_train_like_whole_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
     let run = |out: &str, shards: usize, moe: bool| {
-        let options = TrainOptions {
-            out_dir: tmp.path().join(out),
-            data: data.clone(),
-            resume: None,
-            verbose: false,
-            cpu_backend: true,
-        };
+        let options = quiet_options(tmp.path().join(out), &data, None);
         let mut config = small_config(4);
         config.model.dropout = 0.0;
         // 5 rows: 2 shards hold 3 and 2 rows, 3 shards 2, 2 and 1.
@@ -223,13 +222,7 @@ fn zero_steps_write_the_initial_model_that_training_starts_from() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
     let run = |out: &str, steps: usize, resume: Option<PathBuf>| {
-        let options = TrainOptions {
-            out_dir: tmp.path().join(out),
-            data: data.clone(),
-            resume,
-            verbose: false,
-            cpu_backend: true,
-        };
+        let options = quiet_options(tmp.path().join(out), &data, resume);
         train::<B>(small_config(steps), &options, &Default::default()).unwrap()
     };
     let init = run("init", 0, None);
