@@ -72,7 +72,7 @@ pub struct LoopConfig {
     pub matmul_precision: ember_ops::fused::MatmulPrecision,
     /// Groups of rows each micro-batch is cut into, run at the same time on threads of
     /// their own with single-threaded ops, their gradients summed: data parallelism over
-    /// the CPU's cores (see `ember_train::shards`). 1 runs each micro-batch whole, every op
+    /// the CPU's cores (see "Batch shards" in `docs/performance.md`). 1 runs each micro-batch whole, every op
     /// spread over all cores; 0 picks one shard per core (at most one per row) on CPU
     /// backends when `model.dropout` is 0, and 1 otherwise. With dropout, shards draw
     /// their masks from the device's one generator in whatever order the threads reach
