@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::{
-    build_ember, median_step_ms, python_with_torch, read_metrics, resolved_shards, root, run,
+    build_ember, last_batch_shards, median_step_ms, python_with_torch, read_metrics, root, run,
     run_peak_rss_mb, summary_line,
 };
 
@@ -66,7 +66,7 @@ pub fn bench(data: &Path, steps: usize, precision: &str, shards: usize) -> Resul
     let mut summary = json!({
         "bench": "gpt-wide",
         "matmul_precision": precision,
-        "batch_shards": resolved_shards(shards, BATCH),
+        "batch_shards": last_batch_shards(&metrics),
         "steps": steps,
         "ms_per_step": ms,
         "tokens_per_s": tokens / (ms / 1e3),

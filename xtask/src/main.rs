@@ -400,7 +400,7 @@ fn bench(args: &[String]) -> Result<()> {
         "bench": "nanogpt-cpu",
         "backend": features(),
         "matmul_precision": precision,
-        "batch_shards": resolved_shards(shards, 12),
+        "batch_shards": last_batch_shards(&metrics),
         "steps": steps,
         "val_loss": val_at(steps as u64),
         "val_loss_250": val_at(250),
@@ -468,15 +468,9 @@ fn summary_line(summary: &serde_json::Value) -> String {
     line.join(" ")
 }
 
-/// The shard count the trainer picks for `train.batch_shards = shards` on a CPU backend
-/// (dropout 0): 0 means one per core, at most one per row.
-fn resolved_shards(shards: usize, batch: usize) -> usize {
-    match shards {
-        0 => std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(batch),
-        n => n,
-    }
+/// The shard count the run reports in its last metrics record.
+fn last_batch_shards(metrics: &[serde_json::Value]) -> Option<u64> {
+    metrics.last().and_then(|m| m["batch_shards"].as_u64())
 }
 
 /// Median of the logged step times.

@@ -17,6 +17,9 @@ pub struct StepMetrics {
     pub step_ms: f64,
     /// Wall-clock seconds since the run (or the original run, when resumed) began.
     pub elapsed_s: f64,
+    /// Shards each micro-batch ran as (`train.batch_shards`, with 0 resolved).
+    #[serde(default)]
+    pub batch_shards: usize,
     /// MoE models: the Switch load-balancing loss of this step, summed over layers
     /// (unweighted; `train_loss` is the language-model loss alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

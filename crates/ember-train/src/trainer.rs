@@ -449,6 +449,7 @@ where
                 tokens_per_s: tokens_per_step as f64 / (step_ms / 1e3),
                 step_ms,
                 elapsed_s: state.elapsed_s,
+                batch_shards: n_shards,
                 ..Default::default()
             };
             if moe_config.is_some() {

@@ -119,6 +119,12 @@ fn ten_steps_then_resume_ten_equals_twenty_straight() {
     // Metrics accumulate across the resume: 20 step records.
     let metrics = std::fs::read_to_string(tmp.path().join("split/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 20);
+    // `batch_shards = 0` (the preset's) with dropout keeps each micro-batch whole, so the
+    // run stays reproducible.
+    for line in metrics.lines() {
+        let record: ember_train::StepMetrics = serde_json::from_str(line).unwrap();
+        assert_eq!(record.batch_shards, 1, "{line}");
+    }
     // A different run (no resume) diverges from these weights: the check can fail.
     run("other", 12, None);
     assert!(weights(&tmp.path().join("other")) != weights(&tmp.path().join("straight")));
@@ -164,6 +170,11 @@ fn sharded_micro_batches_train_like_whole_ones() {
     let whole = run("whole", 1, false);
     for shards in [2, 3] {
         let sharded = run(&format!("sharded-{shards}"), shards, false);
+        let metrics = std::fs::read_to_string(sharded.join("metrics.jsonl")).unwrap();
+        for line in metrics.lines() {
+            let record: ember_train::StepMetrics = serde_json::from_str(line).unwrap();
+            assert_eq!(record.batch_shards, shards, "{line}");
+        }
         // Per step: the mean loss and the gradient norm before clipping (a shard weighted
         // wrongly changes the norm even where AdamW's update would hide it).
         for (step, (a, b)) in loss_and_grad_norm(&whole)
