@@ -342,3 +342,300 @@ fn bad_modifiers_are_reported() {
     );
     assert!(ScoreMod::<B>::SoftCap(0.0).check(4).is_err());
 }
+
+// ---------------------------------------------------------------------------------------
+// Literal mask tables. Every table below is written out by hand from the mask's
+// definition (PyTorch FlexAttention semantics: `keep[q][kv]`, 1 = the query at absolute
+// position q may attend to the key at position kv), never computed by the code under
+// test. Tile tables use F = full, P = partial, E = empty.
+// ---------------------------------------------------------------------------------------
+
+type Table8 = [[u8; 8]; 8];
+
+/// Sliding window of 3, causal (Mistral: the query's own key and the 2 before it).
+const SLIDING_WINDOW_3: Table8 = [
+    [1, 0, 0, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [0, 1, 1, 1, 0, 0, 0, 0],
+    [0, 0, 1, 1, 1, 0, 0, 0],
+    [0, 0, 0, 1, 1, 1, 0, 0],
+    [0, 0, 0, 0, 1, 1, 1, 0],
+    [0, 0, 0, 0, 0, 1, 1, 1],
+];
+
+/// Prefix-LM with a prefix of 3: positions 0..3 see each other bidirectionally, every
+/// later query sees the whole prefix and is causal after it.
+const PREFIX_LM_3: Table8 = [
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [1, 1, 1, 1, 0, 0, 0, 0],
+    [1, 1, 1, 1, 1, 0, 0, 0],
+    [1, 1, 1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 1, 1, 1, 0],
+    [1, 1, 1, 1, 1, 1, 1, 1],
+];
+
+/// Document ids of the two packed sequences used below.
+const DOC_IDS: [[u32; 8]; 2] = [[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1, 2, 2]];
+
+/// Documents [0,0,0,1,1,2,2,2], bidirectional within a document.
+const DOCUMENT_0: Table8 = [
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [0, 0, 0, 1, 1, 0, 0, 0],
+    [0, 0, 0, 1, 1, 0, 0, 0],
+    [0, 0, 0, 0, 0, 1, 1, 1],
+    [0, 0, 0, 0, 0, 1, 1, 1],
+    [0, 0, 0, 0, 0, 1, 1, 1],
+];
+
+/// Documents [0,0,0,1,1,2,2,2], causal within a document.
+const DOCUMENT_CAUSAL_0: Table8 = [
+    [1, 0, 0, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0],
+    [0, 0, 0, 1, 0, 0, 0, 0],
+    [0, 0, 0, 1, 1, 0, 0, 0],
+    [0, 0, 0, 0, 0, 1, 0, 0],
+    [0, 0, 0, 0, 0, 1, 1, 0],
+    [0, 0, 0, 0, 0, 1, 1, 1],
+];
+
+/// Documents [0,0,1,1,1,1,2,2], causal within a document.
+const DOCUMENT_CAUSAL_1: Table8 = [
+    [1, 0, 0, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0, 0, 0],
+    [0, 0, 1, 0, 0, 0, 0, 0],
+    [0, 0, 1, 1, 0, 0, 0, 0],
+    [0, 0, 1, 1, 1, 0, 0, 0],
+    [0, 0, 1, 1, 1, 1, 0, 0],
+    [0, 0, 0, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0, 0, 1, 1],
+];
+
+fn document_mask() -> MaskMod {
+    MaskMod::document(DOC_IDS.iter().map(|ids| ids.to_vec()).collect())
+}
+
+/// Asserts `mask.keep` for every `(q, kv)` pair of sequence `b` (and every head) against
+/// `table`, and the element mask `hidden` (burn's convention, `true` = hidden) too.
+fn assert_keep_table(name: &str, mask: &MaskMod, b: usize, table: &Table8) {
+    for h in 0..2 {
+        for (q, row) in table.iter().enumerate() {
+            for (kv, &want) in row.iter().enumerate() {
+                assert_eq!(
+                    mask.keep(b, h, q, kv),
+                    want == 1,
+                    "{name}: keep(batch {b}, head {h}, q {q}, kv {kv})"
+                );
+            }
+        }
+    }
+    let hidden: Vec<bool> = mask
+        .hidden::<B>(b + 1, 1, 0..8, 0..8, &Default::default())
+        .narrow(0, b, 1)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let want: Vec<bool> = table.iter().flatten().map(|&k| k == 0).collect();
+    assert_eq!(hidden, want, "{name}: element mask of sequence {b}");
+}
+
+#[test]
+fn sliding_window_mask_keeps_the_literal_table() {
+    assert_keep_table(
+        "sliding-window-3",
+        &MaskMod::SlidingWindow(3),
+        0,
+        &SLIDING_WINDOW_3,
+    );
+}
+
+#[test]
+fn prefix_lm_mask_keeps_the_literal_table() {
+    assert_keep_table("prefix-lm-3", &MaskMod::PrefixLm(3), 0, &PREFIX_LM_3);
+}
+
+#[test]
+fn document_masks_keep_the_literal_tables() {
+    assert_keep_table("document", &document_mask(), 0, &DOCUMENT_0);
+    let causal = document_mask().and(MaskMod::Causal);
+    assert_keep_table("document+causal", &causal, 0, &DOCUMENT_CAUSAL_0);
+    assert_keep_table("document+causal", &causal, 1, &DOCUMENT_CAUSAL_1);
+}
+
+/// Asserts the tile kinds of `blocks` for sequence `b` (every head) against rows of
+/// `F`/`P`/`E`.
+fn assert_tiles(name: &str, blocks: &BlockMask, b: usize, want: &[&str]) {
+    let (q_tiles, kv_tiles) = blocks.tiles();
+    assert_eq!((q_tiles, kv_tiles), (want.len(), want[0].len()), "{name}");
+    for (qt, row) in want.iter().enumerate() {
+        for (kt, c) in row.chars().enumerate() {
+            let kind = match c {
+                'F' => TileKind::Full,
+                'P' => TileKind::Partial,
+                'E' => TileKind::Empty,
+                _ => unreachable!("bad tile letter {c}"),
+            };
+            for h in 0..2 {
+                assert_eq!(
+                    blocks.kind(b, h, qt, kt),
+                    kind,
+                    "{name}: tile ({qt}, {kt}) of sequence {b}, head {h} (q {:?}, kv {:?})",
+                    blocks.q_range(qt),
+                    blocks.kv_range(kt)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn block_masks_classify_tiles_as_the_literal_tables() {
+    // 8 x 8 scores in 2 x 2 tiles: tile (qt, kt) holds queries 2qt, 2qt+1 and keys
+    // 2kt, 2kt+1.
+    let tiles = |mask: &MaskMod| BlockMask::new(mask, 2, 2, 8, 8, 2, 2);
+    assert_tiles(
+        "sliding-window-3",
+        &tiles(&MaskMod::SlidingWindow(3)),
+        0,
+        &["PEEE", "PPEE", "EPPE", "EEPP"],
+    );
+    assert_tiles(
+        "sliding-window-4",
+        &tiles(&MaskMod::SlidingWindow(4)),
+        0,
+        &["PEEE", "FPEE", "PFPE", "EPFP"],
+    );
+    assert_tiles(
+        "prefix-lm-3",
+        &tiles(&MaskMod::PrefixLm(3)),
+        0,
+        &["FPEE", "FPEE", "FFPE", "FFFP"],
+    );
+    // Tiles of sequence 0 hold documents {0}, {0,1}, {1,2}, {2}.
+    assert_tiles(
+        "document",
+        &tiles(&document_mask()),
+        0,
+        &["FPEE", "PPPE", "EPPP", "EEPF"],
+    );
+    let doc_causal = tiles(&document_mask().and(MaskMod::Causal));
+    assert_tiles(
+        "document+causal",
+        &doc_causal,
+        0,
+        &["PEEE", "PPEE", "EPPE", "EEPP"],
+    );
+    // Sequence 1 ([0,0,1,1,1,1,2,2]): tiles hold documents {0}, {1}, {1}, {2}.
+    assert_tiles(
+        "document+causal",
+        &doc_causal,
+        1,
+        &["PEEE", "EPEE", "EFPE", "EEEP"],
+    );
+    // Three queries after five cached positions (absolute 5, 6 | 7), window 3.
+    assert_tiles(
+        "sliding-window-3 after a cache",
+        &BlockMask::new(&MaskMod::SlidingWindow(3), 1, 2, 3, 8, 2, 2),
+        0,
+        &["EPFP", "EEPF"],
+    );
+}
+
+/// Runs attention with zero queries (every score 0, so each query averages the values of
+/// the keys it keeps, uniformly) and one-hot values (`v[kv] = e_kv`): output row q is
+/// `keep[q] / sum(keep[q])`, the mask's row made visible. Checked against `tables`
+/// (one per sequence) for the last `seq_q` rows, on every path.
+fn assert_attention_follows_tables(name: &str, mask: &MaskMod, tables: &[&Table8], seq_q: usize) {
+    let (batch, heads, kv_heads, seq) = (tables.len(), 4, 2, 8);
+    let device = Default::default();
+    let q = Tensor::<B, 4>::zeros([batch, heads, seq_q, seq], &device);
+    let k = random::<B>([batch, kv_heads, seq, seq], 11);
+    let eye: Vec<f32> = (0..seq * seq)
+        .map(|i| f32::from(u8::from(i / seq == i % seq)))
+        .collect();
+    let v = Tensor::<B, 2>::from_data(TensorData::new(eye, [seq, seq]), &device)
+        .reshape([1, 1, seq, seq])
+        .expand([batch, kv_heads, seq, seq]);
+    let mut want = Vec::new();
+    for table in tables {
+        for _ in 0..heads {
+            for row in &table[seq - seq_q..] {
+                let kept = row.iter().map(|&k| f32::from(k)).sum::<f32>();
+                want.extend(row.iter().map(|&k| f32::from(k) / kept));
+            }
+        }
+    }
+    let options = [
+        FlexOptions::default(),
+        FlexOptions {
+            path: AttentionPath::Fused,
+            ..Default::default()
+        },
+        FlexOptions {
+            path: AttentionPath::Chunked,
+            block_size: 2,
+            ..Default::default()
+        },
+        FlexOptions {
+            path: AttentionPath::Chunked,
+            block_size: 3,
+            ..Default::default()
+        },
+    ];
+    for options in options {
+        let got: Vec<f32> = flex_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &ScoreMod::none(),
+            mask,
+            &options,
+        )
+        .into_data()
+        .to_vec()
+        .unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (b, h, r, kv) = (
+                i / (heads * seq_q * seq),
+                i / (seq_q * seq) % heads,
+                i / seq % seq_q,
+                i % seq,
+            );
+            assert!(
+                (g - w).abs() < 1e-6,
+                "{name}, {options:?}: sequence {b}, head {h}, query {}, key {kv}: weight {g}, want {w}",
+                r + seq - seq_q
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_weights_follow_the_literal_mask_tables() {
+    for seq_q in [8, 3, 1] {
+        assert_attention_follows_tables(
+            "sliding-window-3",
+            &MaskMod::SlidingWindow(3),
+            &[&SLIDING_WINDOW_3],
+            seq_q,
+        );
+        assert_attention_follows_tables(
+            "prefix-lm-3",
+            &MaskMod::PrefixLm(3),
+            &[&PREFIX_LM_3],
+            seq_q,
+        );
+        assert_attention_follows_tables(
+            "document+causal",
+            &document_mask().and(MaskMod::Causal),
+            &[&DOCUMENT_CAUSAL_0, &DOCUMENT_CAUSAL_1],
+            seq_q,
+        );
+    }
+}

@@ -276,3 +276,163 @@ fn sequence_major_layout_rotates_like_the_head_major_one() {
             .assert_approx_eq::<f32>(&head_major.into_data(), Tolerance::absolute(1e-6));
     }
 }
+
+/// YaRN inverse frequencies from `tools/fixtures/yarn_inv_freq.py` (an independent f64
+/// transcription of transformers' `_compute_yarn_parameters`, `truncate = True`), run as
+/// `python3 tools/fixtures/yarn_inv_freq.py --dim 64 --base 10000 --factor 16 --original-max 4096`.
+/// Correction range low = 10, high = 23: indices 0..=10 extrapolate, 23..=31 interpolate,
+/// 11..=22 are blended.
+const YARN_64_F16_ORIG4096: [f64; 32] = [
+    1.0,
+    0.7498942093324559,
+    0.5623413251903491,
+    0.4216965034285823,
+    0.31622776601683794,
+    0.23713737056616555,
+    0.17782794100389226,
+    0.1333521432163324,
+    0.1,
+    0.07498942093324558,
+    0.056234132519034905,
+    0.039128569789286714, // 11: extrapolation weight 12/13
+    0.027061799207210167,
+    0.018583361251098544,
+    0.012653141956046181,
+    0.00852684377296741,
+    0.005673076923076923, // 16: extrapolation weight 7/13
+    0.0037134184404443733,
+    0.002379136375805323,
+    0.0014799925360714666,
+    0.000881788962931567,
+    0.0004902359103050537,
+    0.00023938376673600877, // 22: extrapolation weight 1/13
+    8.334508951020775e-05,
+    6.25e-05,
+    4.6868388083278484e-05,
+    3.514633282439682e-05,
+    2.6356031464286393e-05,
+    1.976423537605237e-05,
+    1.4821085660385346e-05,
+    1.1114246312743267e-05,
+    8.334508951020775e-06,
+];
+
+/// As above, run as
+/// `python3 tools/fixtures/yarn_inv_freq.py --dim 64 --base 10000 --factor 8 --original-max 64`.
+/// The beta_fast dimension is negative and clamps to low = 0; high = 9: index 0
+/// extrapolates, 9..=31 interpolate, 1..=8 are blended.
+const YARN_64_F8_ORIG64: [f64; 32] = [
+    1.0,
+    0.6769878278695782, // 1: extrapolation weight 8/9
+    0.45299717862555894,
+    0.29870168992857915,
+    0.1932503014547343,
+    0.12186225987427951,
+    0.07409497541828845,
+    0.042598601305217296,
+    0.022222222222222227, // 8: extrapolation weight 1/9
+    0.009373677616655697,
+    0.007029266564879363,
+    0.005271206292857278,
+    0.003952847075210474,
+    0.002964217132077069,
+    0.0022228492625486537,
+    0.001666901790204155,
+    0.00125,
+    0.0009373677616655698,
+    0.0007029266564879364,
+    0.0005271206292857279,
+    0.00039528470752104737,
+    0.00029642171320770687,
+    0.00022228492625486537,
+    0.0001666901790204155,
+    0.000125,
+    9.373677616655697e-05,
+    7.029266564879364e-05,
+    5.2712062928572786e-05,
+    3.952847075210474e-05,
+    2.9642171320770692e-05,
+    2.2228492625486534e-05,
+    1.666901790204155e-05,
+];
+
+/// Indices whose frequency lies strictly between pure interpolation (`f / factor`) and
+/// pure extrapolation (`f`), with a margin far above rounding.
+fn blended_indices(freqs: &[f64], base: &[f64], factor: f64) -> Vec<usize> {
+    freqs
+        .iter()
+        .zip(base)
+        .enumerate()
+        .filter(|(_, (g, f))| **g < **f * (1.0 - 1e-9) && **g > **f / factor * (1.0 + 1e-9))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn yarn_ramp_band_matches_transformers_formula() {
+    let cases = [
+        // (factor, original_max_seq, expected inv_freq, attention factor, blended band)
+        (
+            16.0,
+            4096usize,
+            &YARN_64_F16_ORIG4096,
+            1.2772588722239782,
+            11..23,
+        ),
+        (8.0, 64, &YARN_64_F8_ORIG64, 1.2079441541679836, 1..9),
+    ];
+    let base = base_freqs(64, 10_000.0);
+    for (factor, orig, want, want_mscale, band) in cases {
+        let config = RopeConfig {
+            scaling: Some(RopeScaling::Yarn {
+                factor,
+                original_max_seq: orig,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: None,
+            }),
+            ..RopeConfig::new(64, 10_000.0)
+        };
+        // The fixture itself covers the blend: every index of the band, and only those,
+        // is neither pure interpolation nor pure extrapolation.
+        let want_band = blended_indices(want, &base, factor);
+        assert_eq!(
+            want_band,
+            band.clone().collect::<Vec<_>>(),
+            "factor {factor}"
+        );
+        assert!(want_band.len() >= 3);
+
+        let (got, mscale) = config.inv_freq(0);
+        assert!(
+            (mscale - want_mscale).abs() < 1e-15,
+            "factor {factor}: attention factor {mscale} vs {want_mscale}"
+        );
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-12 * w,
+                "factor {factor}, original {orig}: inv_freq[{i}] = {g}, transformers' formula gives {w}"
+            );
+        }
+        assert_eq!(blended_indices(&got, &base, factor), want_band);
+
+        // The cos/sin tables carry the same frequencies, times the attention factor
+        // (rotate-half layout: feature i and i + 32 share frequency i).
+        for pos in [1usize, 37, 1000] {
+            let (cos, sin) = ember_ops::rope::table_rows(&config, pos..pos + 1, 0);
+            for (i, w) in want.iter().enumerate() {
+                let angle = pos as f64 * w;
+                let (c, s) = (angle.cos() * want_mscale, angle.sin() * want_mscale);
+                for j in [i, i + 32] {
+                    assert!(
+                        (cos[j] as f64 - c).abs() < 1e-6 && (sin[j] as f64 - s).abs() < 1e-6,
+                        "factor {factor}, position {pos}, feature {j}: ({}, {}) vs ({c}, {s})",
+                        cos[j],
+                        sin[j]
+                    );
+                }
+            }
+        }
+    }
+}
