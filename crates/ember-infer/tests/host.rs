@@ -3,14 +3,20 @@
 //! supported shape (f32: max |Δ| / max |logit| ≤ 1e-4; int8, whose block quantisation
 //! changes the numbers: ≤ 6e-2 on these std-0.2 random weights), identical greedy
 //! generation (also past the context window), and clear refusals for what it does not
-//! implement.
+//! implement. With int8 weights on widths that are not multiples of the 32-column block
+//! (d_model 48, d_ff 80), every projection and the LM head is int8 and the logits stay
+//! close to the f32 decoder's; a weight int8 cannot represent is an error.
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
+use ember_infer::host::MatrixCounts;
 use ember_infer::{
     ContiguousKvCache, Generator, HostDecoder, HostWeights, Sampler, SamplingConfig,
 };
-use ember_nn::{ForwardOptions, MlpKind, PositionKind, Transformer, TransformerConfig};
+use ember_nn::{
+    ForwardOptions, MlpKind, PositionKind, Transformer, TransformerConfig, param_values,
+    replace_params,
+};
 use ember_ops::{RopeLayout, RopeScaling};
 
 type B = Flex;
@@ -67,6 +73,21 @@ fn configs() -> Vec<(&'static str, TransformerConfig)> {
         ),
         ("qkv-bias", qwen),
         ("nope", nope),
+    ]
+    .into_iter()
+    .chain(odd_width_configs())
+    .collect()
+}
+
+/// Widths that are not multiples of the int8 block (32 columns): d_model 48 (q/k/v/o,
+/// gate/up and the LM head), d_ff 80 (SwiGLU's down projection); untied and tied.
+fn odd_width_configs() -> Vec<(&'static str, TransformerConfig)> {
+    vec![
+        (
+            "llama-d48-ff80",
+            TransformerConfig::llama(61, 48, 2, 4, 2, 80, 32),
+        ),
+        ("gpt2-d48-tied", TransformerConfig::gpt2(61, 48, 2, 4, 32)),
     ]
 }
 
@@ -181,4 +202,87 @@ fn unsupported_models_are_named() {
         let generator = Generator::new(&model, &Default::default(), true);
         assert!(generator.with_host_decoder(HostWeights::F32).is_err());
     }
+}
+
+#[test]
+fn int8_quantises_every_matrix_of_odd_widths_and_stays_close_to_f32() {
+    for (name, config) in odd_width_configs() {
+        let model = model(&config);
+        let f32_host = HostDecoder::new(&model, HostWeights::F32).unwrap();
+        let int8_host = HostDecoder::new(&model, HostWeights::Int8).unwrap();
+        // q, k, v, o, (gate,) up, down per layer, and the LM head.
+        let gated = config.mlp == MlpKind::SwiGlu;
+        let total = config.n_layers * (6 + usize::from(gated)) + 1;
+        let widths: Vec<usize> = int8_host.matrices().iter().map(|(_, m)| m.cols()).collect();
+        // Only GPT-2's down projection (4 · 48 = 192 inputs) fills whole blocks.
+        assert!(
+            widths.iter().all(|c| c % 32 != 0 || *c == 4 * 48),
+            "{name}: {widths:?}"
+        );
+        let still_f32: Vec<String> = int8_host
+            .matrices()
+            .into_iter()
+            .filter(|(_, m)| !m.is_int8())
+            .map(|(n, _)| n)
+            .collect();
+        assert!(still_f32.is_empty(), "{name}: f32 matrices {still_f32:?}");
+        assert_eq!(
+            int8_host.matrix_counts(),
+            MatrixCounts {
+                int8: total,
+                f32: 0
+            },
+            "{name}"
+        );
+        assert_eq!(
+            f32_host.matrix_counts(),
+            MatrixCounts {
+                int8: 0,
+                f32: total
+            },
+            "{name}"
+        );
+        // One byte and a share of a scale per weight against four.
+        let (b8, b32) = (int8_host.weight_bytes(), f32_host.weight_bytes());
+        assert!(b8 * 3 < b32, "{name}: {b8} vs {b32} bytes");
+
+        let (mut s8, mut s32) = (int8_host.new_state(), f32_host.new_state());
+        let (mut worst, mut max) = (0f32, 0f32);
+        for &token in &TOKENS {
+            let want = f32_host.step(&mut s32, token);
+            let got = int8_host.step(&mut s8, token);
+            max = want.iter().fold(max, |m, v| m.max(v.abs()));
+            for (a, b) in got.iter().zip(want) {
+                assert!(a.is_finite(), "{name}");
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!(
+            "{name}: int8 vs f32 max |Δlogit| / max |logit| = {:.2e}",
+            worst / max
+        );
+        assert!(worst / max <= 6e-2, "{name}: {:.2e}", worst / max);
+    }
+}
+
+#[test]
+fn a_weight_int8_cannot_represent_is_an_error() {
+    let (_, config) = odd_width_configs().swap_remove(0);
+    let model = model(&config);
+    let values: std::collections::HashMap<String, TensorData> =
+        param_values(&model).into_iter().collect();
+    let target = "layers.1.attn.k_proj.weight";
+    let broken = replace_params(model, &mut |path: &str, _: &[usize]| {
+        let data = values[path].clone();
+        if path != target {
+            return Ok(data);
+        }
+        let mut v: Vec<f32> = data.to_vec().unwrap();
+        v[7] = f32::INFINITY;
+        Ok(TensorData::new(v, data.shape.clone()))
+    })
+    .unwrap();
+    assert!(HostDecoder::new(&broken, HostWeights::F32).is_ok());
+    let err = HostDecoder::new(&broken, HostWeights::Int8).unwrap_err();
+    assert!(err.contains(target) && err.contains("inf"), "{err}");
 }

@@ -1,4 +1,5 @@
-//! Matrix-vector kernels for the host decoder: f32 and block-quantised int8 weights.
+//! Vector kernels for the host decoder: f32 dot products and `axpy`, and the dot product
+//! of one int8 row with block scales (see [`super::Matrix`] for that layout).
 //!
 //! The inner loops keep 16 independent accumulators, which LLVM turns into vector FMAs;
 //! they are compiled three times (AVX-512, AVX2 + FMA, and portable) and the best the
@@ -6,17 +7,11 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 /// Accumulator lanes of the inner loops.
 const LANES: usize = 16;
-/// Elements per int8 block (one f32 scale each).
+/// Elements per int8 block (one f32 scale each); a row's last block holds the remaining
+/// `cols % Q8_BLOCK` columns when `cols` is not a multiple.
 pub const Q8_BLOCK: usize = 32;
-/// Matrices with fewer weight bytes than this run on one thread: below it, waking the
-/// other core costs more than it saves (measured on 2 cores: nanoGPT's 128 × 512 f32
-/// matrices decode 2× faster serially; stories15M's 288 × 768 ones are faster split in
-/// f32, where memory bandwidth is the limit, and serial in int8).
-const PARALLEL_MIN_BYTES: usize = 1 << 19;
 
 macro_rules! kernels {
     ($module:ident, $($feature:literal),*) => {
@@ -39,14 +34,14 @@ macro_rules! kernels {
                 sum
             }
 
+            /// `q`, `x`: `[cols]`; `scales`: `[cols.div_ceil(Q8_BLOCK)]`, the last one
+            /// for the partial block of `cols % Q8_BLOCK` columns when there is one.
             $(#[target_feature(enable = $feature)])*
             pub unsafe fn dot_q8(q: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+                let (qs, xs) = (q.chunks_exact(Q8_BLOCK), x.chunks_exact(Q8_BLOCK));
+                let (q_tail, x_tail) = (qs.remainder(), xs.remainder());
                 let mut acc = [0f32; LANES];
-                for ((qb, xb), &scale) in q
-                    .chunks_exact(Q8_BLOCK)
-                    .zip(x.chunks_exact(Q8_BLOCK))
-                    .zip(scales)
-                {
+                for ((qb, xb), &scale) in qs.zip(xs).zip(scales) {
                     let mut block = [0f32; LANES];
                     for half in 0..Q8_BLOCK / LANES {
                         for j in 0..LANES {
@@ -58,7 +53,24 @@ macro_rules! kernels {
                         acc[j] += scale * block[j];
                     }
                 }
-                acc.iter().sum()
+                let mut sum: f32 = acc.iter().sum();
+                if !q_tail.is_empty() {
+                    // The partial block: whole lanes, then single columns, one scale.
+                    let (qs, xs) = (q_tail.chunks_exact(LANES), x_tail.chunks_exact(LANES));
+                    let rest = qs.remainder().iter().zip(xs.remainder());
+                    let mut block = [0f32; LANES];
+                    for (qb, xb) in qs.zip(xs) {
+                        for j in 0..LANES {
+                            block[j] += qb[j] as f32 * xb[j];
+                        }
+                    }
+                    let mut tail: f32 = block.iter().sum();
+                    for (&q, &x) in rest {
+                        tail += q as f32 * x;
+                    }
+                    sum += scales[q.len() / Q8_BLOCK] * tail;
+                }
+                sum
             }
 
             $(#[target_feature(enable = $feature)])*
@@ -71,44 +83,63 @@ macro_rules! kernels {
     };
 }
 
+#[cfg(target_arch = "x86_64")]
 kernels!(avx512, "avx512f", "fma");
+#[cfg(target_arch = "x86_64")]
 kernels!(avx2, "avx2", "fma");
 kernels!(portable,);
 
-/// The kernels for this CPU.
+/// One compiled set of kernels. Calling them is `unsafe`: only sets from [`available`]
+/// may run on this CPU.
 #[derive(Clone, Copy)]
-struct Kernels {
-    dot: unsafe fn(&[f32], &[f32]) -> f32,
-    dot_q8: unsafe fn(&[i8], &[f32], &[f32]) -> f32,
-    axpy: unsafe fn(&mut [f32], f32, &[f32]),
+pub(super) struct Kernels {
+    pub dot: unsafe fn(&[f32], &[f32]) -> f32,
+    pub dot_q8: unsafe fn(&[i8], &[f32], &[f32]) -> f32,
+    pub axpy: unsafe fn(&mut [f32], f32, &[f32]),
 }
 
-fn kernels() -> Kernels {
-    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
-    *CHOSEN.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Kernels {
+/// The kernel sets this CPU can run, named `"avx512"`, `"avx2"` or `"portable"`, fastest
+/// first (the portable set always last).
+pub(super) fn available() -> Vec<(&'static str, Kernels)> {
+    let mut sets = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            sets.push((
+                "avx512",
+                Kernels {
                     dot: avx512::dot,
                     dot_q8: avx512::dot_q8,
                     axpy: avx512::axpy,
-                };
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernels {
+                },
+            ));
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            sets.push((
+                "avx2",
+                Kernels {
                     dot: avx2::dot,
                     dot_q8: avx2::dot_q8,
                     axpy: avx2::axpy,
-                };
-            }
+                },
+            ));
         }
+    }
+    sets.push((
+        "portable",
         Kernels {
             dot: portable::dot,
             dot_q8: portable::dot_q8,
             axpy: portable::axpy,
-        }
-    })
+        },
+    ));
+    sets
+}
+
+/// The fastest kernels for this CPU.
+pub(super) fn kernels() -> Kernels {
+    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
+    *CHOSEN.get_or_init(|| available()[0].1)
 }
 
 /// `Σ a[i] b[i]`.
@@ -125,170 +156,28 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     unsafe { (kernels().axpy)(y, a, x) }
 }
 
-/// A weight matrix `[rows (out), cols (in)]`, row-major, for `y = W x`.
-#[derive(Debug, Clone)]
-pub enum Matrix {
-    F32 {
-        rows: usize,
-        cols: usize,
-        data: Vec<f32>,
-    },
-    /// Symmetric int8 with one f32 scale per block of [`Q8_BLOCK`] columns
-    /// (`w ≈ scale · q`, `scale = max |w| / 127` over the block).
-    Q8 {
-        rows: usize,
-        cols: usize,
-        q: Vec<i8>,
-        scales: Vec<f32>,
-    },
-}
-
-impl Matrix {
-    /// From row-major `[rows, cols]` values; `quantize` stores int8 when `cols` is a
-    /// multiple of [`Q8_BLOCK`] (else f32).
-    pub fn new(rows: usize, cols: usize, data: Vec<f32>, quantize: bool) -> Self {
-        assert_eq!(data.len(), rows * cols);
-        if !quantize || !cols.is_multiple_of(Q8_BLOCK) {
-            return Matrix::F32 { rows, cols, data };
-        }
-        let mut q = Vec::with_capacity(data.len());
-        let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
-        for block in data.chunks_exact(Q8_BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            q.extend(
-                block
-                    .iter()
-                    .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
-        Matrix::Q8 {
-            rows,
-            cols,
-            q,
-            scales,
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        match self {
-            Matrix::F32 { rows, .. } | Matrix::Q8 { rows, .. } => *rows,
-        }
-    }
-
-    pub fn cols(&self) -> usize {
-        match self {
-            Matrix::F32 { cols, .. } | Matrix::Q8 { cols, .. } => *cols,
-        }
-    }
-
-    /// Bytes of weight data.
-    pub fn bytes(&self) -> usize {
-        match self {
-            Matrix::F32 { data, .. } => data.len() * 4,
-            Matrix::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
-        }
-    }
-
-    fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
-        match self {
-            Matrix::F32 { cols, data, .. } => dot(&data[r * cols..(r + 1) * cols], x),
-            Matrix::Q8 {
-                cols, q, scales, ..
-            } => {
-                let blocks = cols / Q8_BLOCK;
-                // SAFETY: the kernel was chosen for features this CPU has.
-                unsafe {
-                    (kernels().dot_q8)(
-                        &q[r * cols..(r + 1) * cols],
-                        &scales[r * blocks..(r + 1) * blocks],
-                        x,
-                    )
-                }
-            }
-        }
-    }
-
-    /// `y = W x` (`x`: `[cols]`, `y`: `[rows]`); large matrices split their rows over
-    /// the thread pool.
-    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols());
-        debug_assert_eq!(y.len(), self.rows());
-        let threads = rayon::current_num_threads();
-        if self.bytes() < PARALLEL_MIN_BYTES || threads == 1 {
-            for (r, out) in y.iter_mut().enumerate() {
-                *out = self.row_dot(r, x);
-            }
-            return;
-        }
-        let chunk = self.rows().div_ceil(threads * 4).max(16);
-        y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-            for (i, out) in ys.iter_mut().enumerate() {
-                *out = self.row_dot(c * chunk + i, x);
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
-
     #[test]
-    fn matvec_matches_naive_sums() {
-        // The last shape is large enough (1 MiB in f32) for the parallel split.
-        for (rows, cols) in [(3, 5), (17, 64), (300, 288), (1000, 96), (2048, 128)] {
-            let w = values(rows * cols, 1);
-            let x = values(cols, 2);
-            let naive: Vec<f64> = (0..rows)
-                .map(|r| {
-                    (0..cols)
-                        .map(|c| w[r * cols + c] as f64 * x[c] as f64)
-                        .sum()
-                })
-                .collect();
-            for quantize in [false, true] {
-                let m = Matrix::new(rows, cols, w.clone(), quantize);
-                let mut y = vec![0.0; rows];
-                m.matvec(&x, &mut y);
-                // int8 with block scales: |error| per weight <= scale / 2 <= 0.5 / 254.
-                let tol = if matches!(m, Matrix::Q8 { .. }) {
-                    cols as f64 * 0.5 / 254.0 * 0.5
-                } else {
-                    1e-4
-                };
-                for (a, b) in y.iter().zip(&naive) {
-                    assert!(
-                        (*a as f64 - b).abs() <= tol,
-                        "{rows}x{cols} q={quantize}: {a} vs {b}"
-                    );
+    fn axpy_and_dot_match_naive_on_every_kernel_set() {
+        let values =
+            |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * seed).sin()).collect() };
+        for n in [0, 1, 15, 16, 37, 100] {
+            let (a, b) = (values(n, 0.7), values(n, 1.3));
+            let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            for (name, k) in available() {
+                // SAFETY: `available` lists only sets this CPU runs.
+                let got = unsafe { (k.dot)(&a, &b) };
+                assert!((got as f64 - naive).abs() < 1e-5, "{name} n={n}");
+                let mut y = a.clone();
+                // SAFETY: as above.
+                unsafe { (k.axpy)(&mut y, 0.5, &b) };
+                for i in 0..n {
+                    assert!((y[i] - (a[i] + 0.5 * b[i])).abs() < 1e-6, "{name}");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn axpy_and_dot_match_naive() {
-        let (a, b) = (values(37, 3), values(37, 4));
-        let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-5);
-        let mut y = a.clone();
-        axpy(&mut y, 0.5, &b);
-        for i in 0..37 {
-            assert!((y[i] - (a[i] + 0.5 * b[i])).abs() < 1e-6);
         }
     }
 }

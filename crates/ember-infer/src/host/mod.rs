@@ -11,24 +11,23 @@
 //! positions), and [`crate::Generator`] then uses the burn model.
 
 pub mod kernels;
+mod load;
+mod matrix;
 
-use std::collections::HashMap;
-
-use ember_nn::{
-    FusedBackend, MlpKind, NormKind, NormPlacement, PositionKind, Transformer, TransformerConfig,
-    param_values_f32,
-};
+use ember_nn::{MlpKind, TransformerConfig};
 use ember_ops::{RopeConfig, RopeLayout, RopeScaling};
 
-pub use kernels::Matrix;
+pub use matrix::Matrix;
 
 /// How the host decoder stores weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostWeights {
     /// The model's f32 values: the same numbers as the burn model.
     F32,
-    /// Symmetric int8 with an f32 scale per 32 inputs (a quarter of the memory traffic;
-    /// embeddings for lookup stay f32).
+    /// Symmetric int8 with an f32 scale per block of 32 inputs of a row (the last block
+    /// of a row holds the remaining inputs when the width is not a multiple of 32): a
+    /// quarter of the memory traffic. Every projection and the LM head is int8; only the
+    /// embeddings for lookup stay f32.
     Int8,
 }
 
@@ -91,6 +90,15 @@ struct Layer {
     gate: Option<Linear>,
     up: Linear,
     down: Linear,
+}
+
+/// The storage of a [`HostDecoder`]'s matrices ([`HostDecoder::matrix_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixCounts {
+    /// Matrices stored as int8 with block scales.
+    pub int8: usize,
+    /// Matrices stored as f32.
+    pub f32: usize,
 }
 
 /// Batch-1 decoder state: the KV cache and every scratch buffer, allocated once.
@@ -171,147 +179,44 @@ pub struct HostDecoder {
 }
 
 impl HostDecoder {
-    /// Copies `model`'s weights (transposing projections to `[out, in]` rows); `Err`
-    /// names the option the host decoder does not implement.
-    pub fn new<B: FusedBackend>(
-        model: &Transformer<B>,
-        weights: HostWeights,
-    ) -> Result<Self, String> {
-        let config = model.config().clone();
-        Self::check(&config)?;
-        let quantize = weights == HostWeights::Int8;
-        let mut params: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values_f32(model);
-        let mut take = |path: &str| {
-            params
-                .remove(path)
-                .ok_or_else(|| format!("the model has no parameter `{path}`"))
-        };
-        // burn stores `[in, out]`; rows of `[out, in]` are contiguous dot products.
-        let mut linear = |prefix: String| -> Result<Linear, String> {
-            let (shape, w) = take(&format!("{prefix}.weight"))?;
-            let (d_in, d_out) = (shape[0], shape[1]);
-            let mut t = vec![0f32; w.len()];
-            for i in 0..d_in {
-                for o in 0..d_out {
-                    t[o * d_in + i] = w[i * d_out + o];
-                }
-            }
-            let bias = take(&format!("{prefix}.bias")).ok().map(|(_, b)| b);
-            Ok(Linear {
-                weight: Matrix::new(d_out, d_in, t, quantize),
-                bias,
-            })
-        };
-        let mut layers = Vec::with_capacity(config.n_layers);
-        let eps = config.norm_eps as f32;
-        let rms = config.norm == NormKind::RmsNorm;
-        for i in 0..config.n_layers {
-            let p = format!("layers.{i}");
-            let gated = matches!(config.mlp, MlpKind::SwiGlu | MlpKind::GeGlu);
-            layers.push(Layer {
-                attn_norm: Norm {
-                    gamma: Vec::new(),
-                    beta: None,
-                    rms,
-                    eps,
-                },
-                q: linear(format!("{p}.attn.q_proj"))?,
-                k: linear(format!("{p}.attn.k_proj"))?,
-                v: linear(format!("{p}.attn.v_proj"))?,
-                o: linear(format!("{p}.attn.o_proj"))?,
-                mlp_norm: Norm {
-                    gamma: Vec::new(),
-                    beta: None,
-                    rms,
-                    eps,
-                },
-                gate: if gated {
-                    Some(linear(format!("{p}.mlp.gate_proj"))?)
-                } else {
-                    None
-                },
-                up: linear(format!("{p}.mlp.up_proj"))?,
-                down: linear(format!("{p}.mlp.down_proj"))?,
-            });
-        }
-        let mut norm = |prefix: &str| -> Result<Norm, String> {
-            Ok(Norm {
-                gamma: take(&format!("{prefix}.gamma"))?.1,
-                beta: take(&format!("{prefix}.beta")).ok().map(|(_, b)| b),
-                rms,
-                eps,
-            })
-        };
-        for (i, layer) in layers.iter_mut().enumerate() {
-            layer.attn_norm = norm(&format!("layers.{i}.attn_norm"))?;
-            layer.mlp_norm = norm(&format!("layers.{i}.mlp_norm"))?;
-        }
-        let final_norm = norm("final_norm")?;
-        let (_, tok_embeddings) = take("tok_embeddings.weight")?;
-        let pos_embeddings = take("pos_embeddings.weight").ok().map(|(_, p)| p);
-        let (vocab, d) = (config.vocab_size, config.d_model);
-        let lm_head = match take("lm_head.weight") {
-            Ok((_, w)) => {
-                let mut t = vec![0f32; w.len()];
-                for i in 0..d {
-                    for o in 0..vocab {
-                        t[o * d + i] = w[i * vocab + o];
-                    }
-                }
-                Matrix::new(vocab, d, t, quantize)
-            }
-            Err(_) => Matrix::new(vocab, d, tok_embeddings.clone(), quantize),
-        };
-        let rope = (config.position == PositionKind::Rope).then(|| config.rope_config());
-        Ok(Self {
-            inv_freq: rope.map_or((Vec::new(), 1.0), |r| r.inv_freq(config.max_seq_len)),
-            rope,
-            config,
-            tok_embeddings,
-            pos_embeddings,
-            layers,
-            final_norm,
-            lm_head,
-        })
-    }
-
-    fn check(c: &TransformerConfig) -> Result<(), String> {
-        let unsupported = |what: String| Err(format!("the host decoder does not implement {what}"));
-        if c.moe.is_some() {
-            return unsupported("Mixture-of-Experts layers".into());
-        }
-        if c.qk_norm {
-            return unsupported("QK-norm".into());
-        }
-        if c.attn_softcap.is_some() {
-            return unsupported("attention soft-capping".into());
-        }
-        if c.norm_placement != NormPlacement::Pre || c.parallel_residual {
-            return unsupported("post/sandwich norms or a parallel residual".into());
-        }
-        if c.norm == NormKind::GroupNorm {
-            return unsupported("GroupNorm".into());
-        }
-        if matches!(c.position, PositionKind::Alibi | PositionKind::Sinusoidal) {
-            return unsupported(format!("{:?} positions", c.position));
-        }
-        Ok(())
-    }
-
     pub fn config(&self) -> &TransformerConfig {
         &self.config
     }
 
+    /// Every matrix a decoded token multiplies by, named by its parameter: per layer
+    /// `layers.{i}.attn.{q,k,v,o}_proj` and `layers.{i}.mlp.{gate,up,down}_proj` (`gate`
+    /// only for gated MLPs), then `lm_head` (a copy of the token embedding when tied).
+    pub fn matrices(&self) -> Vec<(String, &Matrix)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let attn = [
+                ("attn.q", &l.q),
+                ("attn.k", &l.k),
+                ("attn.v", &l.v),
+                ("attn.o", &l.o),
+            ];
+            let gate = l.gate.as_ref().map(|g| ("mlp.gate", g));
+            let mlp = [("mlp.up", &l.up), ("mlp.down", &l.down)];
+            for (name, lin) in attn.into_iter().chain(gate).chain(mlp) {
+                out.push((format!("layers.{i}.{name}_proj"), &lin.weight));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    /// How many of [`Self::matrices`] are stored in each format.
+    pub fn matrix_counts(&self) -> MatrixCounts {
+        let int8 = self.matrices().iter().filter(|(_, m)| m.is_int8()).count();
+        MatrixCounts {
+            int8,
+            f32: self.matrices().len() - int8,
+        }
+    }
+
     /// Bytes of weights read per decoded token.
     pub fn weight_bytes(&self) -> usize {
-        let layer = |l: &Layer| {
-            [&l.q, &l.k, &l.v, &l.o, &l.up, &l.down]
-                .iter()
-                .map(|lin| lin.weight.bytes())
-                .sum::<usize>()
-                + l.gate.as_ref().map_or(0, |g| g.weight.bytes())
-        };
-        self.layers.iter().map(layer).sum::<usize>() + self.lm_head.bytes()
+        self.matrices().iter().map(|(_, m)| m.bytes()).sum()
     }
 
     /// An empty state with a cache of `max_seq_len` positions.

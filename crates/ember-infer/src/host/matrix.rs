@@ -1,0 +1,328 @@
+//! Weight matrices of the host decoder, f32 or int8 with block scales, and their
+//! matrix-vector product.
+
+use rayon::prelude::*;
+
+use super::kernels::{self, Kernels, Q8_BLOCK};
+
+/// Matrices with fewer weight bytes than this run on one thread: below it, waking the
+/// other core costs more than it saves (measured on 2 cores: nanoGPT's 128 × 512 f32
+/// matrices decode 2× faster serially; stories15M's 288 × 768 ones are faster split in
+/// f32, where memory bandwidth is the limit, and serial in int8).
+const PARALLEL_MIN_BYTES: usize = 1 << 19;
+
+/// A weight matrix `[rows (out), cols (in)]`, row-major, for `y = W x`.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// `data`: `[rows, cols]`.
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
+    /// Symmetric int8, `w ≈ scale · q`. `q`: `[rows, cols]`, unpadded. `scales`:
+    /// `[rows, cols.div_ceil(Q8_BLOCK)]`; block `b` of a row covers its columns
+    /// `b · Q8_BLOCK .. min((b + 1) · Q8_BLOCK, cols)`, so when `cols` is not a multiple
+    /// of [`Q8_BLOCK`] the last block of each row is partial and has a scale of its own;
+    /// `scale = max |w| / 127` over the block (1, with zeros in `q`, when that is 0).
+    Q8 {
+        rows: usize,
+        cols: usize,
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+impl Matrix {
+    /// From row-major `[rows, cols]` values, stored as they are.
+    pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        Matrix::F32 { rows, cols, data }
+    }
+
+    /// From row-major `[rows, cols]` values, quantised to int8 with one scale per block
+    /// of up to [`Q8_BLOCK`] columns of a row (any `cols`). `Err` when a weight is not
+    /// finite (no scale represents it).
+    pub fn int8(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, String> {
+        assert_eq!(data.len(), rows * cols);
+        let mut q = Vec::with_capacity(data.len());
+        let mut scales = Vec::with_capacity(rows * cols.div_ceil(Q8_BLOCK));
+        for (r, row) in data.chunks_exact(cols.max(1)).take(rows).enumerate() {
+            for (b, block) in row.chunks(Q8_BLOCK).enumerate() {
+                if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+                    return Err(format!(
+                        "cannot quantise a {rows} x {cols} matrix to int8: weight [{r}, {}] is {}",
+                        b * Q8_BLOCK + i,
+                        block[i]
+                    ));
+                }
+                let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // All zeros, or too small for any scale (max / 127 underflows): zeros.
+                let scale = max / 127.0;
+                if scale > 0.0 {
+                    scales.push(scale);
+                    q.extend(
+                        block
+                            .iter()
+                            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+                    );
+                } else {
+                    scales.push(1.0);
+                    q.extend(block.iter().map(|_| 0i8));
+                }
+            }
+        }
+        Ok(Matrix::Q8 {
+            rows,
+            cols,
+            q,
+            scales,
+        })
+    }
+
+    /// [`Self::int8`] when `quantize` (panicking on a weight it cannot represent), else
+    /// [`Self::f32`].
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>, quantize: bool) -> Self {
+        if quantize {
+            Self::int8(rows, cols, data).unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            Self::f32(rows, cols, data)
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::F32 { rows, .. } | Matrix::Q8 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::F32 { cols, .. } | Matrix::Q8 { cols, .. } => *cols,
+        }
+    }
+
+    /// Whether the weights are stored as int8.
+    pub fn is_int8(&self) -> bool {
+        matches!(self, Matrix::Q8 { .. })
+    }
+
+    /// Bytes of weight data.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Matrix::F32 { data, .. } => data.len() * 4,
+            Matrix::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
+        }
+    }
+
+    /// The weights the product multiplies by, `[rows, cols]` row-major (`scale · q` for
+    /// int8).
+    pub fn dequantized(&self) -> Vec<f32> {
+        match self {
+            Matrix::F32 { data, .. } => data.clone(),
+            Matrix::Q8 {
+                cols, q, scales, ..
+            } => {
+                let blocks = cols.div_ceil(Q8_BLOCK);
+                (0..q.len())
+                    .map(|i| {
+                        let (r, c) = (i / cols, i % cols);
+                        scales[r * blocks + c / Q8_BLOCK] * q[i] as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn row_dot(&self, k: &Kernels, r: usize, x: &[f32]) -> f32 {
+        // SAFETY (both arms): `k` comes from `kernels::available`, so this CPU runs it.
+        match self {
+            Matrix::F32 { cols, data, .. } => unsafe { (k.dot)(&data[r * cols..][..*cols], x) },
+            Matrix::Q8 {
+                cols, q, scales, ..
+            } => {
+                let blocks = cols.div_ceil(Q8_BLOCK);
+                unsafe { (k.dot_q8)(&q[r * cols..][..*cols], &scales[r * blocks..][..blocks], x) }
+            }
+        }
+    }
+
+    /// `y = W x` (`x`: `[cols]`, `y`: `[rows]`); large matrices split their rows over
+    /// the thread pool.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        self.matvec_with(kernels::kernels(), x, y);
+    }
+
+    /// [`Self::matvec`] with the kernel set `k` (one of [`kernels::available`]'s).
+    pub(super) fn matvec_with(&self, k: Kernels, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols());
+        assert_eq!(y.len(), self.rows());
+        let threads = rayon::current_num_threads();
+        if self.bytes() < PARALLEL_MIN_BYTES || threads == 1 {
+            for (r, out) in y.iter_mut().enumerate() {
+                *out = self.row_dot(&k, r, x);
+            }
+            return;
+        }
+        let chunk = self.rows().div_ceil(threads * 4).max(16);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+            for (i, out) in ys.iter_mut().enumerate() {
+                *out = self.row_dot(&k, c * chunk + i, x);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Per row of `[rows, cols]` weights `w`: `Σ w x` in f64 and `Σ |w x|`.
+    fn naive(w: &[f32], cols: usize, x: &[f32]) -> Vec<(f64, f64)> {
+        w.chunks_exact(cols)
+            .map(|row| {
+                let terms = row.iter().zip(x).map(|(w, x)| *w as f64 * *x as f64);
+                (terms.clone().sum(), terms.map(f64::abs).sum())
+            })
+            .collect()
+    }
+
+    /// Widths below, at and between multiples of the block (32) and the lanes (16),
+    /// heights that are not multiples of 8 or 16; the last shape (over 512 KiB in int8)
+    /// takes the parallel split.
+    const SHAPES: [(usize, usize); 13] = [
+        (1, 32),
+        (7, 48),
+        (13, 70),
+        (17, 100),
+        (33, 1),
+        (5, 16),
+        (9, 31),
+        (3, 33),
+        (11, 64),
+        (6, 0),
+        (19, 97),
+        (300, 288),
+        (4099, 130),
+    ];
+
+    #[test]
+    fn int8_matvec_matches_its_dequantised_weights_on_every_kernel_set() {
+        let sets = kernels::available();
+        println!(
+            "kernel sets: {:?}",
+            sets.iter().map(|k| k.0).collect::<Vec<_>>()
+        );
+        for (rows, cols) in SHAPES {
+            // Columns of different magnitudes give the blocks different scales.
+            let mut w = values(rows * cols, 1);
+            for (i, v) in w.iter_mut().enumerate() {
+                *v *= 1.0 + (i % cols.max(1) % 7) as f32;
+            }
+            let x = values(cols, 2);
+            let m = Matrix::int8(rows, cols, w.clone()).unwrap();
+            let Matrix::Q8 { q, scales, .. } = &m else {
+                panic!("{rows}x{cols} is not int8");
+            };
+            let blocks = cols.div_ceil(Q8_BLOCK);
+            assert_eq!((q.len(), scales.len()), (rows * cols, rows * blocks));
+            // Every block, the partial last one too, has the scale of its own largest
+            // weight, and every weight is within half a step of it.
+            let deq = m.dequantized();
+            for r in 0..rows {
+                for b in 0..blocks {
+                    let span = r * cols + b * Q8_BLOCK..r * cols + ((b + 1) * Q8_BLOCK).min(cols);
+                    let max = w[span.clone()].iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let scale = scales[r * blocks + b];
+                    assert_eq!(scale, max / 127.0, "{rows}x{cols} row {r} block {b}");
+                    for i in span {
+                        assert!(
+                            (deq[i] - w[i]).abs() <= scale * 0.5001,
+                            "{rows}x{cols} [{i}]"
+                        );
+                    }
+                }
+            }
+            // The product is the dequantised weights' up to f32 summation order, and
+            // within the quantisation step of the f32 weights' product.
+            let want = naive(&deq, cols.max(1), &x);
+            let exact = naive(&w, cols.max(1), &x);
+            for (name, k) in &sets {
+                let mut y = vec![f32::NAN; rows];
+                m.matvec_with(*k, &x, &mut y);
+                for r in 0..rows {
+                    let (sum, abs) = if cols == 0 { (0.0, 0.0) } else { want[r] };
+                    let rounding = (cols + 8) as f64 * f32::EPSILON as f64 * abs;
+                    let got = y[r] as f64;
+                    assert!(
+                        (got - sum).abs() <= rounding,
+                        "{name} {rows}x{cols} row {r}: {got} vs {sum}"
+                    );
+                    if cols > 0 {
+                        let step: f64 = (0..cols)
+                            .map(|c| {
+                                let s = scales[r * blocks + c / Q8_BLOCK] as f64;
+                                s * 0.5001 * (x[c] as f64).abs()
+                            })
+                            .sum();
+                        assert!((got - exact[r].0).abs() <= step + rounding, "{name}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matvec_matches_naive_sums_on_every_kernel_set() {
+        for (rows, cols) in SHAPES {
+            let (w, x) = (values(rows * cols, 3), values(cols, 4));
+            let m = Matrix::f32(rows, cols, w.clone());
+            assert!(!m.is_int8());
+            let want = naive(&w, cols.max(1), &x);
+            for (name, k) in kernels::available() {
+                let mut y = vec![f32::NAN; rows];
+                m.matvec_with(k, &x, &mut y);
+                for r in 0..rows {
+                    let (sum, abs) = if cols == 0 { (0.0, 0.0) } else { want[r] };
+                    let tol = (cols + 8) as f64 * f32::EPSILON as f64 * abs;
+                    assert!((y[r] as f64 - sum).abs() <= tol, "{name} {rows}x{cols}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_an_error_not_a_fallback() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut w = values(3 * 40, 5);
+            w[40 + 35] = bad;
+            let err = Matrix::int8(3, 40, w).unwrap_err();
+            assert!(err.contains("weight [1, 35]"), "{err}");
+        }
+        // Zeros and values too small for a normal scale quantise (to zeros).
+        let m = Matrix::int8(2, 40, vec![0.0; 80]).unwrap();
+        assert!(m.dequantized().iter().all(|v| *v == 0.0));
+        for small in [f32::from_bits(1), 1e-40] {
+            let w = vec![small, 0.0, -small, small / 2.0];
+            let m = Matrix::int8(1, 4, w.clone()).unwrap();
+            for (d, w) in m.dequantized().iter().zip(&w) {
+                assert!(
+                    (d - w).abs() <= small / 127.0 + f32::from_bits(1),
+                    "{d} vs {w}"
+                );
+            }
+        }
+    }
+}
