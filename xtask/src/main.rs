@@ -46,7 +46,6 @@ fn features() -> String {
     let mut f = Vec::new();
     for (on, name) in [
         (cfg!(feature = "flex"), "flex"),
-        (cfg!(feature = "ndarray"), "ndarray"),
         (cfg!(feature = "wgpu"), "wgpu"),
         (cfg!(feature = "cuda"), "cuda"),
     ] {

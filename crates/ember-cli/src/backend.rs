@@ -1,5 +1,4 @@
-//! The backends compiled into this binary (cargo features `flex`, `ndarray`, `wgpu`,
-//! `cuda`) and the dispatch from `--backend` to generic code.
+//! The backends compiled into this binary (cargo features `flex`, `wgpu`, `cuda`) and the dispatch from `--backend` to generic code.
 
 use clap::ValueEnum;
 
@@ -9,18 +8,15 @@ use crate::error::CliError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendName {
     Flex,
-    Ndarray,
     Wgpu,
     Cuda,
 }
 
 impl BackendName {
-    /// The first compiled-in backend, in the order flex, ndarray, wgpu, cuda.
+    /// The first compiled-in backend, in the order flex, wgpu, cuda.
     pub fn default_name() -> Self {
         if cfg!(feature = "flex") {
             BackendName::Flex
-        } else if cfg!(feature = "ndarray") {
-            BackendName::Ndarray
         } else if cfg!(feature = "wgpu") {
             BackendName::Wgpu
         } else {
@@ -37,11 +33,6 @@ pub fn dispatch(
     match name {
         #[cfg(feature = "flex")]
         BackendName::Flex => f(&crate::commands::On::<burn::backend::Flex>::new(
-            Default::default(),
-            true,
-        )),
-        #[cfg(feature = "ndarray")]
-        BackendName::Ndarray => f(&crate::commands::On::<burn::backend::NdArray>::new(
             Default::default(),
             true,
         )),

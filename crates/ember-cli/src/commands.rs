@@ -59,6 +59,7 @@ impl<B: FusedBackend> Runner for On<B> {
             out_dir: args.out.clone(),
             data: args.data.clone(),
             resume: args.resume.clone(),
+            force: args.force,
             verbose: !args.quiet,
             cpu_backend: self.cpu,
         };
@@ -254,8 +255,11 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn perplexity(&self, args: PerplexityArgs) -> Result<(), CliError> {
         let dir = ModelDir::open(&args.model)?;
-        let text = std::fs::read_to_string(&args.data)
-            .map_err(|e| CliError::Usage(format!("--data {}: {e}", args.data.display())))?;
+        // The same reader as `ember train --data`: regular text files, directories of them,
+        // or `.jsonl`; the same errors and exit codes.
+        let text = ember_data::Corpus::read(std::slice::from_ref(&args.data))
+            .map_err(|e| CliError::from_data("--data", e))?
+            .joined();
         let ids = dir.encode(&text, "--data")?;
         let max = dir.config().max_seq_len;
         let context = args.context.unwrap_or(max);
@@ -280,6 +284,17 @@ impl<B: FusedBackend> Runner for On<B> {
     }
 
     fn export(&self, args: ExportArgs) -> Result<(), CliError> {
+        let same = |a: &Path, b: &Path| {
+            matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+        };
+        if same(&args.model, &args.out) {
+            return Err(CliError::Usage(format!(
+                "--out {}: is the --model directory; export to another directory",
+                args.out.display()
+            )));
+        }
+        ember_hf::check_export_target(&args.out, args.force)
+            .map_err(|e| CliError::Usage(format!("--out {e}")))?;
         let dir = ModelDir::open(&args.model)?;
         ember_hf::export_arch(dir.config())
             .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;

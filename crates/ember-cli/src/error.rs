@@ -19,6 +19,18 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// A data error, prefixed by the flag that named the input: exit 2 when the input is
+    /// at fault (missing, special, empty, malformed), 1 when reading or writing failed.
+    pub fn from_data(flag: &str, err: ember_data::DataError) -> Self {
+        if err.is_bad_input() {
+            CliError::Usage(format!("{flag}: {err}"))
+        } else {
+            CliError::Runtime(format!("{flag}: {err}"))
+        }
+    }
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -31,6 +43,7 @@ impl From<ember_train::TrainError> for CliError {
     fn from(err: ember_train::TrainError) -> Self {
         match err {
             ember_train::TrainError::Config(_) => CliError::Usage(err.to_string()),
+            ember_train::TrainError::Data(e) => CliError::from_data("--data", e),
             _ => CliError::Runtime(err.to_string()),
         }
     }

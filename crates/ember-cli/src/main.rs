@@ -61,6 +61,10 @@ pub struct TrainArgs {
     /// Continue from a checkpoint (or run directory).
     #[arg(long)]
     pub resume: Option<std::path::PathBuf>,
+    /// Start over in (or resume into) an --out that already holds another run, replacing
+    /// its checkpoint and metrics.
+    #[arg(long)]
+    pub force: bool,
     /// No per-step output.
     #[arg(long)]
     pub quiet: bool,
@@ -151,9 +155,12 @@ pub struct ExportArgs {
     /// Ember checkpoint (or run directory) or Hugging Face model directory.
     #[arg(long)]
     pub model: std::path::PathBuf,
-    /// Output directory (replaced atomically).
+    /// Output directory: new, empty, or an earlier export (replaced atomically).
     #[arg(long)]
     pub out: std::path::PathBuf,
+    /// Replace --out even when it is a file or a directory of something else.
+    #[arg(long)]
+    pub force: bool,
     /// Element type of the written weights.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,

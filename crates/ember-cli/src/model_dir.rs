@@ -29,7 +29,7 @@ impl ModelDir {
     /// Opens `dir`: an Ember checkpoint when it (or `dir/checkpoint`) holds `ember.json`,
     /// else a Hugging Face directory when it holds `config.json` or safetensors weights.
     pub fn open(dir: &Path) -> Result<Self, CliError> {
-        if ember_train::checkpoint::resolve_dir(dir).is_ok() {
+        if ember_train::checkpoint::is_checkpoint(dir) {
             return Ok(Self::Ember(Box::new(Checkpoint::open(dir)?)));
         }
         if !dir.is_dir() {

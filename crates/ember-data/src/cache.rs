@@ -97,19 +97,26 @@ impl TokenCache {
         fingerprint: &str,
         kind: TokenizerKind,
     ) -> Option<Self> {
-        let meta: CacheMeta = serde_json::from_slice(&std::fs::read(meta_path).ok()?).ok()?;
+        let meta: CacheMeta =
+            serde_json::from_slice(&crate::files::read_regular(meta_path).ok()?).ok()?;
         if meta.fingerprint != fingerprint || meta.tokenizer != kind {
             return None;
         }
-        let bytes = std::fs::read(tokens_path).ok()?;
-        if bytes.len() != meta.n_tokens * 4 {
+        let bytes = crate::files::read_regular(tokens_path).ok()?;
+        if Some(bytes.len()) != meta.n_tokens.checked_mul(4) {
             return None;
         }
-        let tokens = bytes
+        let tokens: Vec<u32> = bytes
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let tokenizer = Tokenizer::load(dir).ok()?;
+        // A damaged or foreign token file is rebuilt: every id must be one the tokenizer
+        // can produce, or it would index past the model's embedding table.
+        let vocab = tokenizer.vocab_size();
+        if tokens.iter().any(|&t| t as usize >= vocab) {
+            return None;
+        }
         Some(Self {
             tokenizer,
             tokens,
@@ -119,10 +126,7 @@ impl TokenCache {
     }
 }
 
-/// Writes `bytes` to `path` through `path.tmp` and a rename, so readers never see a
-/// partial file.
+/// Writes `bytes` to `path` atomically (see [`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::files::write_atomic(path, bytes).map_err(io(path))
 }

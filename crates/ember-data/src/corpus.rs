@@ -27,18 +27,21 @@ impl Corpus {
             let meta = std::fs::metadata(path).map_err(io(path))?;
             if meta.is_dir() {
                 let before = files.len();
-                collect_files(path, &mut files)?;
+                let mut visited = Vec::new();
+                collect_files(path, &mut files, &mut visited)?;
                 if files.len() == before {
                     return Err(DataError::EmptyDirectory { path: path.clone() });
                 }
-            } else {
+            } else if meta.is_file() {
                 files.push(path.clone());
+            } else {
+                return Err(not_regular(path, &meta));
             }
         }
         let mut documents = Vec::new();
         let mut fingerprint = Fingerprint::default();
         for file in &files {
-            let bytes = std::fs::read(file).map_err(io(file))?;
+            let bytes = crate::files::read_regular(file).map_err(io(file))?;
             let meta = std::fs::metadata(file).map_err(io(file))?;
             let mtime = meta
                 .modified()
@@ -65,7 +68,26 @@ impl Corpus {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+/// A special file (FIFO, device, socket) given as data.
+fn not_regular(path: &Path, meta: &std::fs::Metadata) -> DataError {
+    DataError::NotRegular {
+        path: path.to_path_buf(),
+        kind: crate::files::file_kind(meta),
+    }
+}
+
+/// Regular files under `dir`, recursively and sorted. `visited` holds the directories
+/// already walked (canonical paths), so a symlink loop is walked once.
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
+    let canonical = std::fs::canonicalize(dir).map_err(io(dir))?;
+    if visited.contains(&canonical) {
+        return Ok(());
+    }
+    visited.push(canonical);
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .map(|e| e.map(|e| e.path()).map_err(io(dir)))
@@ -78,10 +100,13 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
         if hidden {
             continue;
         }
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else {
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        if meta.is_dir() {
+            collect_files(&path, out, visited)?;
+        } else if meta.is_file() {
             out.push(path);
+        } else {
+            return Err(not_regular(&path, &meta));
         }
     }
     Ok(())

@@ -12,6 +12,8 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: is {kind}; data must be regular text files or directories of them")]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{path}: the file is empty")]
     Empty { path: PathBuf },
     #[error("{path}: not a text file ({reason})")]
@@ -42,6 +44,17 @@ pub enum DataError {
         needed: usize,
         block: usize,
     },
+}
+
+impl DataError {
+    /// Whether the user's input is at fault (a missing, special, empty or malformed data
+    /// file, or too little of it), as opposed to a failure while reading or writing.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            DataError::Io { .. } | DataError::TokenizerRun(_) | DataError::Tokenizer { .. }
+        )
+    }
 }
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {

@@ -3,12 +3,14 @@
 //! - [`corpus`]: text from a file, a directory of files, or JSONL with a `text` field;
 //! - [`tokenizer`]: character-level (nanoGPT) and byte-level BPE (the `tokenizers` crate);
 //! - [`cache`]: a corpus tokenized once into a token file reused while the source is unchanged;
+//! - [`files`]: regular-file reads (special files refused) and atomic writes;
 //! - [`batch`]: the train/val split and seeded nanoGPT-style random windows.
 
 pub mod batch;
 pub mod cache;
 pub mod corpus;
 pub mod error;
+pub mod files;
 pub mod rng;
 pub mod tokenizer;
 

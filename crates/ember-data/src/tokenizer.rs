@@ -118,7 +118,7 @@ impl BpeTokenizer {
 
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let bytes = std::fs::read(path).map_err(io(path))?;
+        let bytes = crate::files::read_regular(path).map_err(io(path))?;
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer {
                 path: path.to_path_buf(),
@@ -278,7 +278,7 @@ impl Tokenizer {
             Tokenizer::Bpe(t) => (TOKENIZER_FILE, t.to_json()?),
         };
         let path = dir.join(name);
-        std::fs::write(&path, contents).map_err(io(&path))
+        crate::files::write_atomic(&path, contents.as_bytes()).map_err(io(&path))
     }
 
     /// Reads the tokenizer saved in `dir` by [`Tokenizer::save`] (or a Hugging Face
@@ -286,7 +286,7 @@ impl Tokenizer {
     pub fn load(dir: &Path) -> Result<Self, DataError> {
         let char_path = dir.join(CHAR_VOCAB_FILE);
         if char_path.exists() {
-            let bytes = std::fs::read(&char_path).map_err(io(&char_path))?;
+            let bytes = crate::files::read_regular(&char_path).map_err(io(&char_path))?;
             let file: CharVocabFile =
                 serde_json::from_slice(&bytes).map_err(|e| DataError::Tokenizer {
                     path: char_path.clone(),

@@ -143,8 +143,54 @@ fn write_json(path: &Path, value: serde_json::Value) -> Result<(), HfError> {
     std::fs::write(path, text + "\n").map_err(at(path))
 }
 
-/// Builds directory `out` through `fill` in a temporary sibling, then renames it into
-/// place (replacing an old `out`), so an interrupted write leaves nothing half written.
+/// Checks that `out` may receive an export: it does not exist, is an empty directory, or
+/// is a Hugging Face model directory (an earlier export, replaced whole). Anything else (a
+/// file, a directory of other things, an Ember checkpoint) would be lost, so it is refused
+/// unless `force`.
+pub fn check_export_target(out: &Path, force: bool) -> Result<(), HfError> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(()),
+    };
+    if force {
+        return Ok(());
+    }
+    let refuse = |what: &str| {
+        Err(HfError::new(
+            out,
+            format!(
+                "{what}; exporting would replace it. Choose another --out, or pass --force to replace it"
+            ),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("exists and is not a directory");
+    }
+    let empty = std::fs::read_dir(out).map_err(at(out))?.next().is_none();
+    if empty {
+        return Ok(());
+    }
+    if out.join("ember.json").exists() || out.join("checkpoint").join("ember.json").exists() {
+        return refuse("holds an Ember checkpoint");
+    }
+    if out.join(CONFIG_FILE).is_file() && crate::is_hf_dir(out) {
+        return Ok(());
+    }
+    refuse("is a non-empty directory that is not a Hugging Face model directory")
+}
+
+/// Removes `path`, a directory or a file, if it exists.
+fn remove(path: &Path) -> Result<(), HfError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(at(path)),
+        Ok(_) => std::fs::remove_file(path).map_err(at(path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Builds directory `out` through `fill` in a temporary sibling, flushes it to disk, then
+/// renames it into place (replacing an old `out`, which [`check_export_target`] allowed),
+/// so an interrupted write leaves nothing half written.
 fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<(), HfError>) -> Result<(), HfError> {
     let name = out
         .file_name()
@@ -157,24 +203,19 @@ fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<(), HfError>) -> Res
     };
     std::fs::create_dir_all(&parent).map_err(at(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(at(&tmp))?;
-    }
+    remove(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(at(&tmp))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    ember_data::files::sync_dir_contents(&tmp).map_err(at(&tmp))?;
     let old = parent.join(format!(".{name}.old"));
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(at(&old))?;
-    }
-    if out.exists() {
+    remove(&old)?;
+    if std::fs::symlink_metadata(out).is_ok() {
         std::fs::rename(out, &old).map_err(at(out))?;
     }
     std::fs::rename(&tmp, out).map_err(at(out))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(at(&old))?;
-    }
-    Ok(())
+    ember_data::files::sync_parent(out);
+    remove(&old)
 }

@@ -148,6 +148,37 @@ impl HfModel {
         Ok(())
     }
 
+    /// Before anything is allocated: a `config.json` that implies more parameters than the
+    /// weight files hold (an absurd `vocab_size` or `intermediate_size`) is refused, naming
+    /// the key that sizes the largest part.
+    fn check_size_on_disk(&self) -> Result<(), HfError> {
+        let stored: f64 = self
+            .weights
+            .names()
+            .filter(|n| !is_ignorable(n))
+            .filter_map(|n| self.weights.shape(n))
+            .map(|shape| shape.iter().map(|&d| d as f64).product::<f64>())
+            .sum();
+        let parts = self.config.model.param_parts();
+        let implied: f64 = parts.iter().map(|(_, n)| n).sum();
+        if implied <= stored {
+            return Ok(());
+        }
+        let (key, largest) = parts
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or(("d_model", implied));
+        let hf_key = hf_key_name(self.config.arch, key);
+        Err(HfError::new(
+            &self.dir.join(CONFIG_FILE),
+            format!(
+                "{hf_key}: config.json implies {implied:.0} parameters ({largest:.0} of them sized by {hf_key}), but the weights in {} hold only {stored:.0}",
+                self.weights.source.display()
+            ),
+        ))
+    }
+
     /// The model with this directory's weights (converted to f32). Every tensor is checked
     /// (present, right shape, nothing unknown) before any is read; each parameter's
     /// initial value is released before its replacement is built, so memory peaks near
@@ -156,6 +187,7 @@ impl HfModel {
         &self,
         device: &B::Device,
     ) -> Result<Transformer<B>, HfError> {
+        self.check_size_on_disk()?;
         let model = Transformer::<B>::new(&self.config.model, device)
             .map_err(|e| HfError::new(&self.dir.join(CONFIG_FILE), e))?;
         let shapes = ember_nn::param_infos(&model)
@@ -208,5 +240,20 @@ impl HfModel {
             }
         };
         Ok(TensorData::new(values, shape.to_vec()))
+    }
+}
+
+/// The `config.json` key behind one of [`ember_nn::TransformerConfig::param_parts`]'s keys.
+fn hf_key_name(arch: HfArch, key: &str) -> &str {
+    let gpt2 = arch == HfArch::Gpt2;
+    match key {
+        "d_model" if gpt2 => "n_embd",
+        "d_model" => "hidden_size",
+        "d_ff" if gpt2 => "n_inner",
+        "d_ff" => "intermediate_size",
+        "max_seq_len" if gpt2 => "n_positions",
+        "max_seq_len" => "max_position_embeddings",
+        "moe.n_experts" => "num_local_experts",
+        other => other,
     }
 }

@@ -88,7 +88,8 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             return Ok(self.generate_on_host(host, prompt, max_new_tokens, sampler, on_token));
         }
         let mut tokens = prompt.to_vec();
-        let mut new_tokens = Vec::with_capacity(max_new_tokens);
+        // Reserve no more than a window up front: `max_new_tokens` is a user's number.
+        let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
         let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
         for _ in 0..max_new_tokens {
             let logits = if self.use_cache {
@@ -125,7 +126,8 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         let window = host.config().max_seq_len;
         let mut state = host.new_state();
         let mut tokens = prompt.to_vec();
-        let mut new_tokens = Vec::with_capacity(max_new_tokens);
+        // Reserve no more than a window up front: `max_new_tokens` is a user's number.
+        let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
         for _ in 0..max_new_tokens {
             if state.len() >= window {
                 state.clear();

@@ -170,3 +170,22 @@ fn filtered_distributions_match_a_full_sort() {
         );
     }
 }
+
+/// `--max-new-tokens` is a user's number: nothing may be reserved in proportion to it
+/// (a `Vec::with_capacity(usize::MAX)` aborts the process). Every id is a stop token here,
+/// so each run ends after one token, whatever the limit.
+#[test]
+fn an_absurd_token_limit_reserves_nothing() {
+    let device = Default::default();
+    let all: Vec<u32> = (0..30).collect();
+    for model in models() {
+        for cache in [true, false] {
+            let mut sampler = Sampler::new(SamplingConfig::greedy());
+            let out = Generator::new(&model, &device, cache)
+                .with_stop_tokens(&all)
+                .generate(&[1, 2], usize::MAX, &mut sampler, |_| {})
+                .unwrap();
+            assert_eq!(out.len(), 1);
+        }
+    }
+}

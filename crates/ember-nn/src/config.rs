@@ -207,6 +207,15 @@ fn default_init_std() -> f64 {
     0.02
 }
 
+/// Upper bounds on the sizes a configuration may ask for: far above any published model,
+/// low enough that products of them cannot overflow and a typo (`vocab_size =
+/// 320000000000`) is refused before anything is allocated.
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_POSITIONS: usize = 1 << 24;
+pub const MAX_EXPERTS: usize = 1 << 12;
+
 /// A configuration value that cannot describe a working model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("model.{field}: {message}")]
@@ -418,6 +427,20 @@ impl TransformerConfig {
                 return err(field, "must be at least 1".into());
             }
         }
+        for (field, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("d_ff", self.d_ff, MAX_WIDTH),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("max_seq_len", self.max_seq_len, MAX_POSITIONS),
+        ] {
+            if value > max {
+                return err(
+                    field,
+                    format!("{value} is beyond what Ember supports (at most {max})"),
+                );
+            }
+        }
         if !self.d_model.is_multiple_of(self.n_heads) {
             return err(
                 "d_model",
@@ -485,8 +508,11 @@ impl TransformerConfig {
             );
         }
         if let Some(moe) = &self.moe {
-            if moe.n_experts == 0 {
-                return err("moe.n_experts", "must be at least 1".into());
+            if moe.n_experts == 0 || moe.n_experts > MAX_EXPERTS {
+                return err(
+                    "moe.n_experts",
+                    format!("must be between 1 and {MAX_EXPERTS}, got {}", moe.n_experts),
+                );
             }
             if moe.top_k == 0 || moe.top_k > moe.n_experts {
                 return err(
@@ -529,6 +555,16 @@ impl TransformerConfig {
                 format!("must be in [0, 1), got {}", self.dropout),
             );
         }
+        if self.dtype != DTypeName::F32 {
+            return err(
+                "dtype",
+                format!(
+                    "{:?}: parameters are kept in f32 (the only value supported); for bf16 matrix products set train.matmul_precision = \"bf16\", for f16/bf16 files use `ember export --dtype`",
+                    self.dtype
+                )
+                .to_lowercase(),
+            );
+        }
         if !(self.init_std > 0.0 && self.init_std.is_finite()) {
             return err(
                 "init_std",
@@ -540,38 +576,101 @@ impl TransformerConfig {
 
     /// Number of parameters the model will have.
     pub fn num_params(&self) -> usize {
-        let d = self.d_model;
-        let kv = self.n_kv_heads * self.head_dim();
-        let b = usize::from(self.bias);
-        let qkv_b = usize::from(self.qkv_bias());
-        let norm = d * (1 + usize::from(self.bias && self.norm != NormKind::RmsNorm));
-        let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
-        let attn = d * d + 2 * d * kv + d * d + qkv_b * (d + 2 * kv) + b * d + qk_norm;
+        let total: f64 = self.param_parts().iter().map(|(_, n)| n).sum();
+        total as usize
+    }
+
+    /// The model's parameters by the key that sizes each part: `vocab_size` (embedding and
+    /// head), `max_seq_len` (learned positions), `d_model` (attention and norms of every
+    /// layer), `d_ff` or `moe.n_experts` (feed-forward of every layer). Counted in `f64`,
+    /// so absurd configurations give huge numbers instead of overflowing.
+    pub fn param_parts(&self) -> Vec<(&'static str, f64)> {
+        let f = |v: usize| v as f64;
+        let d = f(self.d_model);
+        let d_ff = f(self.d_ff);
+        let head_dim = d / f(self.n_heads.max(1));
+        let kv = f(self.n_kv_heads) * head_dim;
+        let b = f(usize::from(self.bias));
+        let qkv_b = f(usize::from(self.qkv_bias()));
+        let norm = d * f(1 + usize::from(self.bias && self.norm != NormKind::RmsNorm));
+        let qk_norm = if self.qk_norm { 2.0 * head_dim } else { 0.0 };
+        let attn = d * d + 2.0 * d * kv + d * d + qkv_b * (d + 2.0 * kv) + b * d + qk_norm;
         let dense = |kind: MlpKind| match kind {
-            MlpKind::Gelu | MlpKind::GeluTanh => 2 * d * self.d_ff + b * (self.d_ff + d),
-            MlpKind::SwiGlu | MlpKind::GeGlu => 3 * d * self.d_ff + b * (2 * self.d_ff + d),
+            MlpKind::Gelu | MlpKind::GeluTanh => 2.0 * d * d_ff + b * (d_ff + d),
+            MlpKind::SwiGlu | MlpKind::GeGlu => 3.0 * d * d_ff + b * (2.0 * d_ff + d),
         };
-        let ffn = match &self.moe {
-            Some(moe) => d * moe.n_experts + moe.n_experts * dense(MlpKind::SwiGlu),
-            None => dense(self.mlp),
+        let (ffn_key, ffn) = match &self.moe {
+            Some(moe) => (
+                "moe.n_experts",
+                d * f(moe.n_experts) + f(moe.n_experts) * dense(MlpKind::SwiGlu),
+            ),
+            None => ("d_ff", dense(self.mlp)),
         };
         let norms = match self.norm_placement {
-            NormPlacement::Sandwich => 4,
-            NormPlacement::Post if self.parallel_residual => 1,
-            _ => 2,
+            NormPlacement::Sandwich => 4.0,
+            NormPlacement::Post if self.parallel_residual => 1.0,
+            _ => 2.0,
         };
-        let per_layer = norms * norm + attn + ffn;
-        let embed = self.vocab_size * d;
-        let pos = if self.position == PositionKind::Learned {
-            self.max_seq_len * d
-        } else {
-            0
-        };
+        let layers = f(self.n_layers);
         let head = if self.tie_embeddings {
-            0
+            0.0
         } else {
-            d * self.vocab_size
+            d * f(self.vocab_size)
         };
-        embed + pos + self.n_layers * per_layer + norm + head
+        let pos = if self.position == PositionKind::Learned {
+            f(self.max_seq_len) * d
+        } else {
+            0.0
+        };
+        vec![
+            ("vocab_size", f(self.vocab_size) * d + head),
+            ("max_seq_len", pos),
+            ("d_model", layers * (norms * norm + attn) + norm),
+            (ffn_key, layers * ffn),
+        ]
+    }
+
+    /// Bytes the model allocates when built: its f32 parameters and its constant
+    /// position tables (RoPE's cos/sin, the sinusoidal table), by the key that sizes each.
+    pub fn allocation_parts(&self) -> Vec<(&'static str, f64)> {
+        let mut parts: Vec<(&'static str, f64)> = self
+            .param_parts()
+            .into_iter()
+            .map(|(key, n)| (key, n * 4.0))
+            .collect();
+        let tables = match self.position {
+            PositionKind::Rope => 2.0 * self.max_seq_len as f64 * self.rotary_dim() as f64 * 4.0,
+            PositionKind::Sinusoidal => self.max_seq_len as f64 * self.d_model as f64 * 4.0,
+            _ => 0.0,
+        };
+        parts.push(("max_seq_len", tables));
+        parts
+    }
+
+    /// Fails, naming the key that asks for the most, when building this model would need
+    /// more memory than the machine has available (see [`crate::memory`]).
+    pub fn check_memory(&self) -> Result<(), ConfigError> {
+        let parts = self.allocation_parts();
+        let total: f64 = parts.iter().map(|(_, b)| b).sum();
+        let Some(available) = crate::memory::available_bytes() else {
+            return Ok(());
+        };
+        if total <= available as f64 {
+            return Ok(());
+        }
+        let (key, largest) = parts
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or(("d_model", total));
+        Err(ConfigError {
+            field: key,
+            message: format!(
+                "the model would need {} of memory ({} of it sized by {key}), but only {} is available",
+                crate::memory::human_bytes(total),
+                crate::memory::human_bytes(largest),
+                crate::memory::human_bytes(available as f64)
+            ),
+        })
     }
 }

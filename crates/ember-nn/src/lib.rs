@@ -17,6 +17,7 @@ pub mod config;
 pub mod init;
 pub mod kv_cache;
 pub mod linear;
+pub mod memory;
 pub mod mlp;
 pub mod moe;
 pub mod norm;

@@ -62,6 +62,7 @@ impl<B: FusedBackend> Transformer<B> {
     /// A freshly initialised model (see [`crate::init`]); the config is validated first.
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Result<Self, ConfigError> {
         config.validate()?;
+        config.check_memory()?;
         let init = Init::new(config);
         let d_model = config.d_model;
         let model = Self {

@@ -79,6 +79,12 @@ pub struct LoopConfig {
     /// it, so a sharded run with dropout is not bit-reproducible (nor exactly resumable).
     #[serde(default = "one")]
     pub batch_shards: usize,
+    /// Label smoothing of the training loss, in `[0, 1)`: each target keeps `1 - ε` of its
+    /// probability and `ε` is spread evenly over the vocabulary (burn's
+    /// `CrossEntropyLoss`, as PyTorch's `label_smoothing`). Validation losses stay plain
+    /// cross-entropy, so runs with and without it compare.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 fn one() -> usize {
@@ -129,7 +135,7 @@ impl TrainConfig {
         let mut table = preset_table(preset.unwrap_or("tiny"))?;
         let mut origin = format!("preset `{}`", preset.unwrap_or("tiny"));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
+            let text = ember_data::files::read_regular_text(path)
                 .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
             let file_table: toml::Table = toml::from_str(&text).map_err(|e| {
                 ConfigError(format!(
@@ -210,6 +216,12 @@ impl TrainConfig {
                     "{} shards cannot split train.batch_size = {} rows (0 picks one per core)",
                     t.batch_shards, t.batch_size
                 ),
+            );
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return fail(
+                "train.label_smoothing",
+                format!("must be in [0, 1), got {}", t.label_smoothing),
             );
         }
         if t.eval_every > 0 && t.eval_batches == 0 {

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod loss;
 pub mod metrics;
+pub mod run_dir;
 mod shards;
 pub mod trainer;
 

@@ -21,6 +21,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainState};
 use crate::config::{ConfigError, TrainConfig};
 use crate::loss::{CrossEntropy, LmLoss};
 use crate::metrics::StepMetrics;
+use crate::run_dir;
 use crate::shards::Shards;
 
 /// Where the run reads and writes.
@@ -32,9 +33,11 @@ pub struct TrainOptions {
     pub data: Vec<PathBuf>,
     /// A checkpoint (or run directory) to continue from.
     pub resume: Option<PathBuf>,
+    /// Start in (or resume into) an `out_dir` holding another run, replacing it.
+    pub force: bool,
     /// Log lines on stderr/stdout; `false` silences the loop (tests).
     pub verbose: bool,
-    /// Whether the backend computes on this machine's CPU cores (Flex, NdArray): then
+    /// Whether the backend computes on this machine's CPU cores (Flex): then
     /// `train.batch_shards = 0` shards each micro-batch over the cores.
     pub cpu_backend: bool,
 }
@@ -117,6 +120,7 @@ fn micro_batch<B>(
     batch: &Batch,
     weight: f64,
     moe_config: Option<&ember_nn::MoeConfig>,
+    label_smoothing: Option<f32>,
     device: &B::Device,
 ) -> MicroBatch
 where
@@ -129,7 +133,7 @@ where
         ..Default::default()
     };
     let logits = model.forward(inputs, options);
-    let lm_loss = CrossEntropy::<B>::new(None, device).loss(logits, targets);
+    let lm_loss = CrossEntropy::<B>::new(label_smoothing, device).loss(logits, targets);
     let mut loss = lm_loss.clone();
     let mut moe = None;
     if let (Some(config), Some(balance), Some(z)) =
@@ -242,6 +246,7 @@ where
         .as_deref()
         .map(Checkpoint::open)
         .transpose()?;
+    run_dir::check(&options.out_dir, resume.as_ref(), options.force)?;
 
     // Data: tokenized once into out_dir/data and reused while unchanged.
     let kind = config.tokenizer_kind()?;
@@ -307,8 +312,8 @@ where
     );
     let eval_loss_fn = CrossEntropy::<B::InnerBackend>::new(None, device);
 
-    std::fs::create_dir_all(&options.out_dir).map_err(io_error(&options.out_dir))?;
-    let metrics_path = options.out_dir.join("metrics.jsonl");
+    run_dir::start_metrics(&options.out_dir, resume.as_ref())?;
+    let metrics_path = run_dir::metrics_path(&options.out_dir);
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -366,6 +371,7 @@ where
     }
 
     let moe_config = config.model.moe.clone();
+    let label_smoothing = (t.label_smoothing > 0.0).then_some(t.label_smoothing as f32);
     let mut tally = MoeTally::new(moe_config.as_ref().map_or(0, |m| m.n_experts));
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
     let mut step_times = Vec::new();
@@ -385,6 +391,7 @@ where
                     rows,
                     weight / t.grad_accum as f64,
                     moe_config.as_ref(),
+                    label_smoothing,
                     device,
                 )
             });

@@ -37,6 +37,7 @@ fn bf16_matmuls_train_like_f32_and_the_setting_ends_with_the_run() {
             out_dir: tmp.path().join(precision),
             data: vec![corpus.clone()],
             resume: None,
+            force: false,
             verbose: false,
             cpu_backend: true,
         };

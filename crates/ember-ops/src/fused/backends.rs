@@ -1,9 +1,6 @@
 //! Backends that run the default (composed) bodies of every fused op. `Flex` has its own
 //! kernels in [`super::flex`]; `Autodiff<B>` is in [`super::autodiff`].
 
-#[cfg(feature = "ndarray")]
-impl super::FusedBackend for burn::backend::NdArray {}
-
 #[cfg(feature = "wgpu")]
 impl super::FusedBackend for burn::backend::Wgpu {}
 

@@ -31,7 +31,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-/// A burn [`Backend`] with Ember's fused kernels. Implemented for `Flex`, `NdArray`,
+/// A burn [`Backend`] with Ember's fused kernels. Implemented for `Flex`,
 /// `Wgpu`, `Cuda` (behind the features of the same names) and `Autodiff<B>` of any of
 /// them.
 ///
