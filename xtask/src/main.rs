@@ -141,7 +141,12 @@ fn train(extra: &[String]) -> Result<()> {
         cmd.args(["--preset", "tiny"]);
     }
     if !has("--out") {
+        // runs/tiny is xtask's own: each `cargo xtask train` starts it over (or continues
+        // it with `-- --resume runs/tiny`).
         cmd.arg("--out").arg(&out);
+        if !has("--resume") {
+            cmd.arg("--force");
+        }
     }
     cmd.args(&extra);
     run(&mut cmd)?;

@@ -552,3 +552,36 @@ fn killed_at_random_moments_a_run_resumes_to_the_uninterrupted_losses() {
     }
     assert_eq!(losses(&run), expected, "after {kills} kills");
 }
+
+/// Settings that used to be accepted and ignored: `model.dtype` other than f32 is refused
+/// naming the key; `train.label_smoothing` reaches the loss (the same first batch on the
+/// same initial weights gives another training loss) and is range-checked.
+#[test]
+fn settings_either_work_or_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus(tmp.path());
+    for dtype in ["bf16", "f16"] {
+        let set = format!("model.dtype=\"{dtype}\"");
+        let out = train(&data, &tmp.path().join(dtype), 1, &["--set", &set]);
+        assert_fails(&out, 2, &["model.dtype", dtype, "train.matmul_precision"]);
+    }
+    let out = train(
+        &data,
+        &tmp.path().join("bad"),
+        1,
+        &["--set", "train.label_smoothing=1.5"],
+    );
+    assert_fails(&out, 2, &["train.label_smoothing", "[0, 1)"]);
+    let plain = tmp.path().join("plain");
+    let smooth = tmp.path().join("smooth");
+    assert_ok(&train(&data, &plain, 1, &[]));
+    assert_ok(&train(
+        &data,
+        &smooth,
+        1,
+        &["--set", "train.label_smoothing=0.2"],
+    ));
+    let (a, b) = (losses(&plain)[0], losses(&smooth)[0]);
+    assert_eq!(a.0, 1);
+    assert_ne!(a.1, b.1, "label smoothing changed nothing");
+}

@@ -206,3 +206,57 @@ fn batches_split_into_contiguous_near_equal_shards() {
     assert_eq!(batch.split(10).len(), 7);
     assert_eq!(batch.split(0).len(), 1);
 }
+
+/// A reused `tokens.bin` is checked id by id: one past the tokenizer's vocabulary (a
+/// damaged or foreign file of the right length) gets the cache rebuilt, so it can never
+/// reach the model's embedding lookup.
+#[test]
+fn a_token_cache_with_ids_past_the_vocabulary_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "a.txt", TEXT.as_bytes());
+    let cache_dir = dir.path().join("cache");
+    let build = || {
+        TokenCache::load_or_build(&cache_dir, std::slice::from_ref(&path), TokenizerKind::Char)
+            .unwrap()
+    };
+    let first = build();
+    let vocab = first.tokenizer.vocab_size() as u32;
+    let tokens_bin = cache_dir.join("tokens.bin");
+    let mut bytes = std::fs::read(&tokens_bin).unwrap();
+    bytes[8..12].copy_from_slice(&vocab.to_le_bytes());
+    std::fs::write(&tokens_bin, &bytes).unwrap();
+    let second = build();
+    assert!(!second.reused, "an id of {vocab} must not be reused");
+    assert_eq!(second.tokens, first.tokens);
+    assert!(build().reused);
+}
+
+/// Only regular files (and directories of them) are corpora: a FIFO is refused before it
+/// is opened (opening it would block), as is one inside a directory, and a symlink loop
+/// in a directory is walked once.
+#[test]
+fn special_files_and_symlink_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = Corpus::read(std::slice::from_ref(&fifo)).unwrap_err();
+    assert!(matches!(err, DataError::NotRegular { .. }), "{err}");
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+    let err = Corpus::read(&[PathBuf::from("/dev/zero")]).unwrap_err();
+    assert!(err.to_string().contains("character device"), "{err}");
+
+    let tree = dir.path().join("tree");
+    write(&tree, "a.txt", TEXT.as_bytes());
+    std::os::unix::fs::symlink(&tree, tree.join("loop")).unwrap();
+    let corpus = Corpus::read(std::slice::from_ref(&tree)).unwrap();
+    assert_eq!(corpus.documents, vec![TEXT.to_string()]);
+    std::fs::rename(&fifo, tree.join("pipe.txt")).unwrap();
+    let err = Corpus::read(&[tree]).unwrap_err();
+    assert!(err.to_string().contains("pipe.txt"), "{err}");
+}
