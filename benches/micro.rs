@@ -11,8 +11,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ember_infer::host::Matrix;
 use ember_infer::{Sampler, SamplingConfig};
 use ember_nn::{Mlp, MlpKind, TransformerConfig};
-use ember_ops::bf16_gemm::{self, MatRef};
 use ember_ops::fused::composed;
+use ember_ops::kernels::flex::bf16_gemm::{self, MatRef};
 use ember_ops::{RopeConfig, RopeTables};
 use ember_train::{CrossEntropy, LmLoss};
 

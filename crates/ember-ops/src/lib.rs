@@ -10,14 +10,17 @@
 //! - [`alibi`]: ALiBi slopes;
 //! - [`mask`]: boolean attention masks;
 //! - [`fused`]: the [`FusedBackend`] extension — GELU, LayerNorm, RMSNorm, softmax and
-//!   attention as single ops with hand-written backward passes, and CPU kernels for Flex;
+//!   attention as single ops with hand-written backward passes;
+//! - [`kernels`]: the backends' own kernels behind [`FusedBackend`]: `kernels::flex`, the
+//!   CPU kernels of burn's Flex backend (feature `flex`) with the bf16 gemm, and
+//!   [`kernels::cpu_features`];
 //! - [`reference`]: slow, explicit implementations used as independent references in tests.
 
 pub mod alibi;
 pub mod attention;
-pub mod bf16_gemm;
 pub mod flex_attention;
 pub mod fused;
+pub mod kernels;
 pub mod mask;
 pub mod positions;
 pub mod reference;

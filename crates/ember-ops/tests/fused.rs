@@ -3,8 +3,8 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor, TensorData, TensorPrimitive, Tolerance};
-use ember_ops::bf16_gemm::round_to_bf16;
 use ember_ops::fused::{self, FusedBackend, composed};
+use ember_ops::kernels::flex::bf16_gemm::round_to_bf16;
 use ember_ops::reference::{explicit_attention, naive_attention};
 
 type B = Flex;

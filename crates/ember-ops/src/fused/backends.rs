@@ -1,5 +1,5 @@
 //! Backends that run the default (composed) bodies of every fused op. `Flex` has its own
-//! kernels in [`super::flex`]; `Autodiff<B>` is in [`super::autodiff`].
+//! kernels in [`crate::kernels::flex`]; `Autodiff<B>` is in [`super::autodiff`].
 
 #[cfg(feature = "wgpu")]
 impl super::FusedBackend for burn::backend::Wgpu {}

@@ -4,7 +4,7 @@
 //! with burn's own tensor ops, so every backend works unchanged; a backend overrides a
 //! method where it has a faster kernel:
 //! - `Flex` (feature `flex`): single-pass CPU kernels over the raw f32 buffers
-//!   ([`flex`]), split across threads with rayon;
+//!   ([`crate::kernels::flex`]), split across threads with rayon;
 //! - `Autodiff<B>`: one autograd node per fused op with a hand-written backward pass
 //!   that calls `B`'s fused backward kernels ([`autodiff`]). Without this, autodiff
 //!   records LayerNorm as ~10 nodes and attention as a dozen.
@@ -18,10 +18,6 @@
 pub mod autodiff;
 mod backends;
 pub mod composed;
-#[cfg(feature = "flex")]
-pub mod flex;
-#[cfg(feature = "flex")]
-mod flex_attention;
 pub mod math;
 pub mod precision;
 

@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::cpu_features;
+
 /// Rows of the register tile.
 const MR: usize = 8;
 /// Columns of the register tile: two 16-lane vectors.
@@ -65,16 +67,10 @@ impl MatRef<'_> {
     }
 }
 
-/// Whether this CPU runs [`gemm`]: AVX-512F with the BF16 extension.
+/// Whether this CPU runs [`gemm`]: AVX-512F with the BF16 extension
+/// ([`cpu_features::avx512_bf16`], which builds without the `flex` feature can call).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_features::avx512_bf16()
 }
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN), as `vcvtneps2bf16` does.

@@ -14,7 +14,7 @@ use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::flex::{softmax_backward_rows, softmax_rows};
+use super::softmax::{softmax_backward_rows, softmax_rows};
 
 /// A read-only 4-D view: the buffer, the element offset and the strides.
 struct View<'a> {
@@ -213,7 +213,8 @@ impl Dims {
     }
 }
 
-/// Causal or full attention; see [`FusedBackend::fused_attention`](super::FusedBackend).
+/// Causal or full attention; see
+/// [`FusedBackend::fused_attention`](crate::fused::FusedBackend::fused_attention).
 /// All inputs must be f32.
 pub fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, causal: bool) -> FlexTensor {
     let dims = Dims::of(q, k, causal);
