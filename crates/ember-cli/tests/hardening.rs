@@ -585,3 +585,15 @@ fn settings_either_work_or_are_refused() {
     assert_eq!(a.0, 1);
     assert_ne!(a.1, b.1, "label smoothing changed nothing");
 }
+
+/// A training run's memory is estimated (from below) before anything is built: an absurd
+/// micro-batch is refused naming the key, not a failed allocation.
+#[test]
+fn an_absurd_batch_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus(tmp.path());
+    let out = tmp.path().join("run");
+    let result = train(&data, &out, 1, &["--set", "train.batch_size=100000000000"]);
+    assert_fails(&result, 2, &["train.batch_size", "training would need"]);
+    assert!(!out.join("checkpoint").exists());
+}

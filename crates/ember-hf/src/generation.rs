@@ -30,7 +30,8 @@ impl GenerationConfig {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| HfError::new(&path, e))?;
+        let text =
+            ember_data::files::read_regular_text(&path).map_err(|e| HfError::new(&path, e))?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| HfError::new(&path, format!("malformed JSON: {e}")))?;
         let map = value

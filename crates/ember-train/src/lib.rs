@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod footprint;
 pub mod loss;
 pub mod metrics;
 pub mod run_dir;

@@ -210,7 +210,7 @@ struct PrecisionScope(MatmulPrecision);
 
 impl PrecisionScope {
     fn set(precision: MatmulPrecision) -> Self {
-        if precision == MatmulPrecision::Bf16 && !ember_ops::bf16_gemm::available() {
+        if precision == MatmulPrecision::Bf16 && !ember_ops::kernels::cpu_features::avx512_bf16() {
             eprintln!(
                 "note: train.matmul_precision = \"bf16\": this CPU lacks AVX512-BF16, so CPU \
                  backends emulate it (slower than f32)"
@@ -261,6 +261,7 @@ where
         .into());
     }
     config.model.vocab_size = vocab;
+    crate::footprint::check(&config)?;
     let block = config.model.max_seq_len;
     let splits = TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?;
 
