@@ -1,0 +1,70 @@
+//! `ember export`: a model written as a Hugging Face directory.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use ember_hf::WeightDType;
+use ember_nn::FusedBackend;
+
+use crate::commands::On;
+use crate::error::CliError;
+use crate::model_dir::ModelDir;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output directory: new, empty, or an earlier export (replaced atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace --out even when it is a file or a directory of something else.
+    #[arg(long)]
+    pub force: bool,
+    /// Element type of the written weights.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// `ember export` on backend `B`.
+pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError> {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if same(&args.model, &args.out) {
+        return Err(CliError::Usage(format!(
+            "--out {}: is the --model directory; export to another directory",
+            args.out.display()
+        )));
+    }
+    ember_hf::check_export_target(&args.out, args.force)
+        .map_err(|e| CliError::Usage(format!("--out {e}")))?;
+    let dir = ModelDir::open(&args.model)?;
+    ember_hf::export_arch(dir.config())
+        .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
+    let model = dir.load::<B>(&on.device)?;
+    let dtype = match args.dtype {
+        DTypeArg::F32 => WeightDType::F32,
+        DTypeArg::F16 => WeightDType::F16,
+        DTypeArg::Bf16 => WeightDType::Bf16,
+    };
+    let arch = ember_hf::export(
+        &model,
+        dir.tokenizer(),
+        &dir.generation_config(),
+        &args.out,
+        dtype,
+    )?;
+    println!(
+        "exported {} ({}) to {}",
+        arch.model_type(),
+        arch.class_name(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! `ember generate`: text (or token ids) from an Ember checkpoint or a Hugging Face model.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig};
+use ember_nn::FusedBackend;
+
+use crate::commands::On;
+use crate::error::CliError;
+use crate::model_dir::{ModelDir, parse_ids};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Ember checkpoint (or run directory) or Hugging Face model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to continue; defaults to the checkpoint's `sample.prompt`.
+    #[arg(long, conflicts_with = "ids")]
+    pub prompt: Option<String>,
+    /// Token ids to continue instead of text, e.g. `1,2,3`.
+    #[arg(long)]
+    pub ids: Option<String>,
+    /// Print only the new token ids, comma-separated.
+    #[arg(long)]
+    pub print_ids: bool,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// 0 = off.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// 1.0 = off.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Recompute the whole context for every token instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Who decodes: `auto` (the host decoder on CPU backends when it supports the model,
+    /// else burn), `burn`, `host` (f32 weights, the same numbers as burn) or `host-int8`
+    /// (int8 weights with block scales: faster, approximate).
+    #[arg(long, value_enum, default_value_t = DecoderArg::Auto)]
+    pub decoder: DecoderArg,
+    /// Print prefill and decoding speed to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecoderArg {
+    Auto,
+    Burn,
+    Host,
+    HostInt8,
+}
+
+/// `ember generate` on backend `B`.
+pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliError> {
+    let dir = ModelDir::open(&args.model)?;
+    let defaults = dir.sample_defaults();
+    let (prompt_text, prompt_ids) = match (&args.ids, &args.prompt) {
+        (Some(ids), _) => (None, parse_ids(ids)?),
+        (None, Some(text)) => (Some(text.clone()), dir.encode(text, "--prompt")?),
+        (None, None) => {
+            let text = defaults.prompt.clone().ok_or_else(|| {
+                CliError::Usage(
+                    "--prompt or --ids: this model has no default prompt; give one".into(),
+                )
+            })?;
+            (Some(text.clone()), dir.encode(&text, "--prompt")?)
+        }
+    };
+    if prompt_ids.is_empty() {
+        return Err(CliError::Usage("--prompt: the prompt is empty".into()));
+    }
+    let temperature = args.temperature.unwrap_or(defaults.temperature);
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        return Err(CliError::Usage(format!(
+            "--temperature: must be >= 0, got {temperature}"
+        )));
+    }
+    let top_p = args.top_p.unwrap_or(defaults.top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(CliError::Usage(format!(
+            "--top-p: must be in (0, 1], got {top_p}"
+        )));
+    }
+    let model = dir.load::<B>(&on.device)?;
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature,
+        top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
+        top_p: Some(top_p),
+        seed: args.seed,
+    });
+    let mut generator =
+        Generator::new(&model, &on.device, !args.no_cache).with_stop_tokens(&dir.stop_tokens());
+    let host = match args.decoder {
+        DecoderArg::Burn => None,
+        DecoderArg::Auto if !on.cpu || args.no_cache => None,
+        DecoderArg::Auto | DecoderArg::Host => Some(HostWeights::F32),
+        DecoderArg::HostInt8 => Some(HostWeights::Int8),
+    };
+    if let Some(weights) = host {
+        generator = match generator.with_host_decoder(weights) {
+            Ok(g) => g,
+            Err(e) if args.decoder != DecoderArg::Auto => {
+                return Err(CliError::Usage(format!("--decoder: {e}")));
+            }
+            // `auto` keeps the burn path for models the host decoder lacks.
+            Err(_) => Generator::new(&model, &on.device, !args.no_cache)
+                .with_stop_tokens(&dir.stop_tokens()),
+        };
+    }
+    if args.no_cache && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
+        return Err(CliError::Usage(
+            "--decoder host needs the KV cache; drop --no-cache".into(),
+        ));
+    }
+    let max_new_tokens = args.max_new_tokens.unwrap_or(defaults.max_new_tokens);
+    let mut stdout = std::io::stdout().lock();
+    let decoder = if generator.uses_host_decoder() {
+        match host {
+            Some(HostWeights::Int8) => "host-int8",
+            _ => "host",
+        }
+    } else {
+        "burn"
+    };
+    let mut timer = DecodeTimer::start(prompt_ids.len(), decoder);
+    if args.print_ids {
+        let new = generator
+            .generate(&prompt_ids, max_new_tokens, &mut sampler, |_| timer.token())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let text: Vec<String> = new.iter().map(u32::to_string).collect();
+        let _ = writeln!(stdout, "{}", text.join(","));
+        if args.stats {
+            eprintln!("{}", timer.report());
+        }
+        return Ok(());
+    }
+    let prompt_decoded = dir.decode(&prompt_ids).unwrap_or_default();
+    let prompt_shown = prompt_text.unwrap_or_else(|| prompt_decoded.clone());
+    let _ = write!(stdout, "{prompt_shown}");
+    let _ = stdout.flush();
+    // Decode prompt and continuation together (tokenizers such as SentencePiece's
+    // drop a leading space when a piece is decoded alone) and print what is new, once
+    // multi-byte pieces are complete.
+    let mut ids = prompt_ids.clone();
+    let mut printed = prompt_decoded.len();
+    generator
+        .generate(&prompt_ids, max_new_tokens, &mut sampler, |id| {
+            timer.token();
+            ids.push(id);
+            match dir.decode(&ids) {
+                Some(text)
+                    if !text.ends_with('\u{fffd}')
+                        && text.len() >= printed
+                        && text.is_char_boundary(printed) =>
+                {
+                    let _ = write!(stdout, "{}", &text[printed..]);
+                    let _ = stdout.flush();
+                    printed = text.len();
+                }
+                _ => {}
+            }
+        })
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let _ = writeln!(stdout);
+    if args.stats {
+        eprintln!("{}", timer.report());
+    }
+    Ok(())
+}
+
+/// Time to the first token (prompt processing plus one token) and the rate after it.
+struct DecodeTimer {
+    start: std::time::Instant,
+    first: Option<std::time::Instant>,
+    last: std::time::Instant,
+    tokens: usize,
+    prompt: usize,
+    decoder: &'static str,
+}
+
+impl DecodeTimer {
+    fn start(prompt: usize, decoder: &'static str) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            start: now,
+            first: None,
+            last: now,
+            tokens: 0,
+            prompt,
+            decoder,
+        }
+    }
+
+    fn token(&mut self) {
+        let now = std::time::Instant::now();
+        self.first.get_or_insert(now);
+        self.last = now;
+        self.tokens += 1;
+    }
+
+    fn report(&self) -> String {
+        let first = self.first.unwrap_or(self.last);
+        let ttft = (first - self.start).as_secs_f64();
+        let rest = (self.last - first).as_secs_f64();
+        let rate = if self.tokens > 1 && rest > 0.0 {
+            format!("{:.1} tokens/s", (self.tokens - 1) as f64 / rest)
+        } else {
+            "-".into()
+        };
+        // The process's peak resident memory (Linux).
+        let peak = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or("-".into(), |kb| format!("{:.1} MB", kb / 1024.0));
+        format!(
+            "decoder {} | prompt {} tokens, first token after {:.1} ms ({:.0} prompt tokens/s) | {} tokens, {rate} after the first | peak RSS {peak}",
+            self.decoder,
+            self.prompt,
+            ttft * 1e3,
+            self.prompt as f64 / ttft.max(1e-9),
+            self.tokens,
+        )
+    }
+}

@@ -1,0 +1,11 @@
+//! The subcommands, one file each; the backend-generic ones run through [`Runner`].
+
+pub mod export;
+pub mod generate;
+pub mod info;
+pub mod logits;
+pub mod perplexity;
+mod runner;
+pub mod train;
+
+pub use runner::{On, Runner};

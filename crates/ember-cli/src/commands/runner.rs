@@ -1,0 +1,58 @@
+//! The backend a command runs on, and the dispatch from a parsed command to its file.
+
+use std::marker::PhantomData;
+
+use burn::tensor::backend::Backend;
+use ember_nn::FusedBackend;
+
+use super::{export, generate, logits, perplexity, train};
+use crate::error::CliError;
+
+/// The backend-specific commands.
+pub trait Runner {
+    fn train(&self, args: train::TrainArgs) -> Result<(), CliError>;
+    fn generate(&self, args: generate::GenerateArgs) -> Result<(), CliError>;
+    fn logits(&self, args: logits::LogitsArgs) -> Result<(), CliError>;
+    fn perplexity(&self, args: perplexity::PerplexityArgs) -> Result<(), CliError>;
+    fn export(&self, args: export::ExportArgs) -> Result<(), CliError>;
+}
+
+/// A [`Runner`] on backend `B`.
+pub struct On<B: Backend> {
+    pub device: B::Device,
+    /// A CPU backend: batch-1 decoding runs on the host decoder by default.
+    pub cpu: bool,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend> On<B> {
+    pub fn new(device: B::Device, cpu: bool) -> Self {
+        Self {
+            device,
+            cpu,
+            _backend: PhantomData,
+        }
+    }
+}
+
+impl<B: FusedBackend> Runner for On<B> {
+    fn train(&self, args: train::TrainArgs) -> Result<(), CliError> {
+        train::run(self, args)
+    }
+
+    fn generate(&self, args: generate::GenerateArgs) -> Result<(), CliError> {
+        generate::run(self, args)
+    }
+
+    fn logits(&self, args: logits::LogitsArgs) -> Result<(), CliError> {
+        logits::run(self, args)
+    }
+
+    fn perplexity(&self, args: perplexity::PerplexityArgs) -> Result<(), CliError> {
+        perplexity::run(self, args)
+    }
+
+    fn export(&self, args: export::ExportArgs) -> Result<(), CliError> {
+        export::run(self, args)
+    }
+}
