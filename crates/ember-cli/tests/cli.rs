@@ -96,7 +96,9 @@ fn train_generate_info_round_trip() {
         text.starts_with("line") && text.chars().count() >= 24,
         "{text:?}"
     );
-    let greedy = |cache: bool| {
+    // Greedy text, with and without the KV cache: the prompt and exactly 12 characters
+    // (one per token of the char tokenizer), the same both ways.
+    let greedy_text = |cache: bool| {
         let mut args = vec![
             "generate",
             "--model",
@@ -111,15 +113,125 @@ fn train_generate_info_round_trip() {
         if !cache {
             args.push("--no-cache");
         }
-        String::from_utf8(ember(&args).stdout).unwrap()
+        stdout_of(&ember(&args))
     };
-    assert_eq!(greedy(true), greedy(false));
+    let text = greedy_text(true);
+    assert!(
+        text.starts_with("line 1") && text.trim_end_matches('\n').chars().count() == 6 + 12,
+        "{text:?}"
+    );
+    assert_eq!(text, greedy_text(false));
+    assert_greedy_ids_agree(model);
     let info = String::from_utf8(ember(&["info", "--model", model]).stdout).unwrap();
     assert!(
         info.contains("step: 4") && info.contains("last val loss:"),
         "{info}"
     );
     assert!(run.join("metrics.jsonl").exists());
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "ember failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The values of the single f32 tensor `name` of a safetensors file.
+fn read_f32_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let entry = &header[name];
+    assert_eq!(entry["dtype"], "F32", "{entry}");
+    let shape = entry["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let offsets = entry["data_offsets"].as_array().unwrap();
+    let data = &bytes[8 + header_len..];
+    let span = offsets[0].as_u64().unwrap() as usize..offsets[1].as_u64().unwrap() as usize;
+    let values = data[span]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (shape, values)
+}
+
+/// Greedy decoding by every path (`--no-cache`, which recomputes the context with burn;
+/// burn with the KV cache; the host decoder; `auto`) prints the same 12 new ids, and each
+/// is the arg-max of the model's logits (`ember logits`) at its position.
+fn assert_greedy_ids_agree(model: &str) {
+    const PROMPT: &str = "5,9,2,7";
+    const NEW: usize = 12;
+    let new = NEW.to_string();
+    let ids = |extra: &[&str]| -> Vec<u32> {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--ids",
+            PROMPT,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            &new,
+            "--print-ids",
+        ];
+        args.extend_from_slice(extra);
+        let printed = stdout_of(&ember(&args));
+        let ids: Vec<u32> = printed
+            .trim()
+            .split(',')
+            .map(|id| {
+                id.parse()
+                    .unwrap_or_else(|e| panic!("{extra:?}: {id:?} in {printed:?}: {e}"))
+            })
+            .collect();
+        assert_eq!(ids.len(), NEW, "{extra:?}: {printed:?}");
+        ids
+    };
+    let reference = ids(&["--no-cache"]);
+    println!("greedy ids after {PROMPT}: {reference:?}");
+    for extra in [
+        &["--decoder", "burn"][..],
+        &["--decoder", "host"],
+        &["--decoder", "auto"],
+    ] {
+        assert_eq!(ids(extra), reference, "{extra:?} vs --no-cache");
+    }
+    // One forward pass over the prompt and all but the last new id: the logits at the
+    // position before each new id pick that id (up to a near-tie).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("logits.safetensors");
+    let mut context: Vec<String> = PROMPT.split(',').map(str::to_string).collect();
+    let prompt_len = context.len();
+    context.extend(reference[..NEW - 1].iter().map(u32::to_string));
+    stdout_of(&ember(&[
+        "logits",
+        "--model",
+        model,
+        "--ids",
+        &context.join(","),
+        "--out",
+        file.to_str().unwrap(),
+    ]));
+    let (shape, logits) = read_f32_tensor(&file, "logits");
+    assert_eq!(shape[0], prompt_len + NEW - 1);
+    let vocab = shape[1];
+    for (i, &id) in reference.iter().enumerate() {
+        let row = &logits[(prompt_len - 1 + i) * vocab..][..vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            row[id as usize] >= max - 1e-4,
+            "new token {i}: id {id} has logit {} but the maximum is {max}",
+            row[id as usize]
+        );
+    }
 }
 
 #[test]
@@ -143,8 +255,9 @@ fn bad_data_files() {
             tmp.path().join("o").to_str().unwrap(),
             "--quiet",
         ]);
-        assert_fails(&out, 1, needle);
-        assert_fails(&out, 1, path.to_str().unwrap());
+        // Inputs at fault (missing, empty, not text) are the user's to fix: exit 2.
+        assert_fails(&out, 2, needle);
+        assert_fails(&out, 2, path.to_str().unwrap());
     }
 }
 

@@ -66,6 +66,7 @@ fn quiet_options(out_dir: PathBuf, data: &[PathBuf], resume: Option<PathBuf>) ->
         out_dir,
         data: data.to_vec(),
         resume,
+        force: false,
         verbose: false,
         cpu_backend: true,
     }
@@ -216,6 +217,146 @@ fn sharded_micro_batches_train_like_whole_ones() {
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
 }
 
+/// The largest absolute difference between the weights of two checkpoints, by parameter
+/// (the parameter names must agree).
+fn worst_weight_diff(a: &Path, b: &Path) -> (String, f32) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(
+        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let mut worst = (String::new(), 0f32);
+    for ((name, a), (_, b)) in a.iter().zip(&b) {
+        assert_eq!(a.len(), b.len(), "{name}");
+        for (x, y) in a.iter().zip(b) {
+            let d = (f32::from_bits(*x) - f32::from_bits(*y)).abs();
+            if d.is_nan() || d > worst.1 {
+                worst = (name.clone(), d);
+            }
+        }
+    }
+    worst
+}
+
+/// `batch_size = B·k, grad_accum = 1` and `batch_size = B, grad_accum = k` draw the same
+/// rows (the sampler draws one window per row, in order, so k micro-batches of B rows are
+/// the B·k rows of one batch) and weight them alike: the same loss and gradient norm at
+/// every step and the same weights after, sharded or not. Without dropout, so the only
+/// differences are the order of float sums.
+#[test]
+fn gradient_accumulation_equals_one_large_batch() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let run = |batch_size: usize, grad_accum: usize, shards: usize| {
+        let out = tmp
+            .path()
+            .join(format!("b{batch_size}-k{grad_accum}-s{shards}"));
+        let options = quiet_options(out.clone(), &data, None);
+        let mut config = small_config(3);
+        config.model.dropout = 0.0;
+        config.train.batch_size = batch_size;
+        config.train.grad_accum = grad_accum;
+        config.train.batch_shards = shards;
+        // Evaluation draws `batch_size` rows, which differ here; it changes nothing else.
+        config.train.eval_every = 0;
+        let summary = train::<B>(config, &options, &Default::default()).unwrap();
+        assert_eq!(summary.tokens_per_step, batch_size * grad_accum * 16);
+        out
+    };
+    for shards in [1, 2] {
+        let whole = run(8, 1, shards);
+        let whole_metrics = loss_and_grad_norm(&whole);
+        assert_eq!(whole_metrics.len(), 3);
+        for (batch_size, grad_accum) in [(4, 2), (2, 4)] {
+            let accumulated = run(batch_size, grad_accum, shards);
+            let what = format!("batch {batch_size} × accum {grad_accum}, {shards} shard(s)");
+            let metrics = loss_and_grad_norm(&accumulated);
+            assert_eq!(metrics.len(), whole_metrics.len(), "{what}");
+            for (step, (a, b)) in whole_metrics.iter().zip(&metrics).enumerate() {
+                assert!(
+                    (a.0 - b.0).abs() <= 1e-6 * a.0,
+                    "{what}, step {step}: loss {} vs {}",
+                    a.0,
+                    b.0
+                );
+                assert!(
+                    (a.1 - b.1).abs() <= 1e-6 * a.1,
+                    "{what}, step {step}: grad norm {} vs {}",
+                    a.1,
+                    b.1
+                );
+            }
+            let (name, worst) = worst_weight_diff(&whole, &accumulated);
+            let (a, b) = (whole_metrics[0], metrics[0]);
+            println!(
+                "{what}: step-1 loss {} vs {}, grad norm {} vs {}; weights differ by at most {worst} ({name})",
+                a.0, b.0, a.1, b.1
+            );
+            assert!(worst <= 1e-6, "{what}: {name} differs by {worst}");
+            // The same rows were drawn: the samplers stand at the same place.
+            let a = Checkpoint::open(&whole).unwrap();
+            let b = Checkpoint::open(&accumulated).unwrap();
+            assert_eq!(a.state.sampler, b.state.sampler, "{what}");
+            assert_eq!(a.state.tokens_seen, b.state.tokens_seen, "{what}");
+        }
+    }
+    // The comparison can fail: 8 rows in one step are not 4 rows in each of two steps.
+    let half = loss_and_grad_norm(&run(4, 1, 1))[0].0;
+    let whole = loss_and_grad_norm(&tmp.path().join("b8-k1-s1"))[0].0;
+    assert!((half - whole).abs() > 1e-4, "{half} vs {whole}");
+}
+
+/// A sharded run (`train.batch_shards = 2`) stopped at step 6 with its checkpoint and
+/// resumed to step 12 repeats the uninterrupted sharded run bit for bit: losses, gradient
+/// norms, weights and sampler.
+#[test]
+fn sharded_run_resumes_exactly() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let run = |out: &str, steps: usize, resume: Option<PathBuf>| {
+        let options = quiet_options(tmp.path().join(out), &data, resume);
+        let mut config = small_config(steps);
+        // Dropout masks drawn by concurrent shards would depend on thread timing.
+        config.model.dropout = 0.0;
+        config.train.batch_shards = 2;
+        config.train.checkpoint_every = 3;
+        train::<B>(config, &options, &Default::default()).unwrap()
+    };
+    let straight = run("straight", 12, None);
+    let stopped = run("split", 6, None);
+    assert_eq!(stopped.step, 6);
+    assert!(
+        weights(&tmp.path().join("split")) != weights(&tmp.path().join("straight")),
+        "the interrupted run holds step-6 weights"
+    );
+    let resumed = run("split", 12, Some(tmp.path().join("split")));
+    assert_eq!((straight.step, resumed.step), (12, 12));
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("split"));
+    let (name, worst) = worst_weight_diff(&a, &b);
+    assert!(
+        worst == 0.0,
+        "{name}: weights differ by {worst} after the resume"
+    );
+    let straight_metrics = loss_and_grad_norm(&a);
+    let resumed_metrics = loss_and_grad_norm(&b);
+    assert_eq!(straight_metrics.len(), 12);
+    assert_eq!(resumed_metrics, straight_metrics, "losses and grad norms");
+    for line in std::fs::read_to_string(b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let record: ember_train::StepMetrics = serde_json::from_str(line).unwrap();
+        assert_eq!(record.batch_shards, 2, "{line}");
+    }
+    let (a, b) = (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap());
+    assert_eq!(a.state.sampler, b.state.sampler);
+    assert_eq!(a.state.tokens_seen, b.state.tokens_seen);
+    assert_eq!(a.state.last_train_loss, b.state.last_train_loss);
+    assert_eq!(a.state.last_val_loss, b.state.last_val_loss);
+}
+
 #[test]
 fn batch_shards_beyond_the_batch_are_refused() {
     let mut config = small_config(2);
@@ -258,6 +399,7 @@ fn moe_training_logs_its_losses_and_expert_load() {
         out_dir: tmp.path().join("moe"),
         data: vec![corpus(tmp.path())],
         resume: None,
+        force: false,
         verbose: false,
         cpu_backend: true,
     };
@@ -308,6 +450,7 @@ fn resume_with_a_different_model_is_refused() {
         out_dir: tmp.path().join("run"),
         data: data.clone(),
         resume: None,
+        force: false,
         verbose: false,
         cpu_backend: true,
     };
@@ -316,6 +459,7 @@ fn resume_with_a_different_model_is_refused() {
     config.model.n_layers = 3;
     let options = TrainOptions {
         resume: Some(tmp.path().join("run")),
+        force: false,
         ..options
     };
     let err = train::<B>(config, &options, &Default::default())
