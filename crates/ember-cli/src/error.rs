@@ -49,8 +49,17 @@ impl From<ember_train::TrainError> for CliError {
     }
 }
 
-impl From<ember_train::CheckpointError> for CliError {
-    fn from(err: ember_train::CheckpointError) -> Self {
+impl From<ember_model::ModelError> for CliError {
+    fn from(err: ember_model::ModelError) -> Self {
+        match err {
+            ember_model::ModelError::BadInput(m) => CliError::Usage(m),
+            other => CliError::Runtime(other.to_string()),
+        }
+    }
+}
+
+impl From<ember_model::CheckpointError> for CliError {
+    fn from(err: ember_model::CheckpointError) -> Self {
         CliError::Runtime(err.to_string())
     }
 }

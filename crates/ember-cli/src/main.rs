@@ -3,7 +3,7 @@
 mod backend;
 mod commands;
 mod error;
-mod model_dir;
+mod ids;
 
 use std::process::ExitCode;
 

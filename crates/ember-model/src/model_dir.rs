@@ -4,16 +4,31 @@
 use std::path::Path;
 
 use ember_data::Tokenizer;
-use ember_hf::{GenerationConfig, HfModel};
+use ember_hf::{GenerationConfig, HfError, HfModel};
 use ember_nn::{FusedBackend, Transformer, TransformerConfig};
-use ember_train::Checkpoint;
 
-use crate::error::CliError;
+use crate::checkpoint::{CheckpointDir, CheckpointError, is_checkpoint};
 
 /// Where a model's weights and metadata come from.
 pub enum ModelDir {
-    Ember(Box<Checkpoint>),
+    Ember(Box<CheckpointDir>),
     Hf(Box<HfModel>),
+}
+
+/// A model directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The caller's input is at fault (a prompt the tokenizer cannot encode, text for a
+    /// model without a tokenizer); the message names the flag or input.
+    #[error("{0}")]
+    BadInput(String),
+    /// Not a model directory at all.
+    #[error("{0}")]
+    NotAModel(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Hf(#[from] HfError),
 }
 
 /// Sampling settings a model directory suggests.
@@ -28,12 +43,12 @@ pub struct SampleDefaults {
 impl ModelDir {
     /// Opens `dir`: an Ember checkpoint when it (or `dir/checkpoint`) holds `ember.json`,
     /// else a Hugging Face directory when it holds `config.json` or safetensors weights.
-    pub fn open(dir: &Path) -> Result<Self, CliError> {
-        if ember_train::checkpoint::is_checkpoint(dir) {
-            return Ok(Self::Ember(Box::new(Checkpoint::open(dir)?)));
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        if is_checkpoint(dir) {
+            return Ok(Self::Ember(Box::new(CheckpointDir::open(dir)?)));
         }
         if !dir.is_dir() {
-            return Err(CliError::Runtime(format!(
+            return Err(ModelError::NotAModel(format!(
                 "--model {}: no such directory",
                 dir.display()
             )));
@@ -41,7 +56,7 @@ impl ModelDir {
         if ember_hf::is_hf_dir(dir) {
             return Ok(Self::Hf(Box::new(HfModel::open(dir)?)));
         }
-        Err(CliError::Runtime(format!(
+        Err(ModelError::NotAModel(format!(
             "--model {}: neither an Ember checkpoint (ember.json) nor a Hugging Face model directory (config.json with model.safetensors)",
             dir.display()
         )))
@@ -49,7 +64,7 @@ impl ModelDir {
 
     pub fn config(&self) -> &TransformerConfig {
         match self {
-            Self::Ember(c) => &c.config.model,
+            Self::Ember(c) => &c.model,
             Self::Hf(h) => &h.config.model,
         }
     }
@@ -62,7 +77,7 @@ impl ModelDir {
     }
 
     /// The model with its weights.
-    pub fn load<B: FusedBackend>(&self, device: &B::Device) -> Result<Transformer<B>, CliError> {
+    pub fn load<B: FusedBackend>(&self, device: &B::Device) -> Result<Transformer<B>, ModelError> {
         match self {
             Self::Ember(c) => Ok(c.load_model(device)?),
             Self::Hf(h) => Ok(h.load_model(device)?),
@@ -71,15 +86,15 @@ impl ModelDir {
 
     /// Token ids of `text`, with the tokenizer's special markers (a Llama tokenizer's
     /// `<s>`), as `transformers` encodes prompts. `flag` names the source in errors.
-    pub fn encode(&self, text: &str, flag: &str) -> Result<Vec<u32>, CliError> {
+    pub fn encode(&self, text: &str, flag: &str) -> Result<Vec<u32>, ModelError> {
         let tokenizer = self.tokenizer().ok_or_else(|| {
-            CliError::Usage(format!(
+            ModelError::BadInput(format!(
                 "{flag}: this model directory has no tokenizer.json; pass token ids with --ids"
             ))
         })?;
         tokenizer
             .encode_with_special(text)
-            .map_err(|e| CliError::Usage(format!("{flag}: {e}")))
+            .map_err(|e| ModelError::BadInput(format!("{flag}: {e}")))
     }
 
     /// Text of `ids`, leaving out special tokens.
@@ -101,7 +116,7 @@ impl ModelDir {
     pub fn sample_defaults(&self) -> SampleDefaults {
         match self {
             Self::Ember(c) => {
-                let s = &c.config.sample;
+                let s = &c.sample;
                 SampleDefaults {
                     prompt: Some(s.prompt.clone()),
                     max_new_tokens: s.max_new_tokens,
@@ -137,7 +152,7 @@ impl ModelDir {
         match self {
             Self::Hf(h) => h.generation.clone(),
             Self::Ember(c) => {
-                let s = &c.config.sample;
+                let s = &c.sample;
                 let sampled = s.temperature > 0.0;
                 GenerationConfig {
                     do_sample: sampled,
@@ -150,25 +165,4 @@ impl ModelDir {
             }
         }
     }
-}
-
-/// Parses `--ids 1,2,3`.
-pub fn parse_ids(text: &str) -> Result<Vec<u32>, CliError> {
-    let ids: Result<Vec<u32>, CliError> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>().map_err(|_| {
-                CliError::Usage(format!(
-                    "--ids: `{s}` is not a token id (expected e.g. 1,2,3)"
-                ))
-            })
-        })
-        .collect();
-    let ids = ids?;
-    if ids.is_empty() {
-        return Err(CliError::Usage("--ids: no token ids given".into()));
-    }
-    Ok(ids)
 }

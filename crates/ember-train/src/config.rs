@@ -91,17 +91,8 @@ fn one() -> usize {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SampleConfig {
-    pub prompt: String,
-    pub max_new_tokens: usize,
-    pub temperature: f64,
-    /// 0 = no top-k filtering.
-    pub top_k: usize,
-    /// 1.0 = no nucleus filtering.
-    pub top_p: f64,
-}
+/// The `[sample]` section: what `ember generate` does by default with the trained model.
+pub use ember_model::SampleConfig;
 
 /// A configuration that cannot be used; the message names the file, flag or key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -237,14 +228,7 @@ impl TrainConfig {
             );
         }
         self.tokenizer_kind()?;
-        let s = &self.sample;
-        let valid = s.temperature >= 0.0 && s.top_p > 0.0 && s.top_p <= 1.0;
-        if !valid {
-            return fail(
-                "sample",
-                "temperature must be >= 0 and top_p in (0, 1]".into(),
-            );
-        }
+        self.sample.validate().map_err(ConfigError)?;
         Ok(())
     }
 

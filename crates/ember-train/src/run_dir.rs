@@ -23,7 +23,7 @@ pub fn metrics_path(out: &Path) -> PathBuf {
 /// not) or a non-empty metrics file.
 fn existing_run(out: &Path) -> Option<String> {
     if checkpoint::is_checkpoint(out) {
-        return Some(match checkpoint::read::locate(out) {
+        return Some(match checkpoint::locate(out) {
             Ok((dir, _)) => match Checkpoint::open(&dir) {
                 Ok(ckpt) => format!("a checkpoint at step {}", ckpt.state.step),
                 Err(_) => format!("a checkpoint ({})", dir.display()),

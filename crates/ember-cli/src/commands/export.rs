@@ -8,7 +8,7 @@ use ember_nn::FusedBackend;
 
 use crate::commands::On;
 use crate::error::CliError;
-use crate::model_dir::ModelDir;
+use ember_model::ModelDir;
 
 #[derive(Args)]
 pub struct ExportArgs {

@@ -9,7 +9,8 @@ use ember_nn::FusedBackend;
 
 use crate::commands::On;
 use crate::error::CliError;
-use crate::model_dir::{ModelDir, parse_ids};
+use crate::ids::parse_ids;
+use ember_model::{ModelDir, StreamDecoder};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -143,30 +144,19 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         }
         return Ok(());
     }
-    let prompt_decoded = dir.decode(&prompt_ids).unwrap_or_default();
-    let prompt_shown = prompt_text.unwrap_or_else(|| prompt_decoded.clone());
+    // Prompt and continuation are decoded together and printed as they become final
+    // (see `ember_model::detokenizer`).
+    let (mut stream, prompt_decoded) =
+        StreamDecoder::new(|ids: &[u32]| dir.decode(ids), &prompt_ids);
+    let prompt_shown = prompt_text.unwrap_or(prompt_decoded);
     let _ = write!(stdout, "{prompt_shown}");
     let _ = stdout.flush();
-    // Decode prompt and continuation together (tokenizers such as SentencePiece's
-    // drop a leading space when a piece is decoded alone) and print what is new, once
-    // multi-byte pieces are complete.
-    let mut ids = prompt_ids.clone();
-    let mut printed = prompt_decoded.len();
     generator
         .generate(&prompt_ids, max_new_tokens, &mut sampler, |id| {
             timer.token();
-            ids.push(id);
-            match dir.decode(&ids) {
-                Some(text)
-                    if !text.ends_with('\u{fffd}')
-                        && text.len() >= printed
-                        && text.is_char_boundary(printed) =>
-                {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
-                    printed = text.len();
-                }
-                _ => {}
+            if let Some(text) = stream.push(id) {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
             }
         })
         .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::error::CliError;
-use crate::model_dir::ModelDir;
+use ember_model::ModelDir;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -27,15 +27,15 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         ModelDir::Ember(ckpt) => {
             println!("checkpoint: {}", ckpt.dir.display());
             println!("parameters: {}", model.num_params());
-            println!("step: {}", ckpt.state.step);
+            println!("step: {}", ckpt.progress.step);
             println!(
                 "last val loss: {}",
-                ckpt.state
+                ckpt.progress
                     .last_val_loss
                     .map_or("-".into(), |l| format!("{l:.4}"))
             );
             println!("tokenizer: {tokenizer}");
-            println!("\n{}", ckpt.config.to_toml());
+            println!("\n{}", ckpt.config_toml.trim_end());
         }
         ModelDir::Hf(hf) => {
             println!("hugging face model: {}", hf.dir.display());

@@ -10,7 +10,8 @@ use ember_nn::{ForwardOptions, FusedBackend};
 
 use crate::commands::On;
 use crate::error::CliError;
-use crate::model_dir::{ModelDir, parse_ids};
+use crate::ids::parse_ids;
+use ember_model::ModelDir;
 
 #[derive(Args)]
 pub struct LogitsArgs {

@@ -1,11 +1,10 @@
 //! What a checkpoint directory holds besides tensors: the marker with its file manifest,
-//! the run's state, and the error every checkpoint operation returns.
+//! how far its run got, and the error every checkpoint operation returns.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ember_data::BatchSampler;
 use serde::{Deserialize, Serialize};
 
 /// The file whose presence makes a directory a checkpoint; written last.
@@ -13,18 +12,14 @@ pub const MARKER: &str = "ember.json";
 const FORMAT: &str = "ember-checkpoint";
 const VERSION: u32 = 1;
 
-/// Where a run stands, saved with the weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
+/// How far the run behind a checkpoint got: the fields of `train_state.json` that reading
+/// a model needs (the trainer's full state is its own, see `ember_train::TrainState`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Progress {
     /// Optimizer steps completed.
     pub step: usize,
-    /// The training batch sampler, positioned after the last batch drawn.
-    pub sampler: BatchSampler,
-    pub tokens_seen: u64,
-    pub last_train_loss: Option<f64>,
+    #[serde(default)]
     pub last_val_loss: Option<f64>,
-    /// Wall-clock seconds of training so far.
-    pub elapsed_s: f64,
 }
 
 /// A checkpoint that cannot be read, written or does not fit.
@@ -35,7 +30,8 @@ pub struct CheckpointError {
     pub message: String,
 }
 
-pub(crate) fn error(path: &Path, message: impl ToString) -> CheckpointError {
+/// A [`CheckpointError`] about `path`.
+pub fn error(path: &Path, message: impl ToString) -> CheckpointError {
     CheckpointError {
         path: path.to_path_buf(),
         message: message.to_string(),

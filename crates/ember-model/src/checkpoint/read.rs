@@ -4,16 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use ember_data::Tokenizer;
-use ember_nn::{FusedBackend, Transformer};
-use ember_optim::AdamWGroups;
+use ember_nn::{FusedBackend, Transformer, TransformerConfig};
 
-use super::format::{CheckpointError, MARKER, Marker, TrainState, error};
-use super::write::siblings;
-use crate::config::TrainConfig;
+use super::format::{CheckpointError, MARKER, Marker, Progress, error};
+use super::write::{WEIGHTS, siblings};
+use crate::sample::SampleConfig;
 
 /// Whether `dir` names a checkpoint (or a run directory holding one), complete or not:
 /// cheap, for telling Ember checkpoints from other model directories.
@@ -49,7 +46,7 @@ pub fn locate(path: &Path) -> Result<(PathBuf, Option<String>), CheckpointError>
     let best = fallbacks
         .iter()
         .filter(|dir| Marker::verify(dir, true).is_ok())
-        .filter_map(|dir| Some((read_state(dir).ok()?.step, dir)))
+        .filter_map(|dir| Some((read_progress(dir).ok()?.step, dir)))
         .max_by_key(|(step, _)| *step);
     match best {
         Some((step, dir)) => Ok((
@@ -86,26 +83,31 @@ fn candidates(path: &Path) -> Option<(PathBuf, [PathBuf; 2])> {
     None
 }
 
-fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+/// How far the run of the checkpoint in `dir` got (`train_state.json`).
+pub fn read_progress(dir: &Path) -> Result<Progress, CheckpointError> {
     let path = dir.join("train_state.json");
     let text = ember_data::files::read_regular_text(&path).map_err(|e| error(&path, e))?;
     serde_json::from_str(&text).map_err(|e| error(&path, e))
 }
 
-fn safetensors(path: &Path) -> SafetensorsStore {
-    SafetensorsStore::from_file(path).skip_enum_variants(true)
-}
-
-/// A checkpoint's configuration, state and tokenizer (no tensors yet).
+/// A checkpoint's metadata, read and checked (no tensors yet): what sampling from it or
+/// exporting it needs. The trainer reads the rest of `config.toml` and `train_state.json`
+/// itself.
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
+pub struct CheckpointDir {
+    /// The directory read: `checkpoint/`, or the previous save it fell back to.
     pub dir: PathBuf,
-    pub config: TrainConfig,
-    pub state: TrainState,
+    /// `config.toml` as written by the trainer.
+    pub config_toml: String,
+    /// Its `[model]` table.
+    pub model: TransformerConfig,
+    /// Its `[sample]` table.
+    pub sample: SampleConfig,
+    pub progress: Progress,
     pub tokenizer: Tokenizer,
 }
 
-impl Checkpoint {
+impl CheckpointDir {
     /// Reads and checks the metadata of the checkpoint at `path` (see [`locate`]); a
     /// fallback to the previous save is reported on stderr.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
@@ -114,27 +116,46 @@ impl Checkpoint {
             eprintln!("warning: {note}");
         }
         let config_path = dir.join("config.toml");
-        let text = ember_data::files::read_regular_text(&config_path)
+        let config_toml = ember_data::files::read_regular_text(&config_path)
             .map_err(|e| error(&config_path, e))?;
-        let config: TrainConfig =
-            toml::from_str(&text).map_err(|e| error(&config_path, e.message()))?;
-        config.validate().map_err(|e| error(&config_path, e))?;
-        let state = read_state(&dir)?;
+        let table: toml::Table =
+            toml::from_str(&config_toml).map_err(|e| error(&config_path, e.message()))?;
+        let section = |name: &str| {
+            table
+                .get(name)
+                .cloned()
+                .ok_or_else(|| error(&config_path, format!("no [{name}] section")))
+        };
+        let model: TransformerConfig =
+            section("model")?.try_into().map_err(|e: toml::de::Error| {
+                error(&config_path, format!("[model]: {}", e.message()))
+            })?;
+        model.validate().map_err(|e| error(&config_path, e))?;
+        let sample: SampleConfig =
+            section("sample")?
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    error(&config_path, format!("[sample]: {}", e.message()))
+                })?;
+        sample.validate().map_err(|e| error(&config_path, e))?;
+        let progress = read_progress(&dir)?;
         let tokenizer = Tokenizer::load(&dir).map_err(|e| error(&dir, e))?;
-        if tokenizer.vocab_size() != config.model.vocab_size {
+        if tokenizer.vocab_size() != model.vocab_size {
             return Err(error(
                 &dir,
                 format!(
                     "tokenizer has {} entries but model.vocab_size is {}",
                     tokenizer.vocab_size(),
-                    config.model.vocab_size
+                    model.vocab_size
                 ),
             ));
         }
         Ok(Self {
             dir,
-            config,
-            state,
+            config_toml,
+            model,
+            sample,
+            progress,
             tokenizer,
         })
     }
@@ -145,13 +166,13 @@ impl Checkpoint {
         &self,
         device: &B::Device,
     ) -> Result<Transformer<B>, CheckpointError> {
-        let path = self.dir.join("model.safetensors");
+        let path = self.dir.join(WEIGHTS);
         let header = read_header(&path)?;
         let mut model =
-            Transformer::<B>::new(&self.config.model, device).map_err(|e| error(&self.dir, e))?;
+            Transformer::<B>::new(&self.model, device).map_err(|e| error(&self.dir, e))?;
         check_tensors(&path, &header, &model)?;
         let result = model
-            .load_from(&mut safetensors(&path))
+            .load_from(&mut SafetensorsStore::from_file(&path).skip_enum_variants(true))
             .map_err(|e| error(&path, format!("cannot read weights: {e}")))?;
         if !result.missing.is_empty() || !result.errors.is_empty() {
             let missing: Vec<&str> = result
@@ -167,50 +188,6 @@ impl Checkpoint {
         }
         Ok(model)
     }
-
-    /// Loads the optimizer state saved beside the weights. The files' checksums were
-    /// verified when the checkpoint was opened; a file that still cannot be decoded (a
-    /// checkpoint without checksums) is an error naming it, never a crash.
-    pub fn load_optimizer<B: AutodiffBackend>(
-        &self,
-        optim: AdamWGroups<Transformer<B>, B>,
-        device: &B::Device,
-    ) -> Result<AdamWGroups<Transformer<B>, B>, CheckpointError> {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let load = |file: &str| {
-            let path = self.dir.join(file);
-            let shown = path.with_extension("bin");
-            ember_data::files::ensure_regular(&shown).map_err(|e| error(&shown, e))?;
-            quietly(|| recorder.load(path.clone(), device))
-                .map_err(|panic| error(&shown, format!("cannot read optimizer state: {panic}")))?
-                .map_err(|e| error(&shown, format!("cannot read optimizer state: {e}")))
-        };
-        let decay = load("optim-decay")?;
-        let no_decay = load("optim-no-decay")?;
-        let record = ember_optim::groups::AdamWGroupsRecord { decay, no_decay };
-        quietly(move || optim.load_record(record)).map_err(|panic| {
-            error(
-                &self.dir.join("optim-decay.bin"),
-                format!("optimizer state does not fit the model: {panic}"),
-            )
-        })
-    }
-}
-
-/// Runs `f`, turning a panic into an error message (without the panic's report on
-/// stderr): the last guard around decoders of burn's record formats.
-fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "malformed data".into())
-    })
 }
 
 /// The safetensors header of `path`, checked against the file's length (offsets in

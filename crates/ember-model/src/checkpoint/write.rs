@@ -9,17 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::AutodiffModule;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
-use ember_data::Tokenizer;
 use ember_data::files::{sync_dir_contents, sync_parent};
 use ember_nn::Transformer;
-use ember_optim::AdamWGroups;
 
-use super::format::{CheckpointError, MARKER, Marker, TrainState, error};
-use crate::config::TrainConfig;
+use super::format::{CheckpointError, MARKER, Marker, error};
+
+/// The weights file of a checkpoint.
+pub const WEIGHTS: &str = "model.safetensors";
 
 /// The siblings of checkpoint directory `dir`: `(.NAME.tmp, .NAME.old)`.
 pub fn siblings(dir: &Path) -> (PathBuf, PathBuf) {
@@ -33,14 +31,24 @@ pub fn siblings(dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Writes a complete checkpoint to `dir` atomically (see the module docs).
-pub fn save<B: AutodiffBackend>(
+/// Writes `model`'s parameters into checkpoint directory `dir` as `model.safetensors`
+/// (f32, burn-store's names with enum variants left out).
+pub fn write_weights<B: Backend>(
     dir: &Path,
-    config: &TrainConfig,
-    state: &TrainState,
     model: &Transformer<B>,
-    optim: &AdamWGroups<Transformer<B>, B>,
-    tokenizer: &Tokenizer,
+) -> Result<(), CheckpointError> {
+    let path = dir.join(WEIGHTS);
+    model
+        .save_into(&mut SafetensorsStore::from_file(&path).skip_enum_variants(true))
+        .map_err(|e| error(&path, e))
+}
+
+/// Writes a complete checkpoint of step `step` to `dir` atomically (see the module
+/// docs): `fill` writes every file but the marker into the directory it is given.
+pub fn save(
+    dir: &Path,
+    step: usize,
+    fill: impl FnOnce(&Path) -> Result<(), CheckpointError>,
 ) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| error(parent, e))?;
@@ -56,39 +64,14 @@ pub fn save<B: AutodiffBackend>(
     }
     remove(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(|e| error(&tmp, e))?;
-
-    let write = |file: &str, text: String| {
-        let path = tmp.join(file);
-        std::fs::write(&path, text).map_err(|e| error(&path, e))
-    };
-    write("config.toml", config.to_toml())?;
-    write(
-        "train_state.json",
-        serde_json::to_string_pretty(state).expect("the state serialises"),
-    )?;
-    tokenizer.save(&tmp).map_err(|e| error(&tmp, e))?;
-    let weights = tmp.join("model.safetensors");
-    model
-        .valid()
-        .save_into(&mut SafetensorsStore::from_file(&weights).skip_enum_variants(true))
-        .map_err(|e| error(&weights, e))?;
-    let record = optim.to_record();
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    for (file, part) in [
-        ("optim-decay", record.decay),
-        ("optim-no-decay", record.no_decay),
-    ] {
-        let path = tmp.join(file);
-        recorder
-            .record(part, path.clone())
-            .map_err(|e| error(&path, e))?;
-    }
-    fault_point("files", state.step);
+    fill(&tmp)?;
+    fault_point("files", step);
     // The marker goes last: a directory without it is never taken for a checkpoint.
     let marker = Marker::describe(&tmp).map_err(|e| error(&tmp, e))?;
-    write(MARKER, marker.to_json())?;
+    let marker_path = tmp.join(MARKER);
+    std::fs::write(&marker_path, marker.to_json()).map_err(|e| error(&marker_path, e))?;
     sync_dir_contents(&tmp).map_err(|e| error(&tmp, e))?;
-    fault_point("marker", state.step);
+    fault_point("marker", step);
 
     if !dir.exists() {
         std::fs::rename(&tmp, dir).map_err(|e| error(dir, e))?;
@@ -103,20 +86,20 @@ pub fn save<B: AutodiffBackend>(
     match exchanged {
         Ok(()) => {
             sync_parent(dir);
-            fault_point("swap", state.step);
+            fault_point("swap", step);
             // `tmp` now holds the previous checkpoint.
             remove(&tmp)?;
         }
         Err(_) => {
             remove(&old)?;
             std::fs::rename(dir, &old).map_err(|e| error(dir, e))?;
-            fault_point("swap", state.step);
+            fault_point("swap", step);
             std::fs::rename(&tmp, dir).map_err(|e| error(dir, e))?;
             sync_parent(dir);
             remove(&old)?;
         }
     }
-    fault_point("cleanup", state.step);
+    fault_point("cleanup", step);
     Ok(())
 }
 

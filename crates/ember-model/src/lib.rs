@@ -1,0 +1,17 @@
+//! Model directories: where a model's weights, configuration and tokenizer come from,
+//! for everything that loads one (the CLI, the trainer, a server, an evaluator).
+//!
+//! - [`checkpoint`]: Ember checkpoints, written atomically and verified on load;
+//! - [`model_dir`]: an Ember checkpoint or a Hugging Face directory behind one interface;
+//! - [`detokenizer`]: the text of a growing token sequence, streamed safely;
+//! - [`sample`]: the sampling settings a checkpoint suggests.
+
+pub mod checkpoint;
+pub mod detokenizer;
+pub mod model_dir;
+pub mod sample;
+
+pub use checkpoint::{CheckpointDir, CheckpointError};
+pub use detokenizer::StreamDecoder;
+pub use model_dir::{ModelDir, ModelError, SampleDefaults};
+pub use sample::SampleConfig;
