@@ -100,7 +100,8 @@ impl<'a> Keys<'a> {
             None => Ok(None),
             Some(v) => v
                 .as_u64()
-                .map(|n| Some(n as usize))
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
                 .ok_or_else(|| self.err(key, format!("must be a non-negative integer, got {v}"))),
         }
     }
@@ -144,22 +145,22 @@ impl<'a> Keys<'a> {
         }
     }
 
-    /// A token id or a list of them.
+    /// A token id or a list of them (each a 32-bit unsigned integer).
     fn token_ids(&self, key: &str) -> Result<Vec<u32>, HfError> {
+        let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
         match self.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| {
-                    v.as_u64()
-                        .map(|n| n as u32)
-                        .ok_or_else(|| self.err(key, format!("must hold token ids, got {v}")))
+                    id(v).ok_or_else(|| {
+                        self.err(key, format!("must hold token ids below 2^32, got {v}"))
+                    })
                 })
                 .collect(),
-            Some(v) => v
-                .as_u64()
-                .map(|n| vec![n as u32])
-                .ok_or_else(|| self.err(key, format!("must be a token id, got {v}"))),
+            Some(v) => id(v)
+                .map(|n| vec![n])
+                .ok_or_else(|| self.err(key, format!("must be a token id below 2^32, got {v}"))),
         }
     }
 }
@@ -203,9 +204,17 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<HfConfig, HfError> {
         _ => llama_model(&keys, arch)?,
     };
     model.dtype = DTypeName::F32;
-    model
-        .validate()
-        .map_err(|e| HfError::new(path, format!("does not describe a working model: {e}")))?;
+    model.validate().map_err(|e| {
+        let dynamic = matches!(model.rope_scaling, Some(RopeScaling::DynamicNtk { .. }));
+        let problem = match hf_key(arch, e.field, dynamic) {
+            Some(key) => format!("{key} (model.{}): {}", e.field, e.message),
+            None => e.to_string(),
+        };
+        HfError::new(
+            path,
+            format!("does not describe a working model: {problem}"),
+        )
+    })?;
     Ok(HfConfig {
         arch,
         model,
@@ -214,8 +223,43 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<HfConfig, HfError> {
     })
 }
 
+/// The `config.json` key(s) behind a [`TransformerConfig`] field, for errors.
+fn hf_key(arch: HfArch, field: &str, dynamic_rope: bool) -> Option<&'static str> {
+    let gpt2 = arch == HfArch::Gpt2;
+    Some(match field {
+        "vocab_size" => "`vocab_size`",
+        "d_model" if gpt2 => "`n_embd`",
+        "d_model" => "`hidden_size`",
+        "n_layers" if gpt2 => "`n_layer`",
+        "n_layers" => "`num_hidden_layers`",
+        "n_heads" if gpt2 => "`n_head`",
+        "n_heads" => "`num_attention_heads`",
+        "n_kv_heads" if gpt2 => "`n_head`",
+        "n_kv_heads" => "`num_key_value_heads`",
+        "d_ff" if gpt2 => "`n_inner`",
+        "d_ff" => "`intermediate_size`",
+        "max_seq_len" if gpt2 => "`n_positions`",
+        "max_seq_len" if dynamic_rope => "`max_position_embeddings` × `rope_scaling.factor`",
+        "max_seq_len" => "`max_position_embeddings`",
+        "norm_eps" if gpt2 => "`layer_norm_epsilon`",
+        "norm_eps" => "`rms_norm_eps`",
+        "rope_theta" => "`rope_theta`",
+        "partial_rotary_factor" => "`partial_rotary_factor`",
+        "rope_scaling" => "`rope_scaling`",
+        "sliding_window" => "`sliding_window`",
+        "moe.n_experts" => "`num_local_experts`",
+        "moe.top_k" => "`num_experts_per_tok`",
+        "moe.aux_loss_coef" => "`router_aux_loss_coef`",
+        _ => return None,
+    })
+}
+
 fn gpt2_model(keys: &Keys) -> Result<TransformerConfig, HfError> {
     let d_model = keys.usize("n_embd")?;
+    // `TransformerConfig::gpt2` sets d_ff = 4 * d_model: check it cannot overflow first.
+    let default_d_ff = d_model
+        .checked_mul(4)
+        .ok_or_else(|| keys.err("n_embd", format!("is {d_model}, too large")))?;
     let mut model = TransformerConfig::gpt2(
         keys.usize("vocab_size")?,
         d_model,
@@ -223,7 +267,7 @@ fn gpt2_model(keys: &Keys) -> Result<TransformerConfig, HfError> {
         keys.usize("n_head")?,
         keys.usize("n_positions")?,
     );
-    model.d_ff = keys.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+    model.d_ff = keys.opt_usize("n_inner")?.unwrap_or(default_d_ff);
     model.norm_eps = keys.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5);
     model.mlp = match keys.opt_str("activation_function")?.unwrap_or("gelu_new") {
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => MlpKind::GeluTanh,
@@ -271,7 +315,7 @@ fn llama_model(keys: &Keys, arch: HfArch) -> Result<TransformerConfig, HfError> 
     );
     if n_heads > 0
         && let Some(head_dim) = keys.opt_usize("head_dim")?
-        && head_dim * n_heads != d_model
+        && head_dim.checked_mul(n_heads) != Some(d_model)
     {
         return Err(keys.err(
             "head_dim",

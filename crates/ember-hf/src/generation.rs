@@ -45,11 +45,16 @@ impl GenerationConfig {
                 None => Ok(Vec::new()),
                 Some(Value::Array(items)) => items
                     .iter()
-                    .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(key, v)))
+                    .map(|v| {
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| bad(key, v))
+                    })
                     .collect(),
                 Some(v) => v
                     .as_u64()
-                    .map(|n| vec![n as u32])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(|n| vec![n])
                     .ok_or_else(|| bad(key, v)),
             }
         };
@@ -60,7 +65,11 @@ impl GenerationConfig {
         };
         let count = |key: &str| -> Result<Option<usize>, HfError> {
             get(key)
-                .map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| bad(key, v)))
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad(key, v))
+                })
                 .transpose()
         };
         Ok(Some(Self {

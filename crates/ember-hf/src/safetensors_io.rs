@@ -99,15 +99,37 @@ struct TensorLocation {
     /// `Err(name)` for element types Ember does not read (e.g. `I64` buffers).
     dtype: Result<WeightDType, String>,
     shape: Vec<usize>,
+    /// The product of `shape` (checked not to overflow when the header was read).
+    numel: usize,
     /// Absolute byte offset of the data in `file`.
     offset: u64,
+    /// Bytes of data: `numel` times the element size, inside the file.
+    len: u64,
 }
+
+/// The largest header Ember reads (the `safetensors` crate's limit too): the length field
+/// is untrusted, so it is checked before anything is allocated for it.
+pub const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 #[derive(Deserialize)]
 struct HeaderEntry {
     dtype: String,
     shape: Vec<usize>,
     data_offsets: [u64; 2],
+}
+
+/// Bits per element of the safetensors element types (`None` for names it does not
+/// define, whose extent is still checked against the file).
+fn dtype_bits(name: &str) -> Option<u64> {
+    Some(match name {
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "I16" | "U16" | "F16" | "BF16" => 16,
+        "I32" | "U32" | "F32" => 32,
+        "I64" | "U64" | "F64" | "C64" => 64,
+        _ => return None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -148,7 +170,10 @@ impl WeightFiles {
         let mut shards: HashMap<String, HashMap<String, TensorLocation>> = HashMap::new();
         let mut tensors = BTreeMap::new();
         for (name, shard) in parsed.weight_map {
-            if shard.contains('/') || shard.contains('\\') {
+            let plain_file_name = Path::new(&shard).file_name() == Some(shard.as_ref())
+                && !shard.contains('\\')
+                && !shard.contains('\0');
+            if !plain_file_name {
                 return Err(HfError::new(
                     &index,
                     format!(
@@ -200,40 +225,60 @@ impl WeightFiles {
     }
 
     /// Reads `name` as f32 in its stored layout, or transposed when `transpose` (2-D only).
+    ///
+    /// The element type, the shape and the byte length are checked before anything is
+    /// read, and the file again for its length (it may have changed since [`Self::open`]).
     pub fn read(&self, name: &str, transpose: bool) -> Result<Vec<f32>, HfError> {
         let t = self
             .tensors
             .get(name)
             .ok_or_else(|| HfError::new(&self.source, format!("missing tensor `{name}`")))?;
+        let fail = |message: String| HfError::new(&t.file, format!("tensor `{name}`: {message}"));
         let dtype = t.dtype.clone().map_err(|d| {
-            HfError::new(
-                &t.file,
-                format!("tensor `{name}` has dtype {d}; Ember reads F32, F16 and BF16"),
-            )
+            fail(format!(
+                "has dtype {d}; Ember reads F32, F16 and BF16 (as f32)"
+            ))
         })?;
-        let numel: usize = t.shape.iter().product();
+        let numel = t.numel;
+        if (numel as u64).checked_mul(dtype.size() as u64) != Some(t.len) {
+            return Err(fail(format!(
+                "{} bytes cannot hold shape {:?} of {}",
+                t.len,
+                t.shape,
+                dtype.safetensors_name()
+            )));
+        }
         let (rows, cols) = match t.shape.as_slice() {
             [rows, cols] => (*rows, *cols),
             _ if transpose => {
-                return Err(HfError::new(
-                    &t.file,
-                    format!("tensor `{name}`: expected 2 dimensions, got {:?}", t.shape),
-                ));
+                return Err(fail(format!("expected 2 dimensions, got {:?}", t.shape)));
             }
             _ => (1, numel),
         };
+        if numel == 0 {
+            return Ok(Vec::new());
+        }
         let file = File::open(&t.file).map_err(at(&t.file))?;
+        let file_len = file.metadata().map_err(at(&t.file))?.len();
+        let end = t.offset + t.len;
+        if file_len < end {
+            return Err(fail(format!(
+                "ends at byte {end}, but the file now holds {file_len} bytes (it changed after its header was read)"
+            )));
+        }
+        // `numel * size` bytes lie inside the file, so this allocation is bounded by the
+        // file's size (twice it for f16/bf16).
         let mut out = vec![0f32; numel];
         // Whole rows per read, about 1 MiB at a time.
-        let row_bytes = cols.max(1) * dtype.size();
+        let row_bytes = cols * dtype.size();
         let rows_per_chunk = ((1 << 20) / row_bytes).max(1);
-        let mut buf = vec![0u8; rows_per_chunk.min(rows.max(1)) * row_bytes];
+        let mut buf = vec![0u8; rows_per_chunk.min(rows) * row_bytes];
         let mut row = 0;
         while row < rows {
             let n = rows_per_chunk.min(rows - row);
             let bytes = &mut buf[..n * row_bytes];
             file.read_exact_at(bytes, t.offset + (row * row_bytes) as u64)
-                .map_err(|e| HfError::new(&t.file, format!("cannot read tensor `{name}`: {e}")))?;
+                .map_err(|e| fail(format!("cannot read: {e}")))?;
             let mut i = row * cols;
             if transpose {
                 dtype.decode(bytes, &mut |v| {
@@ -253,28 +298,52 @@ impl WeightFiles {
     }
 }
 
-/// Parses one file's header and checks every tensor's extent against the file size.
+/// Parses one file's header and checks every tensor against it and the file: a known
+/// element type's byte length against its shape (whose product must not overflow), each
+/// tensor's bytes inside the file, and no two tensors sharing bytes. The header's length
+/// is checked against the file's size (and [`MAX_HEADER_BYTES`]) before it is read.
 fn read_header(path: &Path) -> Result<Vec<(String, TensorLocation)>, HfError> {
     let file = File::open(path).map_err(at(path))?;
-    let file_len = file.metadata().map_err(at(path))?.len();
-    let truncated = |what: String| HfError::new(path, format!("truncated or corrupt: {what}"));
+    let metadata = file.metadata().map_err(at(path))?;
+    if !metadata.is_file() {
+        return Err(HfError::new(path, "not a regular file"));
+    }
+    let file_len = metadata.len();
+    let corrupt = |what: String| {
+        HfError::new(
+            path,
+            format!("truncated or corrupt safetensors file: {what}"),
+        )
+    };
     if file_len < 8 {
-        return Err(truncated(format!(
+        return Err(corrupt(format!(
             "{file_len} bytes, too short for a safetensors header"
         )));
     }
     let mut len = [0u8; 8];
     file.read_exact_at(&mut len, 0).map_err(at(path))?;
     let header_len = u64::from_le_bytes(len);
-    if header_len > 100 << 20 || 8 + header_len > file_len {
-        return Err(truncated(format!(
+    if header_len > MAX_HEADER_BYTES {
+        return Err(corrupt(format!(
+            "the header claims {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    if header_len > file_len - 8 {
+        return Err(corrupt(format!(
             "the header claims {header_len} bytes but the file has {file_len}"
         )));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8).map_err(at(path))?;
-    let entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| HfError::new(path, format!("malformed safetensors header: {e}")))?;
+    let header = std::str::from_utf8(&header)
+        .map_err(|e| corrupt(format!("the header is not UTF-8 text: {e}")))?;
+    let entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(header).map_err(|e| {
+            HfError::new(
+                path,
+                format!("malformed safetensors header (expected a JSON object of tensors): {e}"),
+            )
+        })?;
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
     let mut tensors = Vec::with_capacity(entries.len());
@@ -282,32 +351,45 @@ fn read_header(path: &Path) -> Result<Vec<(String, TensorLocation)>, HfError> {
         if name == "__metadata__" {
             continue;
         }
+        let bad = |message: String| HfError::new(path, format!("tensor `{name}`: {message}"));
         let entry: HeaderEntry = serde_json::from_value(value)
-            .map_err(|e| HfError::new(path, format!("malformed header entry for `{name}`: {e}")))?;
+            .map_err(|e| bad(format!("malformed header entry: {e}")))?;
         let dtype = match entry.dtype.as_str() {
             "F32" => Ok(WeightDType::F32),
             "F16" => Ok(WeightDType::F16),
             "BF16" => Ok(WeightDType::Bf16),
             other => Err(other.to_string()),
         };
+        let numel = entry
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                bad(format!(
+                    "shape {:?} has more elements than a 64-bit count holds",
+                    entry.shape
+                ))
+            })?;
         let [begin, end] = entry.data_offsets;
-        if let Ok(dtype) = &dtype {
-            let numel: u64 = entry.shape.iter().map(|&d| d as u64).product();
-            if end < begin || end - begin != numel * dtype.size() as u64 {
-                return Err(HfError::new(
-                    path,
-                    format!(
-                        "tensor `{name}`: data_offsets [{begin}, {end}] do not hold shape {:?} of {}",
-                        entry.shape,
-                        dtype.safetensors_name()
-                    ),
-                ));
-            }
+        if end < begin {
+            return Err(bad(format!("data_offsets [{begin}, {end}] are reversed")));
         }
         if end > data_len {
-            return Err(truncated(format!(
+            return Err(corrupt(format!(
                 "tensor `{name}` ends at data byte {end} but the file holds {data_len} data bytes"
             )));
+        }
+        let len = end - begin;
+        if let Some(bits) = dtype_bits(&entry.dtype) {
+            let needed = (numel as u128) * u128::from(bits);
+            if needed.div_ceil(8) != u128::from(len) {
+                return Err(bad(format!(
+                    "data_offsets [{begin}, {end}] hold {len} bytes, but shape {:?} of {} needs {}",
+                    entry.shape,
+                    entry.dtype,
+                    needed.div_ceil(8)
+                )));
+            }
         }
         tensors.push((
             name,
@@ -315,9 +397,25 @@ fn read_header(path: &Path) -> Result<Vec<(String, TensorLocation)>, HfError> {
                 file: path.to_path_buf(),
                 dtype,
                 shape: entry.shape,
+                numel,
                 offset: data_start + begin,
+                len,
             },
         ));
+    }
+    let mut extents: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .filter(|(_, t)| t.len > 0)
+        .map(|(name, t)| (t.offset, t.offset + t.len, name.as_str()))
+        .collect();
+    extents.sort_unstable();
+    for pair in extents.windows(2) {
+        let ((a_begin, a_end, a), (b_begin, b_end, b)) = (pair[0], pair[1]);
+        if b_begin < a_end {
+            return Err(corrupt(format!(
+                "tensors `{a}` and `{b}` overlap (file bytes [{a_begin}, {a_end}) and [{b_begin}, {b_end}))"
+            )));
+        }
     }
     Ok(tensors)
 }
