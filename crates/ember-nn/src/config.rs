@@ -240,7 +240,7 @@ impl TransformerConfig {
             n_layers,
             n_heads,
             n_kv_heads: n_heads,
-            d_ff: 4 * d_model,
+            d_ff: d_model.saturating_mul(4),
             max_seq_len,
             norm: NormKind::LayerNorm,
             norm_eps: 1e-5,

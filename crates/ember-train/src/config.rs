@@ -200,6 +200,28 @@ impl TrainConfig {
                 return fail(key, "must be at least 1".into());
             }
         }
+        // Counts a run multiplies together or spends threads and time on: bounded so that
+        // `batch_size × block × grad_accum` cannot overflow and a typo cannot start a
+        // million threads (memory is checked separately, before the model is built).
+        for (key, v, max) in [
+            ("train.batch_size", t.batch_size, 1 << 24),
+            ("train.grad_accum", t.grad_accum, 1 << 20),
+            ("train.eval_batches", t.eval_batches, 1 << 20),
+            ("train.batch_shards", t.batch_shards, 1 << 10),
+            (
+                "data.bpe_vocab_size",
+                self.data.bpe_vocab_size,
+                ember_nn::config::MAX_VOCAB,
+            ),
+            ("sample.max_new_tokens", self.sample.max_new_tokens, 1 << 24),
+        ] {
+            if v > max {
+                return fail(
+                    key,
+                    format!("{v} is beyond what Ember supports (at most {max})"),
+                );
+            }
+        }
         if t.batch_shards > t.batch_size {
             return fail(
                 "train.batch_shards",
