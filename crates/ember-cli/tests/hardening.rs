@@ -593,7 +593,10 @@ fn an_absurd_batch_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().unwrap();
     let data = corpus(tmp.path());
     let out = tmp.path().join("run");
-    let result = train(&data, &out, 1, &["--set", "train.batch_size=100000000000"]);
+    // Within the key's bound, beyond this machine (16M rows of 16 tokens: over 200 GiB).
+    let result = train(&data, &out, 1, &["--set", "train.batch_size=16000000"]);
     assert_fails(&result, 2, &["train.batch_size", "training would need"]);
+    let result = train(&data, &out, 1, &["--set", "train.batch_size=100000000000"]);
+    assert_fails(&result, 2, &["train.batch_size", "at most"]);
     assert!(!out.join("checkpoint").exists());
 }
