@@ -541,7 +541,7 @@ fn killed_at_random_moments_a_run_resumes_to_the_uninterrupted_losses() {
         if let Err(e) = info_step(&run) {
             // Only before the first save may there be no checkpoint at all.
             assert!(
-                e.contains("not an Ember checkpoint") || e.contains("no such directory"),
+                e.contains("neither an Ember checkpoint") || e.contains("no such directory"),
                 "after kill {kills}: {e}"
             );
         }
@@ -599,4 +599,83 @@ fn an_absurd_batch_is_refused_before_allocating() {
     let result = train(&data, &out, 1, &["--set", "train.batch_size=100000000000"]);
     assert_fails(&result, 2, &["train.batch_size", "at most"]);
     assert!(!out.join("checkpoint").exists());
+}
+
+/// The run-directory guard beyond resuming: a `checkpoint/` that is not Ember's is not
+/// replaced; a forced start deletes the other run's checkpoints at once (a crash before
+/// its first save then leaves nothing of the other run to resume into the new history);
+/// a second `ember train` in a directory in use is refused.
+#[test]
+fn run_directories_are_guarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus(tmp.path());
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("checkpoint")).unwrap();
+    std::fs::write(foreign.join("checkpoint/model.pt"), "torch").unwrap();
+    let out = train(&data, &foreign, 2, &[]);
+    assert_fails(&out, 2, &["--out", "not an Ember checkpoint", "--force"]);
+    assert!(foreign.join("checkpoint/model.pt").exists());
+
+    let run = trained(tmp.path(), "run", &[]);
+    let args = train_args(&data, &run, 3, &["--force"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ember_env(&args, &[("EMBER_FAULT_KILL_IN_SAVE", "files@1")]);
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    let err = info_step(&run).unwrap_err();
+    assert!(err.contains("neither an Ember checkpoint"), "{err}");
+    assert_eq!(
+        losses(&run).iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![1]
+    );
+
+    // Two runs at once in one directory.
+    let busy = tmp.path().join("busy");
+    let args = train_args(&data, &busy, 100_000, &[]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !busy.join("metrics.jsonl").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = train(&data, &busy, 3, &["--force"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_fails(&second, 2, &["another `ember train` is running"]);
+}
+
+/// Loading falls back to the previous save however the checkpoint is named, and the
+/// next save puts that complete copy back under the name before reusing the siblings.
+#[test]
+fn a_damaged_checkpoint_falls_back_and_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus(tmp.path());
+    let run = tmp.path().join("run");
+    let args = train_args(&data, &run, 3, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Killed after the swap of step 2: `.checkpoint.tmp` still holds step 1.
+    let out = ember_env(&args, &[("EMBER_FAULT_KILL_IN_SAVE", "swap@2")]);
+    assert_eq!(out.status.code(), None);
+    let ckpt = run.join("checkpoint");
+    assert!(run.join(".checkpoint.tmp/ember.json").exists());
+    std::fs::remove_file(ckpt.join("ember.json")).unwrap();
+    for path in [&run, &ckpt] {
+        let out = ember(&["info", "--model", path.to_str().unwrap()]);
+        assert_ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("warning:") && stderr.contains("step 1"),
+            "{stderr}"
+        );
+    }
+    let run_s = run.to_str().unwrap();
+    assert_ok(&train(&data, &run, 3, &["--resume", run_s]));
+    assert_eq!(info_step(&run).unwrap(), 3);
+    assert!(run.join(".checkpoint.damaged").exists());
+    // The export guard knows a checkpoint by any of its names.
+    let out = ember(&["export", "--model", run_s, "--out", ckpt.to_str().unwrap()]);
+    assert_fails(&out, 2, &["Ember checkpoint"]);
 }

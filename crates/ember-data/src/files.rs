@@ -50,9 +50,23 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
-/// The UTF-8 text of the regular file `path`.
+/// Largest text file (configuration, metadata, metrics) read whole: far above any real
+/// one, far below what would exhaust memory.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// The UTF-8 text of the regular file `path` (at most [`MAX_TEXT_BYTES`]).
 pub fn read_regular_text(path: &Path) -> io::Result<String> {
-    String::from_utf8(read_regular(path)?).map_err(|e| {
+    let meta = ensure_regular(path)?;
+    if meta.len() > MAX_TEXT_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "is {} bytes, more than a text file Ember reads ({MAX_TEXT_BYTES} bytes)",
+                meta.len()
+            ),
+        ));
+    }
+    String::from_utf8(std::fs::read(path)?).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(

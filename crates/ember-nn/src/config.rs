@@ -555,16 +555,6 @@ impl TransformerConfig {
                 format!("must be in [0, 1), got {}", self.dropout),
             );
         }
-        if self.dtype != DTypeName::F32 {
-            return err(
-                "dtype",
-                format!(
-                    "{:?}: parameters are kept in f32 (the only value supported); for bf16 matrix products set train.matmul_precision = \"bf16\", for f16/bf16 files use `ember export --dtype`",
-                    self.dtype
-                )
-                .to_lowercase(),
-            );
-        }
         if !(self.init_std > 0.0 && self.init_std.is_finite()) {
             return err(
                 "init_std",

@@ -170,6 +170,14 @@ impl TrainConfig {
             model.vocab_size = 1; // filled in from the tokenizer
         }
         model.validate().map_err(|e| ConfigError(e.to_string()))?;
+        // Checkpoints written before this check may say otherwise and still load for
+        // sampling (their weights are f32); training refuses it.
+        if model.dtype != ember_nn::DTypeName::F32 {
+            return Err(ConfigError(format!(
+                "model.dtype: {}: parameters are kept in f32 (the only value supported); for bf16 matrix products set train.matmul_precision = \"bf16\", for f16/bf16 files use `ember export --dtype`",
+                format!("{:?}", model.dtype).to_lowercase()
+            )));
+        }
         let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::ConfigError;
-use crate::metrics::StepMetrics;
 use crate::trainer::TrainError;
 
 /// The metrics file of run directory `out`.
@@ -19,23 +18,23 @@ pub fn metrics_path(out: &Path) -> PathBuf {
     out.join("metrics.jsonl")
 }
 
-/// What `out` already holds, in words, when it holds a run: a checkpoint (complete or
-/// not) or a non-empty metrics file.
+/// What `out` already holds, in words, when it holds a run's checkpoint (complete or
+/// not) or a `checkpoint/` directory that is not Ember's. Logged steps alone (a run
+/// killed before its first save) are no run: nothing loadable would be lost.
 fn existing_run(out: &Path) -> Option<String> {
     if checkpoint::is_checkpoint(out) {
         return Some(match checkpoint::locate(out) {
-            Ok((dir, _)) => match Checkpoint::open(&dir) {
-                Ok(ckpt) => format!("a checkpoint at step {}", ckpt.state.step),
+            Ok((dir, _)) => match ember_model::checkpoint::read::read_progress(&dir) {
+                Ok(progress) => format!("a checkpoint at step {}", progress.step),
                 Err(_) => format!("a checkpoint ({})", dir.display()),
             },
             Err(_) => "an incomplete checkpoint".into(),
         });
     }
-    let metrics = metrics_path(out);
-    match std::fs::metadata(&metrics) {
-        Ok(meta) if meta.len() > 0 => Some(format!("{} with logged steps", metrics.display())),
-        _ => None,
-    }
+    let foreign = out.join("checkpoint");
+    foreign
+        .exists()
+        .then(|| format!("{}, which is not an Ember checkpoint", foreign.display()))
 }
 
 /// Whether two paths name the same directory.
@@ -43,10 +42,13 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// The run directory a checkpoint directory belongs to (`run/checkpoint` → `run`).
+/// The run directory a checkpoint directory belongs to (`run/checkpoint` → `run`),
+/// resolved through `.`, `..` and symlinks.
 fn run_of(checkpoint_dir: &Path) -> PathBuf {
-    checkpoint_dir
-        .parent()
+    let dir = checkpoint_dir
+        .canonicalize()
+        .unwrap_or_else(|_| checkpoint_dir.to_path_buf());
+    dir.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
@@ -66,9 +68,13 @@ pub fn check(out: &Path, resume: Option<&Checkpoint>, force: bool) -> Result<(),
                 out.display(),
                 ckpt.dir.display()
             ),
-            None => format!(
+            None if checkpoint::is_checkpoint(out) => format!(
                 "--out {}: already holds a run ({what}); continue it with --resume {}, or pass --force to start over there",
                 out.display(),
+                out.display()
+            ),
+            None => format!(
+                "--out {}: holds {what}; choose another --out, or pass --force to replace it",
                 out.display()
             ),
         };
@@ -77,15 +83,35 @@ pub fn check(out: &Path, resume: Option<&Checkpoint>, force: bool) -> Result<(),
     Ok(())
 }
 
-/// Leaves `out/metrics.jsonl` describing this run up to where it starts (replaced
-/// atomically): empty for a fresh run, the source run's lines up to the checkpoint's
-/// step for a resume.
-pub fn start_metrics(out: &Path, resume: Option<&Checkpoint>) -> Result<(), TrainError> {
+/// Leaves `out` ready for this run: with `replace` (a forced start over another run), the
+/// other run's checkpoints are deleted first, so nothing of it can be resumed into this
+/// run's history; then `metrics.jsonl` is rewritten (atomically) to describe this run up
+/// to where it starts: empty for a fresh run, the source run's lines up to the
+/// checkpoint's step for a resume.
+pub fn start_metrics(
+    out: &Path,
+    resume: Option<&Checkpoint>,
+    replace: bool,
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(out).map_err(io_error(out))?;
     let lines = match resume {
         Some(ckpt) => read_until(&metrics_path(&run_of(&ckpt.dir)), ckpt.state.step),
         None => Vec::new(),
     };
+    if replace {
+        let primary = out.join("checkpoint");
+        let (tmp, old) = ember_model::checkpoint::write::siblings(&primary);
+        for dir in [primary, tmp, old] {
+            if std::fs::symlink_metadata(&dir).is_ok() {
+                let removed = if dir.is_dir() {
+                    std::fs::remove_dir_all(&dir)
+                } else {
+                    std::fs::remove_file(&dir)
+                };
+                removed.map_err(io_error(&dir))?;
+            }
+        }
+    }
     let mut text = String::new();
     for line in lines {
         text.push_str(&line);
@@ -95,16 +121,48 @@ pub fn start_metrics(out: &Path, resume: Option<&Checkpoint>) -> Result<(), Trai
     ember_data::files::write_atomic(&path, text.as_bytes()).map_err(io_error(&path))
 }
 
-/// The lines of metrics file `path` for steps up to `step`; a torn or foreign line (a
-/// crash mid-write) ends the file.
+/// Whether this run replaces another in `out` (so [`start_metrics`] must clear it).
+pub fn replaces_another(out: &Path, resume: Option<&Checkpoint>) -> bool {
+    existing_run(out).is_some() && !resume.is_some_and(|ckpt| same_dir(&run_of(&ckpt.dir), out))
+}
+
+/// Holds `out/.lock` for the life of a run, so two runs never write one directory.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the run directory's lock, or fails naming the directory when another
+/// `ember train` holds it.
+pub fn lock(out: &Path) -> Result<RunLock, TrainError> {
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
+    let path = out.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(RunLock(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ConfigError(format!(
+            "--out {}: another `ember train` is running in this directory",
+            out.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path)(e)),
+    }
+}
+
+/// The lines of metrics file `path` for steps up to `step`; a torn line (a crash
+/// mid-write) ends the file. Only `step` is read, so a line with a non-finite value
+/// (written as `null`) is kept.
 fn read_until(path: &Path, step: usize) -> Vec<String> {
     let Ok(text) = ember_data::files::read_regular_text(path) else {
         return Vec::new();
     };
     text.lines()
         .map_while(|line| {
-            let record: StepMetrics = serde_json::from_str(line).ok()?;
-            (record.step <= step).then(|| line.to_string())
+            let record: serde_json::Value = serde_json::from_str(line).ok()?;
+            let line_step = record.get("step")?.as_u64()?;
+            (line_step <= step as u64).then(|| line.to_string())
         })
         .collect()
 }

@@ -246,7 +246,9 @@ where
         .as_deref()
         .map(Checkpoint::open)
         .transpose()?;
+    let _lock = run_dir::lock(&options.out_dir)?;
     run_dir::check(&options.out_dir, resume.as_ref(), options.force)?;
+    let replace = run_dir::replaces_another(&options.out_dir, resume.as_ref());
 
     // Data: tokenized once into out_dir/data and reused while unchanged.
     let kind = config.tokenizer_kind()?;
@@ -261,7 +263,10 @@ where
         .into());
     }
     config.model.vocab_size = vocab;
-    crate::footprint::check(&config)?;
+    if options.cpu_backend {
+        // Activations live in host memory only on CPU backends.
+        crate::footprint::check(&config)?;
+    }
     let block = config.model.max_seq_len;
     let splits = TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?;
 
@@ -313,7 +318,7 @@ where
     );
     let eval_loss_fn = CrossEntropy::<B::InnerBackend>::new(None, device);
 
-    run_dir::start_metrics(&options.out_dir, resume.as_ref())?;
+    run_dir::start_metrics(&options.out_dir, resume.as_ref(), replace)?;
     let metrics_path = run_dir::metrics_path(&options.out_dir);
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
@@ -374,7 +379,13 @@ where
     let moe_config = config.model.moe.clone();
     let label_smoothing = (t.label_smoothing > 0.0).then_some(t.label_smoothing as f32);
     let mut tally = MoeTally::new(moe_config.as_ref().map_or(0, |m| m.n_experts));
-    let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
+    // Time of earlier invocations (a resumed run's), plus this one's.
+    let elapsed_before = if state.elapsed_s.is_finite() && state.elapsed_s > 0.0 {
+        state.elapsed_s
+    } else {
+        0.0
+    };
+    let started = Instant::now();
     let mut step_times = Vec::new();
     while state.step < t.steps {
         let step = state.step;
@@ -427,7 +438,7 @@ where
         step_times.push(step_ms);
 
         state.step += 1;
-        state.tokens_seen += tokens_per_step as u64;
+        state.tokens_seen = state.tokens_seen.saturating_add(tokens_per_step as u64);
         state.last_train_loss = Some(train_loss);
 
         let done = state.step == t.steps;
@@ -445,7 +456,7 @@ where
             state.last_val_loss = Some(loss);
             val_loss = Some(loss);
         }
-        state.elapsed_s = started.elapsed().as_secs_f64();
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
 
         if state.step % t.log_every.max(1) == 0 || val_loss.is_some() || done {
             let mut record = StepMetrics {

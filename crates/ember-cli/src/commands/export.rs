@@ -42,6 +42,18 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError
             args.out.display()
         )));
     }
+    if args.out.file_name().is_none() {
+        return Err(CliError::Usage(format!(
+            "--out {}: not a directory name (give the export's own directory)",
+            args.out.display()
+        )));
+    }
+    if !args.force && ember_model::checkpoint::is_checkpoint(&args.out) {
+        return Err(CliError::Usage(format!(
+            "--out {}: holds an Ember checkpoint; exporting would replace it. Choose another --out, or pass --force to replace it",
+            args.out.display()
+        )));
+    }
     ember_hf::check_export_target(&args.out, args.force)
         .map_err(|e| CliError::Usage(format!("--out {e}")))?;
     let dir = ModelDir::open(&args.model)?;

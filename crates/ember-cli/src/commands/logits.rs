@@ -93,5 +93,10 @@ fn write_atomically(
     }
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     write(&tmp).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    ember_data::files::sync_parent(path);
+    Ok(())
 }

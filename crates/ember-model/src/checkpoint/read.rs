@@ -62,6 +62,9 @@ pub fn locate(path: &Path) -> Result<(PathBuf, Option<String>), CheckpointError>
 
 /// `(checkpoint dir, [its fallback siblings])` for a user's path, when any exists.
 fn candidates(path: &Path) -> Option<(PathBuf, [PathBuf; 2])> {
+    // `.`, `..` and symlinks resolved, so the siblings are found beside the real directory.
+    let resolved = path.canonicalize();
+    let path = resolved.as_deref().unwrap_or(path);
     let with_siblings = |dir: PathBuf| {
         let (tmp, old) = siblings(&dir);
         (dir, [tmp, old])
@@ -77,7 +80,7 @@ fn candidates(path: &Path) -> Option<(PathBuf, [PathBuf; 2])> {
     if inner.join(MARKER).exists() || any_sibling(&inner) {
         return Some(with_siblings(inner));
     }
-    if !path.exists() && any_sibling(path) {
+    if any_sibling(path) {
         return Some(with_siblings(path.to_path_buf()));
     }
     None
@@ -218,12 +221,13 @@ fn read_header(path: &Path) -> Result<safetensors::tensor::Metadata, CheckpointE
     file.read_exact(&mut header).map_err(|e| error(path, e))?;
     let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)
         .map_err(|e| error(path, format!("malformed safetensors header: {e}")))?;
-    let end = 8 + header_len + metadata.data_len() as u64;
-    if end != meta.len() {
+    let end = (8 + header_len).checked_add(metadata.data_len() as u64);
+    if end != Some(meta.len()) {
         return Err(error(
             path,
             format!(
-                "the header describes {end} bytes but the file has {}",
+                "the header describes {} bytes but the file has {}",
+                end.map_or("more than 2^64".into(), |e| e.to_string()),
                 meta.len()
             ),
         ));

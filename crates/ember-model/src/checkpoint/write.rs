@@ -53,12 +53,23 @@ pub fn save(
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| error(parent, e))?;
     let (tmp, old) = siblings(dir);
-    // A crash between the two renames of the fallback path leaves no `dir`: put the
-    // newest complete sibling back under the name before the siblings are reused.
-    if !dir.exists()
+    // When `dir` is missing (a crash between the two renames of the fallback path) or
+    // damaged while a sibling is complete, that sibling is the only loadable copy: put
+    // it back under the name before the siblings are reused (a damaged `dir` is kept
+    // aside as `.NAME.damaged`).
+    if Marker::verify(dir, false).is_err()
         && let Ok((found, _)) = super::read::locate(dir)
         && found != dir
     {
+        if std::fs::symlink_metadata(dir).is_ok() {
+            let damaged = dir.with_file_name(format!(
+                ".{}.damaged",
+                dir.file_name()
+                    .map_or("checkpoint".into(), |n| n.to_string_lossy())
+            ));
+            remove(&damaged)?;
+            std::fs::rename(dir, &damaged).map_err(|e| error(dir, e))?;
+        }
         std::fs::rename(&found, dir).map_err(|e| error(dir, e))?;
         sync_parent(dir);
     }
