@@ -679,3 +679,28 @@ fn a_damaged_checkpoint_falls_back_and_is_repaired() {
     let out = ember(&["export", "--model", run_s, "--out", ckpt.to_str().unwrap()]);
     assert_fails(&out, 2, &["Ember checkpoint"]);
 }
+
+/// Special files inside a Hugging Face directory are refused as well (each would block
+/// `open` or never end).
+#[test]
+fn special_files_in_a_model_directory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = hf_dir(tmp.path());
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        let dir = tmp.path().join(format!("copy-{name}"));
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(&hf).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        std::fs::remove_file(dir.join(name)).unwrap();
+        mkfifo(&dir.join(name));
+        let out = ember(&["info", "--model", dir.to_str().unwrap()]);
+        assert_fails(&out, 1, &[name, "a FIFO"]);
+    }
+}

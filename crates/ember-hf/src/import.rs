@@ -171,7 +171,7 @@ impl HfModel {
             .copied()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or(("d_model", implied));
-        let hf_key = hf_key_name(self.config.arch, key);
+        let hf_key = self.config.arch.family().config_key(key).unwrap_or(key);
         Err(HfError::new(
             &self.dir.join(CONFIG_FILE),
             format!(
@@ -247,18 +247,3 @@ impl HfModel {
 
 /// Parameters a model may be built with before its tensors are checked one by one.
 const SMALL_MODEL_PARAMS: f64 = (1 << 24) as f64;
-
-/// The `config.json` key behind one of [`ember_nn::TransformerConfig::param_parts`]'s keys.
-fn hf_key_name(arch: HfArch, key: &str) -> &str {
-    let gpt2 = arch == HfArch::Gpt2;
-    match key {
-        "d_model" if gpt2 => "n_embd",
-        "d_model" => "hidden_size",
-        "d_ff" if gpt2 => "n_inner",
-        "d_ff" => "intermediate_size",
-        "max_seq_len" if gpt2 => "n_positions",
-        "max_seq_len" => "max_position_embeddings",
-        "moe.n_experts" => "num_local_experts",
-        other => other,
-    }
-}

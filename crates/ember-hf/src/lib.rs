@@ -9,11 +9,14 @@
 //! Architectures (`model_type`): `llama` (GQA, RoPE scaling default / linear / dynamic /
 //! llama3, tied or untied embeddings), `mistral` (sliding window), `qwen2` (q/k/v biases),
 //! `gpt2` (fused `c_attn` Conv1D weights, learned positions) and `mixtral` (top-k MoE).
-//! [`names`] holds the one tensor-name table both directions use.
+//! Each architecture's mapping (its `config.json` keys, read and written, and its tensor
+//! names) is one file under `src/families/`; [`names`] holds the tensor-name table both
+//! directions use, built from those.
 
 pub mod config;
 pub mod error;
 pub mod export;
+mod families;
 pub mod generation;
 pub mod import;
 pub mod names;

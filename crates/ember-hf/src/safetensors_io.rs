@@ -164,7 +164,7 @@ impl WeightFiles {
                 format!("missing (and no {INDEX_FILE} for sharded weights)"),
             ));
         }
-        let text = std::fs::read_to_string(&index).map_err(at(&index))?;
+        let text = ember_data::files::read_regular_text(&index).map_err(at(&index))?;
         let parsed: IndexFile = serde_json::from_str(&text)
             .map_err(|e| HfError::new(&index, format!("malformed index: {e}")))?;
         let mut shards: HashMap<String, HashMap<String, TensorLocation>> = HashMap::new();
@@ -303,6 +303,7 @@ impl WeightFiles {
 /// tensor's bytes inside the file, and no two tensors sharing bytes. The header's length
 /// is checked against the file's size (and [`MAX_HEADER_BYTES`]) before it is read.
 fn read_header(path: &Path) -> Result<Vec<(String, TensorLocation)>, HfError> {
+    ember_data::files::ensure_regular(path).map_err(at(path))?;
     let file = File::open(path).map_err(at(path))?;
     let metadata = file.metadata().map_err(at(path))?;
     if !metadata.is_file() {
