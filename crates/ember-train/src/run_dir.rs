@@ -132,7 +132,12 @@ pub struct RunLock(#[allow(dead_code)] std::fs::File);
 /// Takes the run directory's lock, or fails naming the directory when another
 /// `ember train` holds it.
 pub fn lock(out: &Path) -> Result<RunLock, TrainError> {
-    std::fs::create_dir_all(out).map_err(io_error(out))?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        ConfigError(format!(
+            "--out {}: cannot create the run directory: {e}",
+            out.display()
+        ))
+    })?;
     let path = out.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

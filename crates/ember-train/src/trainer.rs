@@ -65,6 +65,9 @@ pub enum TrainError {
     Data(#[from] ember_data::DataError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The checkpoint `--resume` names cannot be used.
+    #[error("--resume {0}")]
+    Resume(CheckpointError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -245,7 +248,8 @@ where
         .resume
         .as_deref()
         .map(Checkpoint::open)
-        .transpose()?;
+        .transpose()
+        .map_err(TrainError::Resume)?;
     let _lock = run_dir::lock(&options.out_dir)?;
     run_dir::check(&options.out_dir, resume.as_ref(), options.force)?;
     let replace = run_dir::replaces_another(&options.out_dir, resume.as_ref());
