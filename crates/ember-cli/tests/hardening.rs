@@ -590,6 +590,35 @@ fn settings_either_work_or_are_refused() {
     let (a, b) = (losses(&plain)[0], losses(&smooth)[0]);
     assert_eq!(a.0, 1);
     assert_ne!(a.1, b.1, "label smoothing changed nothing");
+
+    // The learning-rate schedule is a setting: a straight line from lr to min_lr after
+    // the warmup (lr 2e-3, min 2e-4, warmup 1, decay at step 3).
+    let out = train(
+        &data,
+        &tmp.path().join("bad-schedule"),
+        1,
+        &["--set", "optim.schedule=\"step\""],
+    );
+    assert_fails(&out, 2, &["optim.schedule", "\"linear\""]);
+    let linear = tmp.path().join("linear");
+    let schedule = [
+        "optim.schedule=\"linear\"",
+        "optim.lr=2e-3",
+        "optim.min_lr=2e-4",
+        "optim.warmup_steps=1",
+        "optim.decay_steps=3",
+    ];
+    let sets: Vec<&str> = schedule.iter().flat_map(|s| ["--set", s]).collect();
+    assert_ok(&train(&data, &linear, 4, &sets));
+    let lrs: Vec<f64> = losses(&linear)
+        .iter()
+        .map(|l| f64::from_bits(l.3))
+        .collect();
+    let want = [2e-3 / 2.0, 2e-3, 2e-3 + 0.5 * (2e-4 - 2e-3), 2e-4];
+    for (got, want) in lrs.iter().zip(want) {
+        assert!((got - want).abs() < 1e-15, "{lrs:?} vs {want}");
+    }
+    assert_eq!(lrs.len(), 4);
 }
 
 /// A training run's memory is estimated (from below) before anything is built: an absurd

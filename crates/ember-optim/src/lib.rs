@@ -7,4 +7,4 @@ pub mod schedule;
 
 pub use clip::{clip_global_norm, global_grad_norm};
 pub use groups::{AdamWGroups, AdamWSettings, DecayRule, decay_matrices};
-pub use schedule::{LrSchedule, WarmupCosine};
+pub use schedule::{LrSchedule, ScheduleKind, WarmupConstant, WarmupCosine, WarmupLinear};

@@ -5,8 +5,8 @@ use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::{Distribution, Tensor, Tolerance};
 use ember_optim::{
-    AdamWGroups, AdamWSettings, LrSchedule, WarmupCosine, clip_global_norm, decay_matrices,
-    global_grad_norm,
+    AdamWGroups, AdamWSettings, LrSchedule, ScheduleKind, WarmupCosine, clip_global_norm,
+    decay_matrices, global_grad_norm,
 };
 
 type B = Autodiff<Flex>;
@@ -50,6 +50,29 @@ fn warmup_cosine_follows_nanogpt_closed_form() {
     let record = LrScheduler::to_record::<Flex>(&sched);
     let mut resumed = LrScheduler::load_record::<Flex>(s.clone(), record);
     assert_eq!(LrScheduler::step(&mut resumed), s.lr_at(10));
+}
+
+#[test]
+fn linear_and_constant_schedules_follow_their_closed_forms() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+    let linear = ScheduleKind::Linear.build(1e-3, 1e-4, 10, 110);
+    assert!(close(linear.lr_at(0), 1e-3 / 11.0));
+    assert!(close(linear.lr_at(9), 1e-3 * 10.0 / 11.0));
+    assert!(close(linear.lr_at(10), 1e-3));
+    assert!(close(linear.lr_at(60), 5.5e-4)); // halfway down the line
+    assert!(close(linear.lr_at(85), 3.25e-4)); // three quarters
+    assert_eq!(linear.lr_at(110), 1e-4);
+    assert_eq!(linear.lr_at(10_000), 1e-4);
+    let constant = ScheduleKind::Constant.build(1e-3, 1e-4, 10, 110);
+    assert!(close(constant.lr_at(5), 1e-3 * 6.0 / 11.0));
+    assert_eq!(constant.lr_at(10), 1e-3);
+    assert_eq!(constant.lr_at(10_000), 1e-3);
+    // The default is nanoGPT's cosine, the same numbers as `WarmupCosine`.
+    let cosine = ScheduleKind::default().build(1e-3, 1e-4, 10, 110);
+    let reference = WarmupCosine::new(1e-3, 1e-4, 10, 110);
+    for step in 0..200 {
+        assert_eq!(cosine.lr_at(step), reference.lr_at(step));
+    }
 }
 
 fn grad_values<const D: usize>(params: &GradientsParams, id: burn::module::ParamId) -> Vec<f32> {

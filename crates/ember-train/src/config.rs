@@ -46,6 +46,11 @@ pub struct OptimConfig {
     pub weight_decay: f32,
     /// Maximum global gradient norm; 0 disables clipping.
     pub grad_clip: f64,
+    /// The learning-rate schedule after the linear warmup: `"cosine"` (to `min_lr` at
+    /// `decay_steps`, nanoGPT's), `"linear"` (the same end points on a straight line) or
+    /// `"constant"` (`lr` for good).
+    #[serde(default)]
+    pub schedule: ember_optim::ScheduleKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +158,17 @@ impl TrainConfig {
             if !valid {
                 return Err(ConfigError(format!(
                     "{origin}: train.matmul_precision = {value}: expected \"f32\" or \"bf16\""
+                )));
+            }
+        }
+        if let Some(value) = table.get("optim").and_then(|t| t.get("schedule")) {
+            let valid = value
+                .clone()
+                .try_into::<ember_optim::ScheduleKind>()
+                .is_ok();
+            if !valid {
+                return Err(ConfigError(format!(
+                    "{origin}: optim.schedule = {value}: expected \"cosine\", \"linear\" or \"constant\""
                 )));
             }
         }

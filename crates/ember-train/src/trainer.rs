@@ -12,9 +12,7 @@ use ember_data::{Batch, BatchSampler, TokenCache, TokenSplits, Tokenizer};
 use ember_nn::FusedBackend;
 use ember_nn::{ForwardOptions, MoeLosses, Transformer, param_infos};
 use ember_ops::fused::{MatmulPrecision, matmul_precision, set_matmul_precision};
-use ember_optim::{
-    AdamWGroups, AdamWSettings, LrSchedule, WarmupCosine, clip_global_norm, decay_matrices,
-};
+use ember_optim::{AdamWGroups, AdamWSettings, clip_global_norm, decay_matrices};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainState};
@@ -314,7 +312,7 @@ where
     if let Some(ckpt) = &resume {
         optim = ckpt.load_optimizer(optim, device)?;
     }
-    let schedule = WarmupCosine::new(
+    let schedule = config.optim.schedule.build(
         config.optim.lr,
         config.optim.min_lr,
         config.optim.warmup_steps,
