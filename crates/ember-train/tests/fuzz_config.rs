@@ -6,73 +6,13 @@
 //! Environment: `EMBER_FUZZ_SEED` (default fixed), `EMBER_FUZZ_ITERS` (multiplies the
 //! iteration count, default 1), `EMBER_FUZZ_SECS` (time budget, default 8).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use ember_train::{PRESETS, TrainConfig};
 
-/// SplitMix64: small, seedable, the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `body(rng, iteration)` for `iterations` (times `EMBER_FUZZ_ITERS`) or the time
-/// budget, whichever ends first.
-fn fuzz_loop(target: &str, iterations: usize, mut body: impl FnMut(&mut Rng, usize)) {
-    let seed: u64 = env_or("EMBER_FUZZ_SEED", 0x5EED_E3BE_u64);
-    let iterations = iterations * env_or("EMBER_FUZZ_ITERS", 1usize);
-    let budget = Duration::from_secs_f64(env_or("EMBER_FUZZ_SECS", 8.0));
-    let mut rng = Rng(seed
-        ^ target
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31) ^ b as u64));
-    let start = Instant::now();
-    let mut done = 0;
-    while done < iterations && start.elapsed() < budget {
-        body(&mut rng, done);
-        done += 1;
-    }
-    eprintln!(
-        "fuzz {target}: {done} inputs in {:.2} s (seed {seed:#x})",
-        start.elapsed().as_secs_f64()
-    );
-}
-
-/// Runs `f`, turning a panic into `Err(message)`.
-fn no_panic<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "(non-string panic payload)".into())
-    })
-}
+#[path = "../../../tools/testing/fuzz_harness.rs"]
+mod fuzz_harness;
+use fuzz_harness::{Rng, fuzz_loop, no_panic};
 
 /// One call of [`TrainConfig::resolve`].
 #[derive(Debug)]
