@@ -25,6 +25,33 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
+
+    /// One edit of `text` at a random place: one of `pieces` inserted, up to `max_drop`
+    /// bytes dropped, or one byte replaced by one of `alphabet`.
+    pub fn splice(
+        &mut self,
+        text: &mut Vec<u8>,
+        pieces: &[&[u8]],
+        alphabet: &[u8],
+        max_drop: usize,
+    ) {
+        let at = self.below(text.len() + 1);
+        match self.below(3) {
+            0 => {
+                let piece = self.pick(pieces);
+                text.splice(at..at, piece.iter().copied());
+            }
+            1 => {
+                let end = (at + 1 + self.below(max_drop)).min(text.len());
+                text.drain(at..end);
+            }
+            _ => {
+                if at < text.len() {
+                    text[at] = *self.pick(alphabet);
+                }
+            }
+        }
+    }
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

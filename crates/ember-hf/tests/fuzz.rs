@@ -439,22 +439,7 @@ fn splice_text(rng: &mut Rng, text: &mut Vec<u8>) {
         b"e999",
         b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
     ];
-    let at = rng.below(text.len() + 1);
-    match rng.below(3) {
-        0 => {
-            let piece = rng.pick(PIECES);
-            text.splice(at..at, piece.iter().copied());
-        }
-        1 => {
-            let end = (at + 1 + rng.below(8)).min(text.len());
-            text.drain(at..end);
-        }
-        _ => {
-            if at < text.len() {
-                text[at] = *rng.pick(b"{}[]\",:0123456789-eE.\\ \xff\x00");
-            }
-        }
-    }
+    rng.splice(text, PIECES, b"{}[]\",:0123456789-eE.\\ \xff\x00", 8);
 }
 
 /// One mutated safetensors file from `base`.

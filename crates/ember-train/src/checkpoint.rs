@@ -71,15 +71,15 @@ pub fn save<B: AutodiffBackend>(
     })
 }
 
-/// A training checkpoint's configuration, state and tokenizer (no tensors yet).
+/// A training checkpoint's configuration and state (no tensors yet).
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// The directory read (`checkpoint/`, or the previous save it fell back to).
     pub dir: PathBuf,
     pub config: TrainConfig,
     pub state: TrainState,
-    pub tokenizer: Tokenizer,
-    files: CheckpointDir,
+    /// The model-facing part (model and sample config, tokenizer, weights).
+    pub files: CheckpointDir,
 }
 
 impl Checkpoint {
@@ -99,7 +99,6 @@ impl Checkpoint {
             dir: files.dir.clone(),
             config,
             state,
-            tokenizer: files.tokenizer.clone(),
             files,
         })
     }

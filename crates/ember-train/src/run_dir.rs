@@ -23,12 +23,13 @@ pub fn metrics_path(out: &Path) -> PathBuf {
 /// killed before its first save) are no run: nothing loadable would be lost.
 fn existing_run(out: &Path) -> Option<String> {
     if checkpoint::is_checkpoint(out) {
-        return Some(match checkpoint::locate(out) {
-            Ok((dir, _)) => match ember_model::checkpoint::read::read_progress(&dir) {
-                Ok(progress) => format!("a checkpoint at step {}", progress.step),
-                Err(_) => format!("a checkpoint ({})", dir.display()),
-            },
-            Err(_) => "an incomplete checkpoint".into(),
+        // Only the step, for the message: the checkpoint is verified when it is opened.
+        let step = [out.to_path_buf(), out.join("checkpoint")]
+            .iter()
+            .find_map(|dir| ember_model::checkpoint::read::read_progress(dir).ok());
+        return Some(match step {
+            Some(progress) => format!("a checkpoint at step {}", progress.step),
+            None => "an incomplete checkpoint".into(),
         });
     }
     let foreign = out.join("checkpoint");

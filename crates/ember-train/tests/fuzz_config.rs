@@ -351,22 +351,7 @@ fn splice_text(rng: &mut Rng, text: &mut Vec<u8>) {
         b"[model.moe]\n",
         b"a.b.c = 1\n",
     ];
-    let at = rng.below(text.len() + 1);
-    match rng.below(3) {
-        0 => {
-            let piece = rng.pick(PIECES);
-            text.splice(at..at, piece.iter().copied());
-        }
-        1 => {
-            let end = (at + 1 + rng.below(12)).min(text.len());
-            text.drain(at..end);
-        }
-        _ => {
-            if at < text.len() {
-                text[at] = *rng.pick(b"[]{}=\"'#.,\n -+0123456789eE\xff\x00");
-            }
-        }
-    }
+    rng.splice(text, PIECES, b"[]{}=\"'#.,\n -+0123456789eE\xff\x00", 12);
 }
 
 fn random_override(rng: &mut Rng, keys: &[(String, String)], values: &[toml::Value]) -> String {
