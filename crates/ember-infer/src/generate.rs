@@ -1,11 +1,11 @@
 //! Autoregressive generation with or without the KV cache.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use ember_nn::FusedBackend;
-use ember_nn::{ContiguousKvCache, ForwardOptions, KvCache, Transformer};
+use ember_nn::Transformer;
 
-use crate::host::{HostDecoder, HostWeights};
+use crate::decoder::{BurnDecoder, Decoder, UncachedDecoder};
+use crate::host::{BurnPrefilledHost, HostDecoder, HostWeights};
 use crate::sampling::Sampler;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,7 +71,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: &mut Sampler,
-        mut on_token: impl FnMut(u32),
+        on_token: impl FnMut(u32),
     ) -> Result<Vec<u32>, GenerateError> {
         let config = self.model.config();
         if prompt.is_empty() {
@@ -83,79 +83,54 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
                 vocab_size: config.vocab_size,
             });
         }
-        let window = config.max_seq_len;
-        if let (Some(host), true) = (&self.host, self.use_cache) {
-            return Ok(self.generate_on_host(host, prompt, max_new_tokens, sampler, on_token));
-        }
-        let mut tokens = prompt.to_vec();
-        // Reserve no more than a window up front: `max_new_tokens` is a user's number.
-        let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
-        let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
-        for _ in 0..max_new_tokens {
-            let logits = if self.use_cache {
-                let pending = pending(&tokens, cache.is_empty(), window);
-                let logits = self.logits_last(pending, Some(&mut cache));
-                if cache.len() >= window {
-                    cache.clear();
-                }
-                logits
-            } else {
-                let from = tokens.len().saturating_sub(window);
-                self.logits_last(&tokens[from..], None)
-            };
-            let next = sampler.sample(&logits);
-            tokens.push(next);
-            new_tokens.push(next);
-            on_token(next);
-            if self.stop_tokens.contains(&next) {
-                break;
+        let burn = BurnDecoder::new(self.model, &self.device);
+        let new_tokens = match (&self.host, self.use_cache) {
+            (_, false) => self.run(
+                &UncachedDecoder(burn),
+                prompt,
+                max_new_tokens,
+                sampler,
+                on_token,
+            ),
+            (Some(host), true) => {
+                let decoder = BurnPrefilledHost { burn, host };
+                self.run(&decoder, prompt, max_new_tokens, sampler, on_token)
             }
-        }
+            (None, true) => self.run(&burn, prompt, max_new_tokens, sampler, on_token),
+        };
         Ok(new_tokens)
     }
 
-    /// [`Self::generate`] through the host decoder, with the same context shifting.
-    fn generate_on_host(
+    /// The decode loop, for any [`Decoder`]: prefill the context, then one token per
+    /// step. A decoder whose cache fills up is reset and prefilled again with the most
+    /// recent half window.
+    fn run<D: Decoder>(
         &self,
-        host: &HostDecoder,
+        decoder: &D,
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: &mut Sampler,
         mut on_token: impl FnMut(u32),
     ) -> Vec<u32> {
-        let window = host.config().max_seq_len;
-        let mut state = host.new_state();
+        let window = decoder.config().max_seq_len;
+        let mut cache = decoder.new_cache();
         let mut tokens = prompt.to_vec();
         // Reserve no more than a window up front: `max_new_tokens` is a user's number.
         let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
         for _ in 0..max_new_tokens {
-            if state.len() >= window {
-                state.clear();
+            if decoder.rows(&cache) > 0
+                && decoder
+                    .capacity()
+                    .is_some_and(|cap| decoder.len(&cache, 0) >= cap)
+            {
+                decoder.reset(&mut cache);
             }
-            let pending = pending(&tokens, state.is_empty(), window);
-            let next = if pending.len() > 1 {
-                // Prompts run as one batched pass through burn (matrix-matrix products),
-                // whose keys and values then seed the host cache.
-                let mut cache = ContiguousKvCache::<B>::new(self.model.config().n_layers);
-                let logits = self.logits_last(pending, Some(&mut cache));
-                let layers: Vec<(Vec<f32>, Vec<f32>)> = (0..self.model.config().n_layers)
-                    .map(|l| {
-                        let (k, v) = cache.layer(l).expect("every layer was cached");
-                        let host = |t: &Tensor<B, 4>| {
-                            t.clone()
-                                .into_data()
-                                .convert::<f32>()
-                                .to_vec::<f32>()
-                                .expect("f32 cache")
-                        };
-                        (host(k), host(v))
-                    })
-                    .collect();
-                state.load(&layers, pending.len(), self.model.config().n_kv_heads);
-                sampler.sample(&logits)
+            if decoder.rows(&cache) == 0 {
+                decoder.prefill(&mut cache, &[context(&tokens, window)]);
             } else {
-                sampler.sample(host.step(&mut state, pending[0]))
-            };
+                decoder.step(&mut cache, &[*tokens.last().expect("a prompt")]);
+            }
+            let next = sampler.sample(decoder.logits(&cache, 0));
             tokens.push(next);
             new_tokens.push(next);
             on_token(next);
@@ -165,38 +140,15 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         }
         new_tokens
     }
-
-    /// Logits `[vocab]` at the last of `tokens`, which continue the cache when one is given.
-    fn logits_last(&self, tokens: &[u32], cache: Option<&mut ContiguousKvCache<B>>) -> Vec<f32> {
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let seq = tokens.len();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), &self.device);
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        let options = ForwardOptions {
-            cache: cache.map(|c| c as &mut dyn KvCache<B>),
-            ..Default::default()
-        };
-        let x = self.model.embed(input, start);
-        let hidden = self.model.hidden(x, options);
-        let d_model = hidden.dims()[2];
-        let last = hidden.slice([0..1, seq - 1..seq, 0..d_model]);
-        self.model
-            .logits(last)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 logits")
-    }
 }
 
-/// The tokens a cached step feeds the model: with an empty cache, the most recent context
-/// that fits (the whole sequence, or the last half window once it has outgrown the
-/// window); otherwise the newest token.
-fn pending(tokens: &[u32], cache_empty: bool, window: usize) -> &[u32] {
-    let keep = match (cache_empty, tokens.len() > window) {
-        (false, _) => 1,
-        (true, true) => window / 2,
-        (true, false) => tokens.len(),
+/// What a prefill with an empty cache feeds the model: the whole sequence, or the last
+/// half window once it has outgrown the window.
+fn context(tokens: &[u32], window: usize) -> &[u32] {
+    let keep = if tokens.len() > window {
+        window / 2
+    } else {
+        tokens.len()
     };
     &tokens[tokens.len() - keep..]
 }

@@ -1,12 +1,15 @@
-//! Ember inference: KV-cached autoregressive generation, token sampling and perplexity.
+//! Ember inference: the [`Decoder`] interface and its implementations (burn, uncached,
+//! host kernels), KV-cached autoregressive generation, token sampling and perplexity.
 
+pub mod decoder;
 pub mod generate;
 pub mod host;
 pub mod perplexity;
 pub mod sampling;
 
+pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
 pub use ember_nn::{ContiguousKvCache, KvCache};
 pub use generate::{GenerateError, Generator};
-pub use host::{DecodeState, HostDecoder, HostWeights};
+pub use host::{BurnPrefilledHost, DecodeState, HostDecoder, HostWeights};
 pub use perplexity::{Perplexity, PerplexityError, perplexity};
 pub use sampling::{Sampler, SamplingConfig, argmax};

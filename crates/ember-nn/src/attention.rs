@@ -2,9 +2,7 @@
 //! ALiBi and soft-capping.
 
 use burn::module::Module;
-use burn::nn::{Initializer, Linear};
-
-use crate::linear::project;
+use burn::nn::Initializer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_ops::{
@@ -12,9 +10,11 @@ use ember_ops::{
 };
 
 use crate::config::{PositionKind, TransformerConfig};
+use crate::context::{LayerContext, Positions};
 use crate::init::{Init, Role};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::KvView;
 use crate::norm::RmsNorm;
+use crate::projection::Projection;
 
 /// Extra keys and values placed before the sequence in one layer (prefix tuning).
 ///
@@ -36,13 +36,13 @@ pub struct KvPrefix<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `[d_model, n_heads * head_dim]`
-    pub q_proj: Linear<B>,
+    pub q_proj: Projection<B>,
     /// `[d_model, n_kv_heads * head_dim]`
-    pub k_proj: Linear<B>,
+    pub k_proj: Projection<B>,
     /// `[d_model, n_kv_heads * head_dim]`
-    pub v_proj: Linear<B>,
+    pub v_proj: Projection<B>,
     /// `[n_heads * head_dim, d_model]`
-    pub o_proj: Linear<B>,
+    pub o_proj: Projection<B>,
     /// `[head_dim]` RMSNorm of each query head (QK-norm), applied before RoPE.
     pub q_norm: Option<RmsNorm<B>>,
     /// `[head_dim]` RMSNorm of each key head.
@@ -117,61 +117,117 @@ impl<B: FusedBackend> Attention<B> {
         score_mod
     }
 
-    /// - `x`: `[batch, seq, d_model]`, whose first row is at absolute position `start`
-    /// - `rope`: rotary tables when the model uses RoPE
-    /// - `cache`: past keys/values for this `layer`; this step's are appended to it
-    /// - `prefix`: extra leading keys/values (prefix tuning), visible to every query
-    /// - `documents`: a document mask (packed sequences), combined with the causal one
+    /// - `x`: `[batch, seq, d_model]`, row `r`'s first token at `ctx.positions.row(r)`
+    /// - `ctx`: the rotary tables, the cache (this pass's keys and values are appended),
+    ///   a prefix (extra leading keys/values visible to every query), a document mask
     /// - returns `[batch, seq, d_model]`
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        start: usize,
-        rope: Option<&RopeTables<B>>,
-        cache: Option<&mut dyn KvCache<B>>,
-        layer: usize,
-        prefix: Option<&KvPrefix<B>>,
-        documents: Option<&MaskMod>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         // Projections on `[batch * seq, d_model]`: one 2-D gemm each, forward and backward.
         let x = x.reshape([batch * seq, d_model]);
         // Heads split as `[batch, seq, heads, head_dim]`: QK-norm and RoPE run on this
         // contiguous layout, then the heads move forward for attention.
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
-        let mut q = split(project(&self.q_proj, x.clone()), self.n_heads);
-        let mut k = split(project(&self.k_proj, x.clone()), self.n_kv_heads);
-        let v = split(project(&self.v_proj, x), self.n_kv_heads).swap_dims(1, 2);
+        let mut q = split(self.q_proj.forward(x.clone()), self.n_heads);
+        let mut k = split(self.k_proj.forward(x.clone()), self.n_kv_heads);
+        let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = ember_ops::fused::rms_norm(q, qn.gamma.val(), qn.epsilon);
             k = ember_ops::fused::rms_norm(k, kn.gamma.val(), kn.epsilon);
         }
-        if let Some(rope) = rope {
-            q = rope.apply_seq_major(q, start);
-            k = rope.apply_seq_major(k, start);
+        if let Some(rope) = ctx.rope {
+            q = rotate_rows(rope, q, ctx.positions);
+            k = rotate_rows(rope, k, ctx.positions);
         }
         let (q, k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
-        let (mut k, mut v) = match cache {
-            Some(cache) => cache.append(layer, k, v),
-            None => (k, v),
+        let view = match ctx.cache.as_deref_mut() {
+            Some(cache) => cache.append(ctx.layer, k, v),
+            None => KvView::dense(k, v),
         };
-        if let Some(prefix) = prefix {
-            k = Tensor::cat(vec![prefix.key.clone(), k], 2);
-            v = Tensor::cat(vec![prefix.value.clone(), v], 2);
-        }
+        let (k, v, mask) = self.keys_and_mask(view, ctx.prefix, ctx.documents);
         // Masks are aligned at the bottom-right corner, covering the cache and the prefix.
-        let out = flex_attention(
-            q,
-            k,
-            v,
-            &self.score_mod(),
-            &self.mask(documents),
-            &FlexOptions::default(),
-        );
+        let out = flex_attention(q, k, v, &self.score_mod(), &mask, &FlexOptions::default());
         let out = out
             .swap_dims(1, 2)
             .reshape([batch * seq, self.n_heads * self.head_dim]);
-        project(&self.o_proj, out).reshape([batch, seq, d_model])
+        self.o_proj.forward(out).reshape([batch, seq, d_model])
+    }
+
+    /// The keys and values attention reads, `[batch, n_kv_heads, seq_kv, head_dim]` with
+    /// the prefix in front, and the mask over them.
+    ///
+    /// Rows of different lengths are read through the view's block table and padded on
+    /// the left, so every row's newest position is the last column; the mask hides the
+    /// padding and sees each row shifted by its padding, so causal, sliding-window and
+    /// document masks (and ALiBi's distances) are those of the row on its own.
+    fn keys_and_mask(
+        &self,
+        view: KvView<B>,
+        prefix: Option<&KvPrefix<B>>,
+        documents: Option<&MaskMod>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, MaskMod) {
+        let mask = self.mask(documents);
+        let with_prefix =
+            |k: Tensor<B, 4>, v: Tensor<B, 4>, p: Option<(Tensor<B, 4>, Tensor<B, 4>)>| match p {
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                None => (k, v),
+            };
+        if view.is_dense() {
+            let p = prefix.map(|p| (p.key.clone(), p.value.clone()));
+            let (k, v) = with_prefix(view.keys, view.values, p);
+            return (k, v, mask);
+        }
+        let n_prefix = prefix.map_or(0, |p| p.key.dims()[2]);
+        let longest = view.lengths.iter().copied().max().unwrap_or(0);
+        let [_, n_kv, _, head_dim] = view.keys.dims();
+        let device = view.keys.device();
+        let mut padding = Vec::with_capacity(view.lengths.len());
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for r in 0..view.lengths.len() {
+            let (k, v) = view.row(r);
+            let pad = longest - view.lengths[r];
+            let p = prefix.map(|p| {
+                (
+                    p.key.clone().narrow(0, r, 1),
+                    p.value.clone().narrow(0, r, 1),
+                )
+            });
+            let (k, v) = with_prefix(k, v, p);
+            let zeros = || Tensor::<B, 4>::zeros([1, n_kv, pad, head_dim], &device);
+            let (k, v) = if pad > 0 {
+                (
+                    Tensor::cat(vec![zeros(), k], 2),
+                    Tensor::cat(vec![zeros(), v], 2),
+                )
+            } else {
+                (k, v)
+            };
+            keys.push(k);
+            values.push(v);
+            padding.push(pad);
+        }
+        debug_assert!(keys.iter().all(|k| k.dims()[2] == longest + n_prefix));
+        let shifted = MaskMod::custom(move |b, h, q, kv| {
+            let pad = padding[b];
+            kv >= pad && mask.keep(b, h, q - pad, kv - pad)
+        });
+        (Tensor::cat(keys, 0), Tensor::cat(values, 0), shifted)
+    }
+}
+
+/// RoPE on `x: [batch, seq, heads, head_dim]`, each row from its own start.
+fn rotate_rows<B: FusedBackend>(
+    rope: &RopeTables<B>,
+    x: Tensor<B, 4>,
+    positions: &Positions,
+) -> Tensor<B, 4> {
+    match positions.uniform() {
+        Some(start) => rope.apply_seq_major(x, start),
+        None => {
+            let rows = (0..x.dims()[0])
+                .map(|r| rope.apply_seq_major(x.clone().narrow(0, r, 1), positions.row(r)))
+                .collect();
+            Tensor::cat(rows, 0)
+        }
     }
 }

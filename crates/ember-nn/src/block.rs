@@ -5,14 +5,14 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ember_ops::{FusedBackend, MaskMod, RopeTables};
+use ember_ops::FusedBackend;
 
-use crate::attention::{Attention, KvPrefix};
+use crate::attention::Attention;
 use crate::config::{NormPlacement, TransformerConfig};
+use crate::context::LayerContext;
 use crate::init::Init;
-use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
-use crate::moe::{Moe, MoeLosses};
+use crate::moe::Moe;
 use crate::norm::Norm;
 
 /// With `f` the attention, then the feed-forward network:
@@ -75,65 +75,54 @@ impl<B: FusedBackend> Block<B> {
     }
 
     /// The feed-forward network on `[batch, seq, d_model]`; MoE layers report their
-    /// auxiliary losses to `moe_losses`.
-    fn ffn(&self, x: Tensor<B, 3>, moe_losses: Option<&mut MoeLosses<B>>) -> Tensor<B, 3> {
-        match (&self.mlp, &self.moe) {
+    /// auxiliary losses to `ctx.moe`; the output passes through `ctx`'s hooks.
+    fn ffn(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
+        let out = match (&self.mlp, &self.moe) {
             (Some(mlp), _) => mlp.forward(x),
             (None, Some(moe)) => {
                 let [batch, seq, d_model] = x.dims();
                 let (out, aux) = moe.forward_rows(x.reshape([batch * seq, d_model]));
-                if let Some(losses) = moe_losses {
+                if let Some(losses) = ctx.moe.as_deref_mut() {
                     losses.push(aux);
                 }
                 out.reshape([batch, seq, d_model])
             }
             (None, None) => unreachable!("a block has a dense or an MoE feed-forward network"),
-        }
+        };
+        ctx.hook_ffn(out)
+    }
+
+    /// The attention branch on `[batch, seq, d_model]`, through `ctx`'s hooks.
+    fn attn(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
+        let out = self.attn.forward(x, ctx);
+        ctx.hook_attention(out)
     }
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`; see [`Attention::forward`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        start: usize,
-        rope: Option<&RopeTables<B>>,
-        cache: Option<&mut dyn KvCache<B>>,
-        layer: usize,
-        prefix: Option<&KvPrefix<B>>,
-        documents: Option<&MaskMod>,
-        moe_losses: Option<&mut MoeLosses<B>>,
-    ) -> Tensor<B, 3> {
-        let attn = |input: Tensor<B, 3>| {
-            self.attn
-                .forward(input, start, rope, cache, layer, prefix, documents)
-        };
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
         let maybe_norm = |norm: &Option<Norm<B>>, y: Tensor<B, 3>| match norm {
             Some(norm) => norm.forward(y),
             None => y,
         };
         if self.post_norm {
             if self.parallel_residual {
-                let branches = attn(x.clone()) + self.ffn(x.clone(), moe_losses);
+                let branches = self.attn(x.clone(), ctx) + self.ffn(x.clone(), ctx);
                 return self.attn_norm.forward(x + self.dropout.forward(branches));
             }
-            let x = self
-                .attn_norm
-                .forward(x.clone() + self.dropout.forward(attn(x)));
-            let ffn = self.ffn(x.clone(), moe_losses);
+            let attn_out = self.attn(x.clone(), ctx);
+            let x = self.attn_norm.forward(x + self.dropout.forward(attn_out));
+            let ffn = self.ffn(x.clone(), ctx);
             return maybe_norm(&self.mlp_norm, x + self.dropout.forward(ffn));
         }
-        let attn_out = maybe_norm(
-            &self.post_attn_norm,
-            attn(self.attn_norm.forward(x.clone())),
-        );
+        let attn_out = self.attn(self.attn_norm.forward(x.clone()), ctx);
+        let attn_out = maybe_norm(&self.post_attn_norm, attn_out);
         if self.parallel_residual {
-            let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), moe_losses);
+            let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), ctx);
             let ffn_out = maybe_norm(&self.post_mlp_norm, ffn_out);
             return x + self.dropout.forward(attn_out) + self.dropout.forward(ffn_out);
         }
         let x = x + self.dropout.forward(attn_out);
-        let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), moe_losses);
+        let ffn_out = self.ffn(maybe_norm(&self.mlp_norm, x.clone()), ctx);
         x + self
             .dropout
             .forward(maybe_norm(&self.post_mlp_norm, ffn_out))

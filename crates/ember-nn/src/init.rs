@@ -2,9 +2,9 @@
 //! normal(0, `init_std`), projections by the scheme; with `zero_init_output` the
 //! projections that write into the residual stream (`o_proj`, `down_proj`) start at zero.
 
-use burn::module::Param;
-use burn::nn::{Embedding, Initializer, Linear};
-use burn::tensor::Tensor;
+use burn::nn::{Embedding, Initializer};
+
+use crate::projection::Projection;
 use burn::tensor::backend::Backend;
 
 use crate::config::{InitScheme, TransformerConfig};
@@ -64,7 +64,7 @@ impl Init {
         }
     }
 
-    /// A `Linear` with weight `[d_in, d_out]` per the scheme and a zero bias.
+    /// A [`Projection`] with weight `[d_in, d_out]` per the scheme and a zero bias.
     pub fn linear<B: Backend>(
         &self,
         d_in: usize,
@@ -72,12 +72,8 @@ impl Init {
         bias: bool,
         role: Role,
         device: &B::Device,
-    ) -> Linear<B> {
-        let weight: Param<Tensor<B, 2>> =
-            self.initializer(role)
-                .init_with([d_in, d_out], Some(d_in), Some(d_out), device);
-        let bias = bias.then(|| Initializer::Zeros.init([d_out], device));
-        Linear { weight, bias }
+    ) -> Projection<B> {
+        Projection::init(&self.initializer(role), d_in, d_out, bias, device)
     }
 
     /// A `[rows, d_model]` embedding table, normal(0, `std`).

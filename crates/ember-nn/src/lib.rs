@@ -7,21 +7,23 @@
 //! RoPE layouts and scaling, GeGLU, GroupNorm, post/sandwich norms, parallel residual,
 //! init schemes) selected by [`TransformerConfig`].
 //!
-//! Every projection is a named `burn_nn::Linear` field (`q_proj`, `k_proj`, `v_proj`,
-//! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `lm_head`), so adapters can find and wrap
-//! them by path; see [`params`] for selecting parameters by pattern.
+//! Every projection is a named [`Projection`] field (`q_proj`, `k_proj`, `v_proj`,
+//! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `router`, `lm_head`) with an adapter
+//! slot, so fine-tuning methods find them by path and plug in without editing a layer;
+//! see [`params`] for selecting parameters by pattern.
 
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod context;
 pub mod init;
 pub mod kv_cache;
-pub mod linear;
 pub mod memory;
 pub mod mlp;
 pub mod moe;
 pub mod norm;
 pub mod params;
+pub mod projection;
 pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
@@ -30,8 +32,9 @@ pub use config::{
     ConfigError, DTypeName, InitScheme, MlpKind, MoeConfig, NormKind, NormPlacement, PositionKind,
     TransformerConfig,
 };
+pub use context::{ForwardHooks, LayerContext, Positions};
 pub use ember_ops::FusedBackend;
-pub use kv_cache::{ContiguousKvCache, KvCache};
+pub use kv_cache::{ContiguousKvCache, KvCache, KvView};
 pub use mlp::Mlp;
 pub use moe::{Moe, MoeAux, MoeLosses};
 pub use norm::{GroupNorm, LayerNorm, Norm, RmsNorm};
@@ -39,4 +42,5 @@ pub use params::{
     ParamInfo, ParamSource, assign_stable_ids, freeze_matching, matches_pattern, param_infos,
     param_values, param_values_f32, replace_params, stable_param_id,
 };
+pub use projection::{Adapter, Projection};
 pub use transformer::{ForwardOptions, Transformer};

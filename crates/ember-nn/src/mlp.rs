@@ -2,9 +2,6 @@
 //! GeGLU.
 
 use burn::module::Module;
-use burn::nn::Linear;
-
-use crate::linear::project;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::backend::Backend;
@@ -12,6 +9,7 @@ use ember_ops::FusedBackend;
 
 use crate::config::MlpKind;
 use crate::init::{Init, Role};
+use crate::projection::Projection;
 
 /// `down(gelu(up(x)))` (GPT-2; `gelu` exact or tanh-approximated), or with a `gate_proj` `down(act(gate(x)) * up(x))` where
 /// `act` is SiLU (SwiGLU, Llama) or GELU (GeGLU, Gemma).
@@ -22,11 +20,11 @@ use crate::init::{Init, Role};
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `[d_model, d_ff]`, gated kinds only.
-    pub gate_proj: Option<Linear<B>>,
+    pub gate_proj: Option<Projection<B>>,
     /// `[d_model, d_ff]`
-    pub up_proj: Linear<B>,
+    pub up_proj: Projection<B>,
     /// `[d_ff, d_model]`
-    pub down_proj: Linear<B>,
+    pub down_proj: Projection<B>,
     /// The gate's activation is GELU (GeGLU) rather than SiLU (SwiGLU).
     pub gelu_gate: bool,
     /// The ungated GELU uses the tanh approximation (GPT-2's `gelu_new`).
@@ -65,17 +63,17 @@ impl<B: FusedBackend> Mlp<B> {
     pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let hidden = match &self.gate_proj {
             Some(gate) => {
-                let gate = project(gate, x.clone());
+                let gate = gate.forward(x.clone());
                 let gate = if self.gelu_gate {
                     ember_ops::fused::gelu(gate)
                 } else {
                     silu(gate)
                 };
-                gate * project(&self.up_proj, x)
+                gate * self.up_proj.forward(x)
             }
-            None if self.gelu_tanh => gelu_approximate(project(&self.up_proj, x)),
-            None => ember_ops::fused::gelu(project(&self.up_proj, x)),
+            None if self.gelu_tanh => gelu_approximate(self.up_proj.forward(x)),
+            None => ember_ops::fused::gelu(self.up_proj.forward(x)),
         };
-        project(&self.down_proj, hidden)
+        self.down_proj.forward(hidden)
     }
 }

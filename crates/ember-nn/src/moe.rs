@@ -13,7 +13,6 @@
 //! second choices; the rest are dropped (the residual connection carries those tokens).
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
@@ -22,12 +21,13 @@ use ember_ops::FusedBackend;
 use crate::config::{MlpKind, MoeConfig};
 use crate::init::{Init, Role};
 use crate::mlp::Mlp;
+use crate::projection::Projection;
 
 /// A router over SwiGLU experts.
 #[derive(Module, Debug)]
 pub struct Moe<B: Backend> {
     /// `[d_model, n_experts]`, no bias.
-    pub router: Linear<B>,
+    pub router: Projection<B>,
     pub experts: Vec<Mlp<B>>,
     pub top_k: usize,
     pub renormalize: bool,
@@ -130,7 +130,8 @@ impl<B: FusedBackend> Moe<B> {
         let device = x.device();
         let [tokens, d_model] = x.dims();
         let n_experts = self.experts.len();
-        let logits = self.router.forward(x.clone());
+        // The router stays in f32 whatever the matmul precision: routing is a choice.
+        let logits = x.clone().matmul(self.router.weight.val());
         let probs = softmax(logits.clone(), 1);
         let host: Vec<f32> = probs.clone().into_data().convert::<f32>().to_vec().unwrap();
         let routing = route(&host, n_experts, self.top_k, self.capacity(tokens));

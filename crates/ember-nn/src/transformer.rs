@@ -1,10 +1,12 @@
 //! The decoder-only transformer language model.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_ops::{FusedBackend, MaskMod, RopeTables};
+
+use crate::context::{ForwardHooks, LayerContext, Positions};
 
 use crate::attention::KvPrefix;
 use crate::block::Block;
@@ -13,6 +15,7 @@ use crate::init::{Init, Role};
 use crate::kv_cache::KvCache;
 use crate::moe::MoeLosses;
 use crate::norm::Norm;
+use crate::projection::Projection;
 
 /// Token embedding → blocks → final norm → logits.
 #[derive(Module, Debug)]
@@ -24,7 +27,7 @@ pub struct Transformer<B: Backend> {
     pub layers: Vec<Block<B>>,
     pub final_norm: Norm<B>,
     /// `[d_model, vocab_size]`; `None` when tied to `tok_embeddings`.
-    pub lm_head: Option<Linear<B>>,
+    pub lm_head: Option<Projection<B>>,
     pub dropout: Dropout,
     /// Rotary tables (constants, not parameters), RoPE only.
     pub rope: Option<RopeTables<B>>,
@@ -36,7 +39,8 @@ pub struct Transformer<B: Backend> {
 
 /// Optional inputs of a forward pass beyond the token ids.
 pub struct ForwardOptions<'a, B: Backend> {
-    /// Past keys/values; the pass starts at position `cache.len()` and appends to it.
+    /// Past keys/values; each row continues after its cached positions and appends to
+    /// them.
     pub cache: Option<&'a mut dyn KvCache<B>>,
     /// Per-layer extra leading keys/values (prefix tuning), one per layer.
     pub prefixes: Option<&'a [KvPrefix<B>]>,
@@ -45,6 +49,8 @@ pub struct ForwardOptions<'a, B: Backend> {
     pub documents: Option<&'a MaskMod>,
     /// Collects the auxiliary losses and expert loads of MoE layers.
     pub moe: Option<&'a mut MoeLosses<B>>,
+    /// Observers and modifiers of every layer's sub-layer outputs.
+    pub hooks: Option<&'a mut dyn ForwardHooks<B>>,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
@@ -54,6 +60,7 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
             prefixes: None,
             documents: None,
             moe: None,
+            hooks: None,
         }
     }
 }
@@ -100,17 +107,30 @@ impl<B: FusedBackend> Transformer<B> {
     /// - `tokens`: `[batch, seq]`, the first at absolute position `start`
     /// - returns `[batch, seq, d_model]`
     pub fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
-        let [_, seq] = tokens.dims();
+        self.embed_at(tokens, &Positions::Uniform(start))
+    }
+
+    /// [`Self::embed`] with each row's first token at its own position.
+    pub fn embed_at(&self, tokens: Tensor<B, 2, Int>, positions: &Positions) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
         let x = self.tok_embeddings.forward(tokens);
         let table = match (&self.pos_embeddings, &self.sinusoidal) {
-            (Some(pos), _) => Some(pos.weight.val()),
-            (None, Some(table)) => Some(table.clone()),
-            (None, None) => None,
+            (Some(pos), _) => pos.weight.val(),
+            (None, Some(table)) => table.clone(),
+            (None, None) => return x,
         };
-        match table {
-            Some(table) => x + table.narrow(0, start, seq).unsqueeze::<3>(),
-            None => x,
+        let rows = |start: usize| table.clone().narrow(0, start, seq).unsqueeze::<3>();
+        match positions.uniform() {
+            Some(start) => x + rows(start),
+            None => x + Tensor::cat((0..batch).map(|r| rows(positions.row(r))).collect(), 0),
         }
+    }
+
+    /// The positions a pass over `cache` starts at (0 without one).
+    pub fn positions(cache: Option<&dyn KvCache<B>>) -> Positions {
+        cache.map_or(Positions::Uniform(0), |c| {
+            Positions::from_lengths(&c.lengths())
+        })
     }
 
     /// Runs the blocks and the final norm over embeddings (from [`Self::embed`], possibly
@@ -124,29 +144,32 @@ impl<B: FusedBackend> Transformer<B> {
             prefixes,
             documents,
             mut moe,
+            mut hooks,
         } = options;
-        let start = cache.as_ref().map_or(0, |c| c.len());
+        let positions = Self::positions(cache.as_deref());
         let mut x = self.dropout.forward(x);
         for (layer, block) in self.layers.iter().enumerate() {
-            let prefix = prefixes.map(|p| &p[layer]);
-            let cache: Option<&mut dyn KvCache<B>> = match cache {
-                Some(ref mut c) => Some(&mut **c),
-                None => None,
-            };
-            let moe: Option<&mut MoeLosses<B>> = match moe {
-                Some(ref mut m) => Some(&mut **m),
-                None => None,
-            };
-            x = block.forward(
-                x,
-                start,
-                self.rope.as_ref(),
-                cache,
+            let mut ctx = LayerContext {
                 layer,
-                prefix,
+                positions: &positions,
+                rope: self.rope.as_ref(),
+                // Explicit reborrows: each shortens the trait object's lifetime to this layer's.
+                cache: match cache {
+                    Some(ref mut c) => Some(&mut **c),
+                    None => None,
+                },
+                prefix: prefixes.map(|p| &p[layer]),
                 documents,
-                moe,
-            );
+                moe: moe.as_deref_mut(),
+                hooks: match hooks {
+                    Some(ref mut h) => Some(&mut **h),
+                    None => None,
+                },
+            };
+            x = block.forward(x, &mut ctx);
+            if let Some(hooks) = &mut hooks {
+                x = hooks.block_output(layer, x);
+            }
         }
         self.final_norm.forward(x)
     }
@@ -156,7 +179,7 @@ impl<B: FusedBackend> Transformer<B> {
         let [batch, seq, d_model] = hidden.dims();
         let hidden = hidden.reshape([batch * seq, d_model]);
         let logits = match &self.lm_head {
-            Some(head) => crate::linear::project(head, hidden),
+            Some(head) => head.forward(hidden),
             None => ember_ops::fused::matmul(hidden, self.tok_embeddings.weight.val().transpose()),
         };
         logits.reshape([batch, seq, self.config.vocab_size])
@@ -164,15 +187,14 @@ impl<B: FusedBackend> Transformer<B> {
 
     /// Logits for every position.
     ///
-    /// - `tokens`: `[batch, seq]` with `cache.len() + seq <= max_seq_len`
+    /// - `tokens`: `[batch, seq]`; each row's cached length `+ seq <= max_seq_len`
     /// - returns `[batch, seq, vocab_size]`
     pub fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
-        let start = options.cache.as_ref().map_or(0, |c| c.len());
-        let x = self.embed(tokens, start);
+        let x = self.embed_at(tokens, &Self::positions(options.cache.as_deref()));
         self.logits(self.hidden(x, options))
     }
 }

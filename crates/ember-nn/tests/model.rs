@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, Tolerance};
 use ember_nn::FusedBackend;
-use ember_nn::{
+use ember_nn::{LayerContext, Positions, 
     ContiguousKvCache, ForwardOptions, InitScheme, KvCache, MlpKind, NormKind, NormPlacement,
     PositionKind, Transformer, TransformerConfig, freeze_matching, matches_pattern, param_infos,
 };
@@ -139,7 +139,9 @@ fn attention_matches_naive<B: FusedBackend>(device: &B::Device) {
                 device,
             )
         };
-        let got = attn.forward(x.clone(), 0, model.rope.as_ref(), None, 0, None, None);
+        let start = Positions::Uniform(0);
+        let mut ctx = LayerContext::plain(0, &start, model.rope.as_ref());
+        let got = attn.forward(x.clone(), &mut ctx);
 
         let (h, kv, d) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
         let split = |t: Tensor<B, 3>, n| t.reshape([2, 5, n, d]).swap_dims(1, 2);

@@ -10,9 +10,12 @@
 //! soft-capping, QK-norm, post/sandwich norms, parallel residual, GroupNorm, sinusoidal
 //! positions), and [`crate::Generator`] then uses the burn model.
 
+mod decoding;
 pub mod kernels;
 mod load;
 mod matrix;
+
+pub use decoding::BurnPrefilledHost;
 
 use ember_nn::{MlpKind, TransformerConfig};
 use ember_ops::{RopeConfig, RopeLayout, RopeScaling};
@@ -132,6 +135,16 @@ impl DecodeState {
 
     pub fn is_empty(&self) -> bool {
         self.pos == 0
+    }
+
+    /// The next-token logits `[vocab]` of the last position run.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Sets [`Self::logits`] (computed elsewhere, with the positions [`Self::load`] put in).
+    pub fn set_logits(&mut self, logits: &[f32]) {
+        self.logits.copy_from_slice(logits);
     }
 
     /// Empties the cache (keeping its memory).

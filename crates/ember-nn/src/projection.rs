@@ -1,0 +1,284 @@
+//! [`Projection`]: the one module every linear map of the model is (attention's
+//! `q/k/v/o_proj`, the MLP's `gate/up/down_proj`, the MoE router and experts, the LM
+//! head), so an adapter or a quantized weight plugs into all of them at once.
+//!
+//! Products go through [`ember_ops::fused::matmul`], so the process's matmul precision
+//! ([`ember_ops::fused::set_matmul_precision`]) reaches every projection. Without an
+//! adapter and at `f32` precision this is exactly `burn::nn::Linear::forward`, and the
+//! parameter paths are the same (`….weight`, `….bias`): checkpoints and Hugging Face
+//! names do not change.
+//!
+//! The two slots:
+//! - **the weight's form**: `weight` may hold one of burn's quantized tensors
+//!   (`Tensor::quantize_dynamic`, burn's `Quantizer`); the product then reads it through
+//!   burn's quantized ops, and nothing else in the model changes;
+//! - **an [`Adapter`]**: trainable tensors around the frozen weight, in one general form
+//!   that LoRA, AdaLoRA, IA³ (and QLoRA on a quantized weight) are settings of. Which
+//!   method set them, how they were initialised and how they are named on disk belong to
+//!   the fine-tuning crate; this module only knows the arithmetic.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, Initializer};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use ember_ops::FusedBackend;
+
+/// `y = x · weight + bias`, changed by the [`Adapter`] when one is attached.
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    /// `[d_in, d_out]` (burn's `Linear` layout; Hugging Face stores the transpose).
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_out]`
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Trainable tensors around the weight (parameter-efficient fine-tuning).
+    pub adapter: Option<Adapter<B>>,
+}
+
+/// Trainable tensors around a frozen [`Projection`]; every part is optional:
+///
+/// `y = ((s_in ⊙ x) · W + b + scaling · ((drop(s_in ⊙ x) · down) ⊙ e) · up) ⊙ s_out`
+///
+/// - LoRA: `down` `[d_in, r]` (peft's `lora_A` transposed), `up` `[r, d_out]`
+///   (`lora_B` transposed), `scaling = alpha / r`, `drop` the LoRA dropout;
+/// - AdaLoRA: the same with `e` = `rank_scale` `[r]` (the singular values);
+/// - IA³: `output_scale` `s_out` `[d_out]` (keys, values) or `input_scale` `s_in`
+///   `[d_in]` (the feed-forward output projection).
+#[derive(Module, Debug)]
+pub struct Adapter<B: Backend> {
+    /// `[d_in, rank]`
+    pub down: Option<Param<Tensor<B, 2>>>,
+    /// `[rank, d_out]`
+    pub up: Option<Param<Tensor<B, 2>>>,
+    /// `[rank]`, multiplies the rank components (AdaLoRA).
+    pub rank_scale: Option<Param<Tensor<B, 1>>>,
+    /// `[d_in]`, multiplies the input of the whole projection.
+    pub input_scale: Option<Param<Tensor<B, 1>>>,
+    /// `[d_out]`, multiplies the output of the whole projection.
+    pub output_scale: Option<Param<Tensor<B, 1>>>,
+    /// Multiplies the low-rank term.
+    pub scaling: f64,
+    /// Applied to the low-rank path's input only.
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> Projection<B> {
+    /// A projection from its weight `[d_in, d_out]` and bias `[d_out]`.
+    pub fn new(weight: Param<Tensor<B, 2>>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
+    }
+
+    /// `weight`'s initializer applied to `[d_in, d_out]` (fans `d_in`, `d_out`), and a
+    /// zero bias when `bias`.
+    pub fn init(
+        initializer: &Initializer,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Self {
+        let weight = initializer.init_with([d_in, d_out], Some(d_in), Some(d_out), device);
+        let bias = bias.then(|| Initializer::Zeros.init([d_out], device));
+        Self::new(weight, bias)
+    }
+
+    /// `(d_in, d_out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let [d_in, d_out] = self.weight.dims();
+        (d_in, d_out)
+    }
+}
+
+impl<B: FusedBackend> Projection<B> {
+    /// `x: [..., d_in]` → `[..., d_out]`, as one 2-D product over the leading dimensions.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        let y = self.forward_rows(x.reshape([rows, d_in]));
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
+    }
+
+    /// `x: [rows, d_in]` → `[rows, d_out]`.
+    pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let Some(adapter) = &self.adapter else {
+            return self.base(x);
+        };
+        let x = match &adapter.input_scale {
+            Some(scale) => x * scale.val().unsqueeze(),
+            None => x,
+        };
+        let mut y = self.base(x.clone());
+        if let (Some(down), Some(up)) = (&adapter.down, &adapter.up) {
+            let h = ember_ops::fused::matmul(adapter.dropout.forward(x), down.val());
+            let h = match &adapter.rank_scale {
+                Some(e) => h * e.val().unsqueeze(),
+                None => h,
+            };
+            y = y + ember_ops::fused::matmul(h, up.val()).mul_scalar(adapter.scaling);
+        }
+        match &adapter.output_scale {
+            Some(scale) => y * scale.val().unsqueeze(),
+            None => y,
+        }
+    }
+
+    /// `x · weight + bias`, the adapter left out.
+    pub fn base(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = ember_ops::fused::matmul(x, self.weight.val());
+        match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::nn::DropoutConfig;
+    use burn::tensor::TensorData;
+
+    type B = Flex;
+
+    fn param1(v: Vec<f32>) -> Param<Tensor<B, 1>> {
+        let n = v.len();
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(v, [n]),
+            &Default::default(),
+        ))
+    }
+
+    fn param2(v: Vec<f32>, shape: [usize; 2]) -> Param<Tensor<B, 2>> {
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(v, shape),
+            &Default::default(),
+        ))
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// `y[r][o] = Σ_i x[r][i] · w[i][o]`, written out.
+    fn naive_matmul(x: &[f32], w: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+        let mut y = vec![0.0; rows * d_out];
+        for r in 0..rows {
+            for o in 0..d_out {
+                y[r * d_out + o] = (0..d_in).map(|i| x[r * d_in + i] * w[i * d_out + o]).sum();
+            }
+        }
+        y
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-4, "entry {i}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn without_an_adapter_it_is_x_times_weight_plus_bias() {
+        let (rows, d_in, d_out) = (3, 5, 4);
+        let (x, w, b) = (
+            values(rows * d_in, 1),
+            values(d_in * d_out, 2),
+            values(d_out, 3),
+        );
+        let p = Projection::new(param2(w.clone(), [d_in, d_out]), Some(param1(b.clone())));
+        let input = Tensor::<B, 2>::from_data(
+            TensorData::new(x.clone(), [rows, d_in]),
+            &Default::default(),
+        );
+        let got = p.forward(input).into_data().to_vec::<f32>().unwrap();
+        let mut want = naive_matmul(&x, &w, rows, d_in, d_out);
+        for r in 0..rows {
+            for o in 0..d_out {
+                want[r * d_out + o] += b[o];
+            }
+        }
+        assert_close(&got, &want);
+    }
+
+    /// The adapter's formula against the merged weight it stands for:
+    /// `W' = diag(s_in) (W + scaling · down diag(e) up)`, `y = (x W' + b) ⊙ s_out`.
+    #[test]
+    fn an_adapter_equals_its_merged_weight() {
+        let (rows, d_in, d_out, rank) = (4, 6, 5, 2);
+        let (x, w, b) = (
+            values(rows * d_in, 4),
+            values(d_in * d_out, 5),
+            values(d_out, 6),
+        );
+        let (down, up) = (values(d_in * rank, 7), values(rank * d_out, 8));
+        let (e, s_in, s_out) = (values(rank, 9), values(d_in, 10), values(d_out, 11));
+        let scaling = 0.75;
+        let mut p = Projection::new(param2(w.clone(), [d_in, d_out]), Some(param1(b.clone())));
+        p.adapter = Some(Adapter {
+            down: Some(param2(down.clone(), [d_in, rank])),
+            up: Some(param2(up.clone(), [rank, d_out])),
+            rank_scale: Some(param1(e.clone())),
+            input_scale: Some(param1(s_in.clone())),
+            output_scale: Some(param1(s_out.clone())),
+            scaling,
+            dropout: DropoutConfig::new(0.0).init(),
+        });
+        let mut merged = w.clone();
+        for i in 0..d_in {
+            for o in 0..d_out {
+                let delta: f32 = (0..rank)
+                    .map(|k| down[i * rank + k] * e[k] * up[k * d_out + o])
+                    .sum();
+                merged[i * d_out + o] = s_in[i] * (w[i * d_out + o] + scaling as f32 * delta);
+            }
+        }
+        let mut want = naive_matmul(&x, &merged, rows, d_in, d_out);
+        for r in 0..rows {
+            for o in 0..d_out {
+                let y = &mut want[r * d_out + o];
+                *y = (*y + b[o]) * s_out[o];
+            }
+        }
+        let input =
+            Tensor::<B, 2>::from_data(TensorData::new(x, [rows, d_in]), &Default::default());
+        let got = p.forward(input).into_data().to_vec::<f32>().unwrap();
+        assert_close(&got, &want);
+    }
+
+    /// A weight held in burn's quantized form is multiplied as its dequantized values.
+    #[test]
+    fn a_quantized_weight_multiplies_as_its_dequantized_values() {
+        use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+        let (rows, d_in, d_out) = (3, 32, 8);
+        let (x, w) = (values(rows * d_in, 12), values(d_in * d_out, 13));
+        let device = Default::default();
+        let scheme = QuantScheme::default()
+            .with_value(QuantValue::Q8S)
+            .with_level(QuantLevel::block([32]));
+        let quantized =
+            Tensor::<B, 2>::from_data(TensorData::new(w.clone(), [d_in, d_out]), &device)
+                .quantize_dynamic(&scheme);
+        let dequantized = quantized
+            .clone()
+            .dequantize()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(
+            dequantized.iter().zip(&w).any(|(q, w)| q != w),
+            "the weight was not actually quantized"
+        );
+        let p = Projection::new(Param::from_tensor(quantized), None);
+        let input = Tensor::<B, 2>::from_data(TensorData::new(x.clone(), [rows, d_in]), &device);
+        let got = p.forward(input).into_data().to_vec::<f32>().unwrap();
+        assert_close(&got, &naive_matmul(&x, &dequantized, rows, d_in, d_out));
+    }
+}
