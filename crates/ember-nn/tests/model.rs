@@ -5,9 +5,10 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, Tolerance};
 use ember_nn::FusedBackend;
-use ember_nn::{LayerContext, Positions, 
-    ContiguousKvCache, ForwardOptions, InitScheme, KvCache, MlpKind, NormKind, NormPlacement,
-    PositionKind, Transformer, TransformerConfig, freeze_matching, matches_pattern, param_infos,
+use ember_nn::{
+    ContiguousKvCache, ForwardOptions, InitScheme, KvCache, LayerContext, MlpKind, NormKind,
+    NormPlacement, PositionKind, Positions, Transformer, TransformerConfig, freeze_matching,
+    matches_pattern, param_infos,
 };
 use ember_ops::reference::naive_attention;
 use ember_ops::{RopeLayout, RopeScaling};

@@ -4,7 +4,8 @@
 //!
 //! Beside `ember_model`'s files a training checkpoint holds `optim-decay.bin` and
 //! `optim-no-decay.bin` (AdamW state of the two parameter groups, burn's full-precision
-//! recorder), and its `config.toml` is the whole [`TrainConfig`].
+//! recorder), and its `config.toml` is the whole [`TrainConfig`]. A run with step hooks
+//! adds `hook-NAME.json` and `hook-NAME.safetensors` per hook (see [`crate::hooks`]).
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use ember_optim::AdamWGroups;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::hooks::HookState;
 
 /// Where a run stands, saved with the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,21 @@ pub fn save<B: AutodiffBackend>(
     optim: &AdamWGroups<Transformer<B>, B>,
     tokenizer: &Tokenizer,
 ) -> Result<(), CheckpointError> {
+    save_with_hooks(dir, config, state, model, optim, tokenizer, &[])
+}
+
+/// [`save`], plus the state of each step hook `(name, state)` (see [`crate::hooks`]):
+/// `hook-NAME.json` and `hook-NAME.safetensors`, in the same atomic save. No hooks, no
+/// hook files.
+pub fn save_with_hooks<B: AutodiffBackend>(
+    dir: &Path,
+    config: &TrainConfig,
+    state: &TrainState,
+    model: &Transformer<B>,
+    optim: &AdamWGroups<Transformer<B>, B>,
+    tokenizer: &Tokenizer,
+    hooks: &[(String, HookState)],
+) -> Result<(), CheckpointError> {
     ember_model::checkpoint::save(dir, state.step, |tmp| {
         let write = |file: &str, text: String| {
             let path = tmp.join(file);
@@ -67,7 +84,7 @@ pub fn save<B: AutodiffBackend>(
                 .record(part, path.clone())
                 .map_err(|e| error(&path, e))?;
         }
-        Ok(())
+        crate::hooks::write_states(tmp, hooks)
     })
 }
 
@@ -109,6 +126,14 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<Transformer<B>, CheckpointError> {
         self.files.load_model(device)
+    }
+
+    /// The saved state of the step hooks named `names`, in that order (see
+    /// [`crate::hooks`]). Errors name the file: a hook without state here, or state here
+    /// for a hook not in `names`. The files' checksums were verified when the checkpoint
+    /// was opened.
+    pub fn hook_states(&self, names: &[&str]) -> Result<Vec<HookState>, CheckpointError> {
+        crate::hooks::load_states(&self.dir, names)
     }
 
     /// Loads the optimizer state saved beside the weights. The files' checksums were

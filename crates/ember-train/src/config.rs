@@ -90,6 +90,12 @@ pub struct LoopConfig {
     /// cross-entropy, so runs with and without it compare.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// What training minimises (see [`crate::objective`]): `"causal_lm"` (default),
+    /// next-token cross-entropy (label-smoothed by `label_smoothing`) plus, for MoE
+    /// models, the load-balancing and z-losses weighted by `model.moe.aux_loss_coef` and
+    /// `model.moe.z_loss_coef`. [`crate::train_with`] can supply any other objective.
+    #[serde(default)]
+    pub objective: crate::objective::ObjectiveKind,
 }
 
 fn one() -> usize {
@@ -169,6 +175,18 @@ impl TrainConfig {
             if !valid {
                 return Err(ConfigError(format!(
                     "{origin}: optim.schedule = {value}: expected \"cosine\", \"linear\" or \"constant\""
+                )));
+            }
+        }
+        if let Some(value) = table.get("train").and_then(|t| t.get("objective")) {
+            let valid = value
+                .clone()
+                .try_into::<crate::objective::ObjectiveKind>()
+                .is_ok();
+            if !valid {
+                return Err(ConfigError(format!(
+                    "{origin}: train.objective = {value}: expected {}",
+                    crate::objective::ObjectiveKind::EXPECTED
                 )));
             }
         }

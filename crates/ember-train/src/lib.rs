@@ -1,18 +1,24 @@
 //! Ember's training loop: configuration and presets, the step loop with AdamW parameter
 //! groups, warmup + cosine schedule, global-norm clipping, gradient accumulation and
-//! periodic evaluation, metrics, and atomic checkpoints that resume bit-exactly.
+//! periodic evaluation, metrics, and atomic checkpoints that resume bit-exactly. The loss
+//! is an [`Objective`] (`train.objective`, or the caller's through [`train_with`]), and
+//! [`StepHook`]s run after each optimizer step with their state in the checkpoint.
 
 pub mod checkpoint;
 pub mod config;
 pub mod footprint;
+pub mod hooks;
 pub mod loss;
 pub mod metrics;
+pub mod objective;
 pub mod run_dir;
 mod shards;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TrainState};
 pub use config::{ConfigError, PRESETS, TrainConfig};
+pub use hooks::{HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::StepMetrics;
-pub use trainer::{TrainError, TrainOptions, TrainSummary, train};
+pub use objective::{CausalLm, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
+pub use trainer::{TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with};

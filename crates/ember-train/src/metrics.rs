@@ -1,5 +1,7 @@
 //! One JSON object per logged step, appended to `metrics.jsonl`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,4 +36,8 @@ pub struct StepMetrics {
     /// MoE models: assignments dropped by the capacity limit since the previous record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe_dropped: Option<usize>,
+    /// The objective's own named metrics of this step (row-weighted means over its
+    /// micro-batches; see [`crate::objective::ObjectiveOutput::metrics`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objective: BTreeMap<String, f64>,
 }

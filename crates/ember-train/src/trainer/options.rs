@@ -1,0 +1,81 @@
+//! What a caller hands the trainer and what it gets back.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::AutodiffBackend;
+use ember_nn::FusedBackend;
+
+use crate::hooks::StepHook;
+use crate::objective::Objective;
+
+/// Where the run reads and writes.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Run directory: `checkpoint/`, `metrics.jsonl` and the token cache `data/` go here.
+    pub out_dir: PathBuf,
+    /// Text files, directories or `.jsonl` files.
+    pub data: Vec<PathBuf>,
+    /// A checkpoint (or run directory) to continue from.
+    pub resume: Option<PathBuf>,
+    /// Start in (or resume into) an `out_dir` holding another run, replacing it.
+    pub force: bool,
+    /// Log lines on stderr/stdout; `false` silences the loop (tests).
+    pub verbose: bool,
+    /// Whether the backend computes on this machine's CPU cores (Flex): then
+    /// `train.batch_shards = 0` shards each micro-batch over the cores.
+    pub cpu_backend: bool,
+}
+
+/// Code a library caller plugs into a run (see [`crate::train_with`]); the default is
+/// none, which is what [`crate::train`] runs with.
+pub struct TrainExtras<B: AutodiffBackend + FusedBackend> {
+    /// Replaces the objective `train.objective` names (the checkpoint's `config.toml`
+    /// still records that key; a resumed run must be given the same objective again).
+    pub objective: Option<Box<dyn Objective<B>>>,
+    /// Called after every optimizer step, in this order; their state is checkpointed
+    /// (see [`crate::hooks`]). Names must be distinct.
+    pub hooks: Vec<Box<dyn StepHook<B>>>,
+}
+
+impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
+    fn default() -> Self {
+        Self {
+            objective: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl<B: AutodiffBackend + FusedBackend> TrainExtras<B> {
+    /// No extras.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trains with `objective` instead of the configured one.
+    pub fn objective(mut self, objective: impl Objective<B> + 'static) -> Self {
+        self.objective = Some(Box::new(objective));
+        self
+    }
+
+    /// Adds a step hook, called after the ones added before it.
+    pub fn hook(mut self, hook: impl StepHook<B> + 'static) -> Self {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub checkpoint: PathBuf,
+    pub step: usize,
+    pub last_train_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    /// Median optimizer-step time of this invocation (evaluation excluded).
+    pub median_step_ms: f64,
+    pub tokens_per_step: usize,
+    /// MoE models: share of routed assignments per expert over this invocation, all
+    /// layers together.
+    pub expert_load: Option<Vec<f64>>,
+}

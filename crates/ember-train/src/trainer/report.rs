@@ -1,0 +1,185 @@
+//! What a run tells: `metrics.jsonl`, the progress bar and the verbose lines, and the MoE
+//! routing tallies behind them.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::error::{TrainError, io_error};
+use crate::checkpoint::Checkpoint;
+use crate::metrics::StepMetrics;
+use crate::objective::MoeStats;
+use crate::run_dir;
+
+/// The run's metrics file and, when verbose, its terminal output.
+pub(super) struct Reporter {
+    metrics_path: PathBuf,
+    metrics_file: std::fs::File,
+    progress: Option<ProgressBar>,
+    verbose: bool,
+}
+
+impl Reporter {
+    /// Starts `out`'s `metrics.jsonl` (see [`run_dir::start_metrics`]) and opens it for
+    /// appending.
+    pub(super) fn open(
+        out: &Path,
+        resume: Option<&Checkpoint>,
+        replace: bool,
+        verbose: bool,
+    ) -> Result<Self, TrainError> {
+        run_dir::start_metrics(out, resume, replace)?;
+        let metrics_path = run_dir::metrics_path(out);
+        let metrics_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(io_error(&metrics_path))?;
+        Ok(Self {
+            metrics_path,
+            metrics_file,
+            progress: None,
+            verbose,
+        })
+    }
+
+    /// Shows the progress bar (verbose, on a terminal) at `step` of `steps`, and prints
+    /// `banner` (verbose).
+    pub(super) fn start(&mut self, steps: usize, step: usize, banner: impl FnOnce() -> String) {
+        self.progress = (self.verbose && std::io::stdout().is_terminal()).then(|| {
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
+                    .expect("a valid template"),
+            );
+            bar.set_position(step as u64);
+            bar
+        });
+        if self.verbose {
+            let line = banner();
+            match &self.progress {
+                Some(bar) => bar.println(line),
+                None => println!("{line}"),
+            }
+        }
+    }
+
+    /// Appends `record` to `metrics.jsonl` and, verbose, prints its line (over the
+    /// progress bar only when it holds a validation loss).
+    pub(super) fn record(&mut self, record: &StepMetrics, steps: usize) -> Result<(), TrainError> {
+        writeln!(
+            self.metrics_file,
+            "{}",
+            serde_json::to_string(record).unwrap()
+        )
+        .map_err(io_error(&self.metrics_path))?;
+        if !self.verbose {
+            return Ok(());
+        }
+        let mut val = record
+            .val_loss
+            .map_or(String::new(), |v| format!(" | val {v:.4}"));
+        if let Some(load) = &record.expert_load {
+            let load: Vec<String> = load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
+            val += &format!(
+                " | balance {:.3} z {:.3} | experts {}",
+                record.moe_balance_loss.unwrap_or(f64::NAN),
+                record.moe_z_loss.unwrap_or(f64::NAN),
+                load.join(" ")
+            );
+        }
+        for (name, value) in &record.objective {
+            val += &format!(" | {name} {value:.4}");
+        }
+        let line = format!(
+            "step {:>5}/{steps} | loss {:.4}{val} | lr {:.2e} | grad {:.3} | {:.0} tok/s | {:.1} ms | {:.1}s",
+            record.step,
+            record.train_loss,
+            record.lr,
+            record.grad_norm,
+            record.tokens_per_s,
+            record.step_ms,
+            record.elapsed_s
+        );
+        match &self.progress {
+            Some(bar) if record.val_loss.is_some() => bar.println(line),
+            Some(_) => {}
+            None => println!("{line}"),
+        }
+        Ok(())
+    }
+
+    /// Moves the progress bar to `step`.
+    pub(super) fn progress(&self, step: usize, train_loss: f64, tokens_per_s: f64) {
+        if let Some(bar) = &self.progress {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {train_loss:.4} | {tokens_per_s:.0} tok/s"));
+        }
+    }
+
+    /// Clears the progress bar.
+    pub(super) fn finish(&mut self) {
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Each expert's share of `load`.
+pub(super) fn shares(load: &[usize]) -> Vec<f64> {
+    let total = load.iter().sum::<usize>().max(1) as f64;
+    load.iter().map(|&n| n as f64 / total).collect()
+}
+
+/// MoE routing statistics between metric records, and over the run.
+pub(super) struct MoeTally {
+    /// The last step's balance and z-loss (mean over its micro-batches).
+    balance: f64,
+    z: f64,
+    since_log: Vec<usize>,
+    pub(super) total: Vec<usize>,
+    dropped_since_log: usize,
+}
+
+impl MoeTally {
+    pub(super) fn new(n_experts: usize) -> Self {
+        Self {
+            balance: 0.0,
+            z: 0.0,
+            since_log: vec![0; n_experts],
+            total: vec![0; n_experts],
+            dropped_since_log: 0,
+        }
+    }
+
+    /// One micro-batch standing for `weight` of the step: its share of the step's
+    /// losses, and each layer's expert loads.
+    pub(super) fn add(&mut self, moe: &MoeStats, weight: f64) {
+        self.balance += moe.balance * weight;
+        self.z += moe.z * weight;
+        for layer in &moe.load {
+            for ((since, total), n) in self.since_log.iter_mut().zip(&mut self.total).zip(layer) {
+                *since += n;
+                *total += n;
+            }
+        }
+        self.dropped_since_log += moe.dropped;
+    }
+
+    /// Writes the step's MoE fields into `record` and starts the next interval.
+    pub(super) fn fill(&mut self, record: &mut StepMetrics) {
+        record.moe_balance_loss = Some(self.balance);
+        record.moe_z_loss = Some(self.z);
+        record.expert_load = Some(shares(&self.since_log));
+        record.moe_dropped = Some(self.dropped_since_log);
+        self.since_log.iter_mut().for_each(|n| *n = 0);
+        self.dropped_since_log = 0;
+    }
+
+    /// Starts a step.
+    pub(super) fn start_step(&mut self) {
+        self.balance = 0.0;
+        self.z = 0.0;
+    }
+}

@@ -1,0 +1,170 @@
+//! The loop: step, then what follows each step (hooks, evaluation, metrics,
+//! checkpoints), until `train.steps`.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ember_nn::FusedBackend;
+
+use super::error::TrainError;
+use super::evaluate::evaluate;
+use super::options::{TrainExtras, TrainOptions, TrainSummary};
+use super::report::shares;
+use super::setup::Run;
+use super::step::StepOutcome;
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::hooks::{HookState, StepInfo};
+use crate::metrics::StepMetrics;
+
+/// Trains a model per `config` (see [`TrainOptions`]) and leaves a checkpoint in
+/// `out_dir/checkpoint`: [`train_with`] without extras.
+pub fn train<B>(
+    config: TrainConfig,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    train_with::<B>(config, options, TrainExtras::default(), device)
+}
+
+/// [`train`] with code of the caller's: an objective replacing the configured one and
+/// hooks called after every optimizer step (see [`TrainExtras`]).
+pub fn train_with<B>(
+    config: TrainConfig,
+    options: &TrainOptions,
+    extras: TrainExtras<B>,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    let mut run = Run::open(config, options, extras, device)?;
+    while !run.done() {
+        let out = run.step()?;
+        run.after_step(out)?;
+    }
+    run.finish()
+}
+
+impl<B> Run<'_, B>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    /// After optimizer step `state.step`: the hooks, then evaluation, the metrics record
+    /// and the checkpoint when due.
+    pub(super) fn after_step(&mut self, out: StepOutcome) -> Result<(), TrainError> {
+        let info = StepInfo {
+            step: self.state.step,
+            total_steps: self.config.train.steps,
+            lr: out.lr,
+            train_loss: out.train_loss,
+            grad_norm: out.grad_norm,
+            tokens_seen: self.state.tokens_seen,
+        };
+        for hook in &mut self.hooks {
+            let model = self
+                .model
+                .take()
+                .expect("the model is in place between steps");
+            self.model = Some(hook.after_step(model, &info));
+        }
+
+        let t = &self.config.train;
+        let step = self.state.step;
+        let done = step == t.steps;
+        let mut val_loss = None;
+        if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
+            let loss = evaluate(
+                &self.model().valid(),
+                &self.eval_loss,
+                &self.splits.val,
+                t.eval_batches,
+                t.batch_size,
+                t.seed ^ 0x5eed_5eed_5eed_5eed,
+                self.device,
+            );
+            self.state.last_val_loss = Some(loss);
+            val_loss = Some(loss);
+        }
+        self.state.elapsed_s = self.elapsed_before + self.started.elapsed().as_secs_f64();
+
+        let tokens_per_s = self.tokens_per_step as f64 / (out.step_ms / 1e3);
+        if step.is_multiple_of(t.log_every.max(1)) || val_loss.is_some() || done {
+            let mut record = StepMetrics {
+                step,
+                train_loss: out.train_loss,
+                val_loss,
+                lr: out.lr,
+                grad_norm: out.grad_norm,
+                tokens_per_s,
+                step_ms: out.step_ms,
+                elapsed_s: self.state.elapsed_s,
+                batch_shards: self.n_shards,
+                objective: out.metrics,
+                ..Default::default()
+            };
+            if self.config.model.moe.is_some() {
+                self.tally.fill(&mut record);
+            }
+            self.report.record(&record, t.steps)?;
+        }
+        self.report.progress(step, out.train_loss, tokens_per_s);
+        let periodic = t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every);
+        if periodic || done {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint: model, optimizer, state and every hook's state.
+    fn save(&self) -> Result<(), TrainError> {
+        let hooks: Vec<(String, HookState)> = self
+            .hooks
+            .iter()
+            .map(|hook| (hook.name().to_string(), hook.save_state()))
+            .collect();
+        checkpoint::save_with_hooks(
+            &self.checkpoint_dir,
+            &self.config,
+            &self.state,
+            self.model(),
+            &self.optim,
+            &self.tokenizer,
+            &hooks,
+        )?;
+        Ok(())
+    }
+
+    /// Ends the run: a checkpoint even when no step ran, and the summary.
+    pub(super) fn finish(mut self) -> Result<TrainSummary, TrainError> {
+        self.report.finish();
+        if !self.checkpoint_dir.exists() {
+            // Resumed at or past the final step: still leave a checkpoint behind.
+            self.save()?;
+        }
+        self.step_times.sort_by(f64::total_cmp);
+        Ok(TrainSummary {
+            checkpoint: self.checkpoint_dir.clone(),
+            step: self.state.step,
+            last_train_loss: self.state.last_train_loss,
+            last_val_loss: self.state.last_val_loss,
+            median_step_ms: self
+                .step_times
+                .get(self.step_times.len() / 2)
+                .copied()
+                .unwrap_or(0.0),
+            tokens_per_step: self.tokens_per_step,
+            expert_load: self
+                .config
+                .model
+                .moe
+                .is_some()
+                .then(|| shares(&self.tally.total)),
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! Everything a run is made of before its first step: the checkpoint to resume, the run
+//! directory's lock and checks, the token cache, the model, optimizer, schedule and
+//! objective, the hooks' restored state, and the metrics file.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use ember_data::{BatchSampler, TokenCache, TokenSplits, Tokenizer};
+use ember_nn::{FusedBackend, Transformer, TransformerConfig, param_infos};
+use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
+
+use super::error::TrainError;
+use super::options::{TrainExtras, TrainOptions};
+use super::precision::PrecisionScope;
+use super::report::{MoeTally, Reporter};
+use crate::checkpoint::{Checkpoint, TrainState, error};
+use crate::config::{ConfigError, TrainConfig};
+use crate::hooks::StepHook;
+use crate::loss::CrossEntropy;
+use crate::objective::Objective;
+use crate::run_dir::{self, RunLock};
+use crate::shards::Shards;
+
+/// A training run in progress: what its steps read and change.
+pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
+    pub(super) config: TrainConfig,
+    pub(super) device: &'a B::Device,
+    /// Always `Some` between steps; taken while the optimizer and hooks own it.
+    pub(super) model: Option<Transformer<B>>,
+    pub(super) optim: AdamWGroups<Transformer<B>, B>,
+    pub(super) state: TrainState,
+    pub(super) schedule: Box<dyn LrSchedule>,
+    pub(super) objective: Box<dyn Objective<B>>,
+    pub(super) hooks: Vec<Box<dyn StepHook<B>>>,
+    /// Validation loss: plain cross-entropy whatever the objective.
+    pub(super) eval_loss: CrossEntropy<B::InnerBackend>,
+    pub(super) tokenizer: Tokenizer,
+    pub(super) splits: TokenSplits,
+    pub(super) shards: Shards,
+    pub(super) n_shards: usize,
+    pub(super) tokens_per_step: usize,
+    pub(super) checkpoint_dir: PathBuf,
+    pub(super) report: Reporter,
+    pub(super) tally: MoeTally,
+    /// Training time of earlier invocations (a resumed run's).
+    pub(super) elapsed_before: f64,
+    /// When this invocation's first step began.
+    pub(super) started: Instant,
+    /// This invocation's optimizer-step times, ms.
+    pub(super) step_times: Vec<f64>,
+    // Released last, in this order: the directory lock, then the matmul precision.
+    _lock: RunLock,
+    _precision: PrecisionScope,
+}
+
+impl<'a, B> Run<'a, B>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    /// Prepares a run per `config` and `options` (fresh, or resumed from
+    /// `options.resume`) up to its first step.
+    pub(super) fn open(
+        mut config: TrainConfig,
+        options: &TrainOptions,
+        extras: TrainExtras<B>,
+        device: &'a B::Device,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        let TrainExtras { objective, hooks } = extras;
+        crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
+            .map_err(TrainError::Hooks)?;
+        let precision = PrecisionScope::set(config.train.matmul_precision);
+        let resume = options
+            .resume
+            .as_deref()
+            .map(Checkpoint::open)
+            .transpose()
+            .map_err(TrainError::Resume)?;
+        let lock = run_dir::lock(&options.out_dir)?;
+        run_dir::check(&options.out_dir, resume.as_ref(), options.force)?;
+        let replace = run_dir::replaces_another(&options.out_dir, resume.as_ref());
+
+        // Data: tokenized once into out_dir/data and reused while unchanged.
+        let kind = config.tokenizer_kind()?;
+        let cache = TokenCache::load_or_build(&options.out_dir.join("data"), &options.data, kind)?;
+        let vocab = cache.tokenizer.vocab_size();
+        if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
+            return Err(ConfigError(format!(
+                "model.vocab_size: {} does not match the tokenizer's {vocab}",
+                config.model.vocab_size
+            ))
+            .into());
+        }
+        config.model.vocab_size = vocab;
+        if options.cpu_backend {
+            // Activations live in host memory only on CPU backends.
+            crate::footprint::check(&config)?;
+        }
+        let block = config.model.max_seq_len;
+        let splits = TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?;
+
+        let (model, state) = model_and_state::<B>(&config, resume.as_ref(), device)?;
+        let settings = AdamWSettings {
+            beta1: config.optim.beta1,
+            beta2: config.optim.beta2,
+            eps: config.optim.eps,
+            weight_decay: config.optim.weight_decay,
+        };
+        let params = param_infos::<B, _>(&model)
+            .into_iter()
+            .map(|p| (p.id, p.path, p.shape));
+        let mut optim = AdamWGroups::new(&settings, params, decay_matrices);
+        let mut hooks = hooks;
+        if let Some(ckpt) = &resume {
+            optim = ckpt.load_optimizer(optim, device)?;
+            restore_hooks(ckpt, &mut hooks)?;
+        }
+        let schedule = config.optim.schedule.build(
+            config.optim.lr,
+            config.optim.min_lr,
+            config.optim.warmup_steps,
+            config.optim.decay_steps,
+        );
+        let objective = objective.unwrap_or_else(|| config.train.objective.build::<B>(&config));
+        let eval_loss = CrossEntropy::<B::InnerBackend>::new(None, device);
+
+        let mut report =
+            Reporter::open(&options.out_dir, resume.as_ref(), replace, options.verbose)?;
+        let t = &config.train;
+        let tokens_per_step = t.batch_size * block * t.grad_accum;
+        let n_shards = match t.batch_shards {
+            0 if options.cpu_backend && config.model.dropout == 0.0 => {
+                std::thread::available_parallelism()
+                    .map_or(1, usize::from)
+                    .min(t.batch_size)
+            }
+            0 => 1,
+            n => n,
+        };
+        let shards = Shards::new(n_shards).map_err(|e| {
+            ConfigError(format!(
+                "train.batch_shards: cannot start {n_shards} shard threads: {e}"
+            ))
+        })?;
+        report.start(t.steps, state.step, || {
+            format!(
+                "ember train: {} parameters, {} train / {} val tokens, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
+                config.model.num_params(),
+                splits.train.len(),
+                splits.val.len(),
+                t.steps,
+                if n_shards > 1 {
+                    format!(", each micro-batch in {n_shards} shards")
+                } else {
+                    String::new()
+                },
+                if cache.reused {
+                    " (token cache reused)"
+                } else {
+                    ""
+                }
+            )
+        });
+
+        let tally = MoeTally::new(config.model.moe.as_ref().map_or(0, |m| m.n_experts));
+        let elapsed_before = if state.elapsed_s.is_finite() && state.elapsed_s > 0.0 {
+            state.elapsed_s
+        } else {
+            0.0
+        };
+        Ok(Self {
+            device,
+            model: Some(model),
+            optim,
+            state,
+            schedule,
+            objective,
+            hooks,
+            eval_loss,
+            tokenizer: cache.tokenizer,
+            splits,
+            shards,
+            n_shards,
+            tokens_per_step,
+            checkpoint_dir: options.out_dir.join("checkpoint"),
+            report,
+            tally,
+            elapsed_before,
+            started: Instant::now(),
+            step_times: Vec::new(),
+            config,
+            _lock: lock,
+            _precision: precision,
+        })
+    }
+
+    /// The model as it stands between steps.
+    pub(super) fn model(&self) -> &Transformer<B> {
+        self.model
+            .as_ref()
+            .expect("the model is in place between steps")
+    }
+}
+
+/// The model and state to start from: fresh (seeded by `train.seed`), or the checkpoint's
+/// when its model configuration is this run's.
+fn model_and_state<B: AutodiffBackend + FusedBackend>(
+    config: &TrainConfig,
+    resume: Option<&Checkpoint>,
+    device: &B::Device,
+) -> Result<(Transformer<B>, TrainState), TrainError> {
+    B::seed(device, config.train.seed);
+    Ok(match resume {
+        Some(ckpt) => {
+            let diff = model_diff(&ckpt.config.model, &config.model);
+            if !diff.is_empty() {
+                return Err(ConfigError(format!(
+                    "--resume {}: the model configuration differs from the checkpoint's ({})",
+                    ckpt.dir.display(),
+                    diff.join("; ")
+                ))
+                .into());
+            }
+            (ckpt.load_model::<B>(device)?, ckpt.state.clone())
+        }
+        None => (
+            Transformer::<B>::new(&config.model, device).map_err(|e| ConfigError(e.to_string()))?,
+            TrainState {
+                step: 0,
+                sampler: BatchSampler::new(config.train.seed),
+                tokens_seen: 0,
+                last_train_loss: None,
+                last_val_loss: None,
+                elapsed_s: 0.0,
+            },
+        ),
+    })
+}
+
+/// Gives each hook its state saved in `ckpt`; errors name the hook and its file.
+fn restore_hooks<B: AutodiffBackend>(
+    ckpt: &Checkpoint,
+    hooks: &mut [Box<dyn StepHook<B>>],
+) -> Result<(), TrainError> {
+    let names: Vec<String> = hooks.iter().map(|hook| hook.name().to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let states = ckpt.hook_states(&names).map_err(TrainError::Resume)?;
+    for ((hook, name), state) in hooks.iter_mut().zip(&names).zip(states) {
+        hook.load_state(state).map_err(|message| {
+            TrainError::Resume(error(
+                &crate::hooks::json_path(&ckpt.dir, name),
+                format!("step hook `{name}` cannot use its saved state: {message}"),
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// A different model configuration between a checkpoint and a resumed run, key by key.
+fn model_diff(saved: &TransformerConfig, now: &TransformerConfig) -> Vec<String> {
+    let to_table = |c: &TransformerConfig| match toml::Value::try_from(c) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let (a, b) = (to_table(saved), to_table(now));
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "model.{k}: checkpoint {v}, now {}",
+                b.get(k).map_or("-".into(), |x| x.to_string())
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! One optimizer step: micro-batches (each cut into shards) through the objective,
+//! their gradients accumulated, the global norm clipped, the learning rate looked up and
+//! the optimizer applied.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use ember_data::Batch;
+use ember_nn::{FusedBackend, Transformer};
+use ember_optim::clip_global_norm;
+
+use super::error::TrainError;
+use super::evaluate::batch_tensors;
+use super::setup::Run;
+use crate::objective::{MoeStats, Objective, ObjectiveBatch};
+
+/// What an optimizer step did, for what follows it.
+pub(super) struct StepOutcome {
+    /// The learning rate it used.
+    pub(super) lr: f64,
+    /// The global gradient norm before clipping.
+    pub(super) grad_norm: f64,
+    /// The objective's `train_loss`, row-weighted mean over the step.
+    pub(super) train_loss: f64,
+    /// The objective's named metrics, row-weighted means over the step.
+    pub(super) metrics: BTreeMap<String, f64>,
+    /// Duration of the step, ms.
+    pub(super) step_ms: f64,
+}
+
+/// What one micro-batch (or one shard of it) contributes to a step.
+struct MicroBatch {
+    /// Gradients of `weight × loss`.
+    grads: GradientsParams,
+    /// The share of the step this micro-batch stands for (rows / step rows).
+    weight: f64,
+    /// The objective's `train_loss` over its rows.
+    train_loss: f64,
+    moe: Option<MoeStats>,
+    metrics: Vec<(String, f64)>,
+}
+
+/// Forward and backward over `batch`; the loss is scaled by `weight` before the backward
+/// pass, so summing the gradients of a step's micro-batches gives the step's mean.
+fn micro_batch<B: AutodiffBackend + FusedBackend>(
+    model: &Transformer<B>,
+    objective: &dyn Objective<B>,
+    batch: &Batch,
+    weight: f64,
+    device: &B::Device,
+) -> MicroBatch {
+    let (inputs, targets) = batch_tensors::<B>(batch, device);
+    let out = objective.loss(
+        model,
+        ObjectiveBatch {
+            inputs,
+            targets,
+            batch,
+            device,
+        },
+    );
+    let loss = if weight != 1.0 {
+        out.loss.mul_scalar(weight)
+    } else {
+        out.loss
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    MicroBatch {
+        grads,
+        weight,
+        train_loss: out.train_loss.into_scalar().elem::<f64>(),
+        moe: out.moe,
+        metrics: out
+            .metrics
+            .into_iter()
+            .map(|(name, value)| (name, value.into_scalar().elem::<f64>()))
+            .collect(),
+    }
+}
+
+impl<B> Run<'_, B>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    /// Whether the run has reached `train.steps`.
+    pub(super) fn done(&self) -> bool {
+        self.state.step >= self.config.train.steps
+    }
+
+    /// Runs optimizer step `state.step` and counts it in the state.
+    pub(super) fn step(&mut self) -> Result<StepOutcome, TrainError> {
+        let t = &self.config.train;
+        let (device, block) = (self.device, self.config.model.max_seq_len);
+        let step = self.state.step;
+        let step_start = Instant::now();
+        // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
+        B::seed(device, t.seed.wrapping_add(step as u64 + 1));
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is in place between steps");
+        let objective = &*self.objective;
+        let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
+        let mut train_loss = 0.0;
+        let mut metrics = BTreeMap::new();
+        self.tally.start_step();
+        for _ in 0..t.grad_accum {
+            let batch = self
+                .state
+                .sampler
+                .sample(&self.splits.train, t.batch_size, block);
+            let parts = self.shards.run(model, &batch, |model, rows, weight| {
+                micro_batch(model, objective, rows, weight / t.grad_accum as f64, device)
+            });
+            for part in parts {
+                train_loss += part.train_loss * part.weight;
+                for (name, value) in part.metrics {
+                    *metrics.entry(name).or_insert(0.0) += value * part.weight;
+                }
+                if let Some(moe) = &part.moe {
+                    self.tally.add(moe, part.weight);
+                }
+                accumulator.accumulate(model, part.grads);
+            }
+        }
+        if !train_loss.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                loss: train_loss,
+            });
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = if self.config.optim.grad_clip > 0.0 {
+            clip_global_norm(model, &mut grads, self.config.optim.grad_clip)
+        } else {
+            ember_optim::global_grad_norm(model, &grads)
+        };
+        let lr = self.schedule.lr_at(step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is in place between steps");
+        self.model = Some(self.optim.step(lr, model, grads));
+        let step_ms = step_start.elapsed().as_secs_f64() * 1e3;
+        self.step_times.push(step_ms);
+
+        self.state.step += 1;
+        self.state.tokens_seen = self
+            .state
+            .tokens_seen
+            .saturating_add(self.tokens_per_step as u64);
+        self.state.last_train_loss = Some(train_loss);
+        Ok(StepOutcome {
+            lr,
+            grad_norm,
+            train_loss,
+            metrics,
+            step_ms,
+        })
+    }
+}
