@@ -32,7 +32,7 @@ pub trait Decoder {
     /// starting the rows when the cache is empty.
     fn prefill(&self, cache: &mut Self::Cache, prompts: &[&[u32]]);
 
-    /// Appends `tokens[r]` to row `r`, every row at once.
+    /// Appends `tokens[r]` to row `r`, every row at once (one token per row).
     fn step(&self, cache: &mut Self::Cache, tokens: &[u32]);
 
     /// `row`'s next-token logits `[vocab]` after the last prefill or step.
@@ -121,10 +121,14 @@ impl<B: FusedBackend> Decoder for BurnDecoder<'_, B> {
 
     fn prefill(&self, cache: &mut BurnCache<B>, prompts: &[&[u32]]) {
         let flat = equal_rows(prompts);
+        if self.rows(cache) > 0 {
+            check_rows(self.rows(cache), prompts.len());
+        }
         cache.logits = self.last_logits(&flat, prompts.len(), Some(&mut cache.kv));
     }
 
     fn step(&self, cache: &mut BurnCache<B>, tokens: &[u32]) {
+        check_step(self.rows(cache), tokens);
         cache.logits = self.last_logits(tokens, tokens.len(), Some(&mut cache.kv));
     }
 
@@ -188,9 +192,11 @@ impl<B: FusedBackend> Decoder for UncachedDecoder<'_, B> {
     }
 
     fn prefill(&self, cache: &mut History, prompts: &[&[u32]]) {
+        equal_rows(prompts);
         if cache.rows.is_empty() {
             cache.rows = vec![Vec::new(); prompts.len()];
         }
+        check_rows(cache.rows.len(), prompts.len());
         for (row, prompt) in cache.rows.iter_mut().zip(prompts) {
             row.extend_from_slice(prompt);
         }
@@ -198,6 +204,7 @@ impl<B: FusedBackend> Decoder for UncachedDecoder<'_, B> {
     }
 
     fn step(&self, cache: &mut History, tokens: &[u32]) {
+        check_step(cache.rows.len(), tokens);
         for (row, &token) in cache.rows.iter_mut().zip(tokens) {
             row.push(token);
         }
@@ -213,6 +220,23 @@ impl<B: FusedBackend> Decoder for UncachedDecoder<'_, B> {
         cache.rows.clear();
         cache.logits.clear();
     }
+}
+
+/// Panics unless there is one token per row: a caller's bug, not a user's input.
+pub(crate) fn check_step(rows: usize, tokens: &[u32]) {
+    assert!(
+        rows > 0 && tokens.len() == rows,
+        "Decoder::step: {} tokens for {rows} rows",
+        tokens.len()
+    );
+}
+
+/// Panics unless `given` prompts continue `rows` rows.
+pub(crate) fn check_rows(rows: usize, given: usize) {
+    assert_eq!(
+        rows, given,
+        "Decoder::prefill: {given} prompts for {rows} rows"
+    );
 }
 
 /// The rows of `prompts` in one flat vector; panics unless they have one length.

@@ -126,7 +126,12 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
                 decoder.reset(&mut cache);
             }
             if decoder.rows(&cache) == 0 {
-                decoder.prefill(&mut cache, &[context(&tokens, window)]);
+                // A decoder without a capacity crops its own context (the last window).
+                let context = match decoder.capacity() {
+                    Some(_) => context(&tokens, window),
+                    None => &tokens,
+                };
+                decoder.prefill(&mut cache, &[context]);
             } else {
                 decoder.step(&mut cache, &[*tokens.last().expect("a prompt")]);
             }
@@ -146,7 +151,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
 /// half window once it has outgrown the window.
 fn context(tokens: &[u32], window: usize) -> &[u32] {
     let keep = if tokens.len() > window {
-        window / 2
+        (window / 2).max(1)
     } else {
         tokens.len()
     };

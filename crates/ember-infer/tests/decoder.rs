@@ -3,10 +3,13 @@
 //! equal to that row's own reference (max |Δ| ≤ 1e-4).
 
 use burn::backend::Flex;
+use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_infer::{
-    BurnDecoder, BurnPrefilledHost, Decoder, HostDecoder, HostWeights, UncachedDecoder,
+    BurnDecoder, BurnPrefilledHost, Decoder, Generator, HostDecoder, HostWeights, Sampler,
+    SamplingConfig, UncachedDecoder, argmax,
 };
+use ember_nn::Adapter;
 use ember_nn::{ForwardOptions, MlpKind, PositionKind, Transformer, TransformerConfig};
 
 type B = Flex;
@@ -101,4 +104,61 @@ fn every_decoder_matches_an_uncached_pass_row_by_row() {
         };
         check(&format!("{name} burn-prefilled host"), &hybrid, &model);
     }
+}
+
+/// Without a cache, every token is predicted from the last `max_seq_len` tokens, prompt
+/// included (nanoGPT's crop): a prompt longer than the window is cropped, not halved.
+#[test]
+fn uncached_generation_crops_a_long_prompt_to_the_window() {
+    let config = &configs()[0].1;
+    let model = model(config);
+    let window = config.max_seq_len;
+    let mut tokens: Vec<u32> = (0..window as u32 + 5).map(|i| (i * 7 + 3) % 29).collect();
+    let prompt = tokens.clone();
+    let mut want = Vec::new();
+    for _ in 0..4 {
+        let next = argmax(&reference(&model, &tokens[tokens.len() - window..]));
+        tokens.push(next);
+        want.push(next);
+    }
+    let mut sampler = Sampler::new(SamplingConfig::greedy());
+    let got = Generator::new(&model, &Default::default(), false)
+        .generate(&prompt, 4, &mut sampler, |_| {})
+        .unwrap();
+    assert_eq!(got, want);
+}
+
+/// The host kernels read plain f32 weights only: a projection with an adapter, or with a
+/// burn-quantized weight, is refused by name instead of decoded without it.
+#[test]
+fn the_host_decoder_refuses_adapters_and_quantized_weights() {
+    use burn::tensor::quantization::{QuantLevel, QuantScheme, QuantValue};
+    let config = &configs()[0].1;
+    let mut adapted = model(config);
+    adapted.layers[1].attn.v_proj.adapter = Some(Adapter {
+        down: None,
+        up: None,
+        rank_scale: None,
+        input_scale: None,
+        output_scale: Some(Param::from_tensor(Tensor::ones([32], &Default::default()))),
+        scaling: 1.0,
+        dropout: burn::nn::DropoutConfig::new(0.0).init(),
+    });
+    let err = HostDecoder::new(&adapted, HostWeights::F32).unwrap_err();
+    assert!(
+        err.contains("layers.1.attn.v_proj") && err.contains("adapter"),
+        "{err}"
+    );
+
+    let mut quantized = model(config);
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_level(QuantLevel::block([32]));
+    let up = &mut quantized.layers[0].mlp.as_mut().unwrap().up_proj;
+    up.weight = Param::from_tensor(up.weight.val().quantize_dynamic(&scheme));
+    let err = HostDecoder::new(&quantized, HostWeights::Int8).unwrap_err();
+    assert!(
+        err.contains("layers.0.mlp.up_proj.weight") && err.contains("quantized"),
+        "{err}"
+    );
 }

@@ -207,10 +207,7 @@ impl<B: FusedBackend> Attention<B> {
             padding.push(pad);
         }
         debug_assert!(keys.iter().all(|k| k.dims()[2] == longest + n_prefix));
-        let shifted = MaskMod::custom(move |b, h, q, kv| {
-            let pad = padding[b];
-            kv >= pad && mask.keep(b, h, q - pad, kv - pad)
-        });
+        let shifted = MaskMod::row_offset(mask, padding);
         (Tensor::cat(keys, 0), Tensor::cat(values, 0), shifted)
     }
 }

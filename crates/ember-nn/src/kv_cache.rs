@@ -103,7 +103,8 @@ pub trait KvCache<B: Backend> {
     /// Adds a row holding a copy of `row`'s positions and returns its index.
     fn fork(&mut self, row: usize) -> usize;
 
-    /// Rearranges the rows: new row `i` is old row `order[i]` (rows may repeat or go).
+    /// Rearranges the rows: new row `i` is old row `order[i]` (rows may repeat or go; an
+    /// empty `order` leaves no rows).
     fn reorder(&mut self, order: &[usize]);
 }
 
@@ -214,9 +215,12 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
     fn truncate(&mut self, row: usize, len: usize) {
         let length = &mut self.lengths[row];
         *length = (*length).min(len);
-        // Rows of one length again: keep them as one dense block each (the fast path).
+        // Rows of one length again: keep them as one dense block each (the fast path),
+        // or nothing at all when every row is empty.
         let first = self.lengths[0];
-        if self.lengths.iter().all(|&l| l == first) {
+        if first == 0 && self.lengths.iter().all(|&l| l == 0) {
+            self.layers.iter_mut().for_each(|slot| *slot = None);
+        } else if self.lengths.iter().all(|&l| l == first) {
             self.map_layers(|t| t.narrow(2, 0, first));
         }
     }
@@ -232,6 +236,9 @@ impl<B: Backend> KvCache<B> for ContiguousKvCache<B> {
     }
 
     fn reorder(&mut self, order: &[usize]) {
+        if order.is_empty() {
+            return self.clear();
+        }
         let rows = self.lengths.len();
         assert!(
             order.iter().all(|&r| r < rows),

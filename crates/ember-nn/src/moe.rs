@@ -130,8 +130,9 @@ impl<B: FusedBackend> Moe<B> {
         let device = x.device();
         let [tokens, d_model] = x.dims();
         let n_experts = self.experts.len();
-        // The router stays in f32 whatever the matmul precision: routing is a choice.
-        let logits = x.clone().matmul(self.router.weight.val());
+        // The router multiplies at the model's dtype, never at the reduced matmul
+        // precision of `train.matmul_precision`: it chooses experts.
+        let logits = self.router.forward_rows_with(x.clone(), |a, b| a.matmul(b));
         let probs = softmax(logits.clone(), 1);
         let host: Vec<f32> = probs.clone().into_data().convert::<f32>().to_vec().unwrap();
         let routing = route(&host, n_experts, self.top_k, self.capacity(tokens));

@@ -3,7 +3,9 @@
 //! head), so an adapter or a quantized weight plugs into all of them at once.
 //!
 //! Products go through [`ember_ops::fused::matmul`], so the process's matmul precision
-//! ([`ember_ops::fused::set_matmul_precision`]) reaches every projection. Without an
+//! ([`ember_ops::fused::set_matmul_precision`]) reaches every projection (but the MoE
+//! router, which multiplies through [`Projection::forward_rows_with`] at the model's own
+//! dtype: it chooses experts). Without an
 //! adapter and at `f32` precision this is exactly `burn::nn::Linear::forward`, and the
 //! parameter paths are the same (`….weight`, `….bias`): checkpoints and Hugging Face
 //! names do not change.
@@ -105,33 +107,41 @@ impl<B: FusedBackend> Projection<B> {
 
     /// `x: [rows, d_in]` → `[rows, d_out]`.
     pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward_rows_with(x, ember_ops::fused::matmul)
+    }
+
+    /// [`Self::forward_rows`] with every product `a · b` computed by `matmul` (e.g.
+    /// burn's own, at the model's dtype whatever the process's matmul precision).
+    pub fn forward_rows_with(
+        &self,
+        x: Tensor<B, 2>,
+        matmul: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let base = |x: Tensor<B, 2>| {
+            let y = matmul(x, self.weight.val());
+            match &self.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            }
+        };
         let Some(adapter) = &self.adapter else {
-            return self.base(x);
+            return base(x);
         };
         let x = match &adapter.input_scale {
             Some(scale) => x * scale.val().unsqueeze(),
             None => x,
         };
-        let mut y = self.base(x.clone());
+        let mut y = base(x.clone());
         if let (Some(down), Some(up)) = (&adapter.down, &adapter.up) {
-            let h = ember_ops::fused::matmul(adapter.dropout.forward(x), down.val());
+            let h = matmul(adapter.dropout.forward(x), down.val());
             let h = match &adapter.rank_scale {
                 Some(e) => h * e.val().unsqueeze(),
                 None => h,
             };
-            y = y + ember_ops::fused::matmul(h, up.val()).mul_scalar(adapter.scaling);
+            y = y + matmul(h, up.val()).mul_scalar(adapter.scaling);
         }
         match &adapter.output_scale {
             Some(scale) => y * scale.val().unsqueeze(),
-            None => y,
-        }
-    }
-
-    /// `x · weight + bias`, the adapter left out.
-    pub fn base(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = ember_ops::fused::matmul(x, self.weight.val());
-        match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze(),
             None => y,
         }
     }

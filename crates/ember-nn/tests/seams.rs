@@ -156,6 +156,32 @@ fn fork_and_reorder_carry_each_rows_history() {
     }
 }
 
+#[test]
+fn truncating_every_row_to_one_length_or_to_nothing_keeps_decoding_exact() {
+    for (name, config) in configs() {
+        let model = model(&config, 10);
+        let (a, b): (Vec<u32>, Vec<u32>) = (vec![1, 2, 3, 4], vec![5, 6, 7, 8]);
+        let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
+        prefill(&model, &mut cache, &[&a, &b]);
+        cache.truncate(0, 2);
+        cache.truncate(1, 2);
+        assert_eq!(cache.lengths(), vec![2, 2], "{name}");
+        let got = step(&model, &mut cache, &[9, 10]);
+        assert_close(name, &got[0], &reference_last(&model, &[1, 2, 9]));
+        assert_close(name, &got[1], &reference_last(&model, &[5, 6, 10]));
+        // Rewound to nothing: the next pass starts both rows afresh at position 0.
+        cache.truncate(0, 0);
+        cache.truncate(1, 0);
+        assert!(cache.is_empty(), "{name}");
+        prefill(&model, &mut cache, &[&[3, 3], &[4, 4]]);
+        let got = step(&model, &mut cache, &[1, 2]);
+        assert_close(name, &got[0], &reference_last(&model, &[3, 3, 1]));
+        assert_close(name, &got[1], &reference_last(&model, &[4, 4, 2]));
+        cache.reorder(&[]);
+        assert!(cache.lengths().is_empty(), "{name}");
+    }
+}
+
 /// A paged layout: blocks of 2 positions in a shared pool, each row's blocks out of order
 /// in the pool; reading a row through the table gives its positions in order.
 #[test]

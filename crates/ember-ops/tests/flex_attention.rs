@@ -44,6 +44,15 @@ fn masks(seq: usize) -> Vec<(&'static str, MaskMod)> {
             "sliding-2|prefix-2",
             MaskMod::SlidingWindow(2).or(MaskMod::PrefixLm(2)),
         ),
+        (
+            // Rows of different lengths, left-padded: sequence 1's keys start at 5.
+            "row-offset causal",
+            MaskMod::row_offset(MaskMod::Causal, vec![0, 5]),
+        ),
+        (
+            "row-offset sliding-3",
+            MaskMod::row_offset(MaskMod::SlidingWindow(3), vec![3, 0]),
+        ),
     ]
 }
 

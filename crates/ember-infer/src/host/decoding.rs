@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use ember_nn::{FusedBackend, TransformerConfig};
 
 use super::{DecodeState, HostDecoder};
-use crate::decoder::{BurnDecoder, Decoder, equal_rows};
+use crate::decoder::{BurnDecoder, Decoder, check_rows, check_step, equal_rows};
 
 impl Decoder for HostDecoder {
     type Cache = Vec<DecodeState>;
@@ -36,12 +36,14 @@ impl Decoder for HostDecoder {
         if cache.is_empty() {
             cache.extend(prompts.iter().map(|_| self.new_state()));
         }
+        check_rows(cache.len(), prompts.len());
         for (state, prompt) in cache.iter_mut().zip(prompts) {
             HostDecoder::prefill(self, state, prompt);
         }
     }
 
     fn step(&self, cache: &mut Vec<DecodeState>, tokens: &[u32]) {
+        check_step(cache.len(), tokens);
         for (state, &token) in cache.iter_mut().zip(tokens) {
             HostDecoder::step(self, state, token);
         }

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
+use burn::tensor::DType;
 use ember_nn::{
     FusedBackend, MlpKind, NormKind, NormPlacement, PositionKind, Transformer, TransformerConfig,
-    param_values_f32,
+    param_values,
 };
 
 use super::{HostDecoder, HostWeights, Layer, Linear, Matrix, Norm};
@@ -48,7 +49,7 @@ impl HostDecoder {
     ) -> Result<Self, String> {
         let config = model.config().clone();
         check(&config)?;
-        let mut params: HashMap<String, (Vec<usize>, Vec<f32>)> = param_values_f32(model);
+        let mut params = plain_weights(model)?;
         let mut take = |path: &str| {
             params
                 .remove(path)
@@ -134,6 +135,36 @@ impl HostDecoder {
 }
 
 /// `Err` names the first option of `c` the host decoder does not implement.
+/// Every parameter as `(shape, f32 values)` by path; `Err` names a projection with an
+/// adapter or a burn-quantized weight, which the host kernels do not read.
+fn plain_weights<B: FusedBackend>(
+    model: &Transformer<B>,
+) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+    let mut out = HashMap::new();
+    for (path, data) in param_values(model) {
+        if let Some(at) = path.find(".adapter.") {
+            return Err(format!(
+                "the host decoder does not implement adapters (`{}` has one): merge it into \
+                 the weight first",
+                &path[..at]
+            ));
+        }
+        if let DType::QFloat(_) = data.dtype {
+            return Err(format!(
+                "the host decoder does not read burn-quantized weights (`{path}`); its own \
+                 int8 form comes from the f32 model"
+            ));
+        }
+        let shape = data.shape.to_vec();
+        let values = data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| format!("`{path}`: {e:?}"))?;
+        out.insert(path, (shape, values));
+    }
+    Ok(out)
+}
+
 fn check(c: &TransformerConfig) -> Result<(), String> {
     let unsupported = |what: String| Err(format!("the host decoder does not implement {what}"));
     if c.moe.is_some() {

@@ -68,6 +68,13 @@ pub enum MaskMod {
     Or(Box<MaskMod>, Box<MaskMod>),
     /// A user predicate; tiles are classified by evaluating it on every entry.
     Custom(Arc<MaskFn>),
+    /// Sequence `b`'s keys start at column `offsets[b]` (left padding, for rows of
+    /// different lengths in one batch): the columns before are hidden and `inner` sees
+    /// the sequence's own indices, `inner.keep(b, h, q_idx - offset, kv_idx - offset)`.
+    RowOffset {
+        inner: Box<MaskMod>,
+        offsets: Arc<Vec<usize>>,
+    },
 }
 
 impl fmt::Debug for MaskMod {
@@ -81,6 +88,9 @@ impl fmt::Debug for MaskMod {
             MaskMod::And(a, b) => write!(f, "And({a:?}, {b:?})"),
             MaskMod::Or(a, b) => write!(f, "Or({a:?}, {b:?})"),
             MaskMod::Custom(_) => write!(f, "Custom"),
+            MaskMod::RowOffset { inner, offsets } => {
+                write!(f, "RowOffset({inner:?}, {} sequences)", offsets.len())
+            }
         }
     }
 }
@@ -121,6 +131,19 @@ impl MaskMod {
                 a.keep(batch, head, q_idx, kv_idx) || b.keep(batch, head, q_idx, kv_idx)
             }
             MaskMod::Custom(f) => f(batch, head, q_idx, kv_idx),
+            MaskMod::RowOffset { inner, offsets } => {
+                let off = offsets[batch];
+                kv_idx >= off && q_idx >= off && inner.keep(batch, head, q_idx - off, kv_idx - off)
+            }
+        }
+    }
+
+    /// `inner` for sequences whose keys start at columns `offsets[b]`; see
+    /// [`MaskMod::RowOffset`].
+    pub fn row_offset(inner: MaskMod, offsets: Vec<usize>) -> Self {
+        MaskMod::RowOffset {
+            inner: Box::new(inner),
+            offsets: Arc::new(offsets),
         }
     }
 
@@ -172,13 +195,30 @@ impl MaskMod {
                     .count();
                 kind(kept == q.len() * kv.len(), kept == 0)
             }
+            MaskMod::RowOffset { inner, offsets } => {
+                let off = offsets[batch];
+                if kv_max < off || q_max < off {
+                    return TileKind::Empty;
+                }
+                let own = inner.tile(
+                    batch,
+                    head,
+                    q_min.max(off) - off..q_max + 1 - off,
+                    kv_min.max(off) - off..kv_max + 1 - off,
+                );
+                // Columns (or rows) before the offset are hidden: the tile is partial.
+                match own {
+                    TileKind::Full if kv_min < off || q_min < off => TileKind::Partial,
+                    own => own,
+                }
+            }
         }
     }
 
     /// Whether the mask can differ between sequences of a batch.
     pub fn varies_with_batch(&self) -> bool {
         match self {
-            MaskMod::Document(_) | MaskMod::Custom(_) => true,
+            MaskMod::Document(_) | MaskMod::Custom(_) | MaskMod::RowOffset { .. } => true,
             MaskMod::And(a, b) | MaskMod::Or(a, b) => {
                 a.varies_with_batch() || b.varies_with_batch()
             }
@@ -191,6 +231,7 @@ impl MaskMod {
         match self {
             MaskMod::Custom(_) => true,
             MaskMod::And(a, b) | MaskMod::Or(a, b) => a.varies_with_head() || b.varies_with_head(),
+            MaskMod::RowOffset { inner, .. } => inner.varies_with_head(),
             _ => false,
         }
     }
@@ -216,6 +257,17 @@ impl MaskMod {
             }
             MaskMod::And(a, b) | MaskMod::Or(a, b) => {
                 a.check(batch, seq_kv).and_then(|()| b.check(batch, seq_kv))
+            }
+            MaskMod::RowOffset { inner, offsets } => {
+                if offsets.len() < batch {
+                    return Err(format!(
+                        "row offsets cover {} sequences, the batch has {batch}",
+                        offsets.len()
+                    ));
+                }
+                // The longest sequence (the smallest offset) reads the most positions.
+                let least = offsets.iter().take(batch).min().copied().unwrap_or(0);
+                inner.check(batch, seq_kv.saturating_sub(least))
             }
             _ => Ok(()),
         }
