@@ -135,11 +135,14 @@ impl HostDecoder {
 }
 
 /// `Err` names the first option of `c` the host decoder does not implement.
+/// A parameter's shape and values on the host.
+type HostTensor = (Vec<usize>, Vec<f32>);
+
 /// Every parameter as `(shape, f32 values)` by path; `Err` names a projection with an
 /// adapter or a burn-quantized weight, which the host kernels do not read.
 fn plain_weights<B: FusedBackend>(
     model: &Transformer<B>,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+) -> Result<HashMap<String, HostTensor>, String> {
     let mut out = HashMap::new();
     for (path, data) in param_values(model) {
         if let Some(at) = path.find(".adapter.") {
