@@ -5,6 +5,7 @@
 //!   `tokenizer.json` and `generation_config.json`. [`HfModel::load_model`] builds the
 //!   [`ember_nn::Transformer`] with those weights (f32, f16 or bf16 on disk; f32 in memory).
 //! - [`export()`] writes an Ember model back as a directory `transformers` loads.
+//! - [`peft`] reads and writes `peft`'s LoRA adapter directories.
 //!
 //! Architectures (`model_type`): `llama` (GQA, RoPE scaling default / linear / dynamic /
 //! llama3, tied or untied embeddings), `mistral` (sliding window), `qwen2` (q/k/v biases),
@@ -20,6 +21,7 @@ mod families;
 pub mod generation;
 pub mod import;
 pub mod names;
+pub mod peft;
 pub mod safetensors_io;
 
 pub use config::{CONFIG_FILE, HfArch, HfConfig, export_arch, parse_config, read_config};

@@ -147,6 +147,15 @@ pub struct WeightFiles {
 }
 
 impl WeightFiles {
+    /// One safetensors file (e.g. `peft`'s `adapter_model.safetensors`), its header read
+    /// and checked as [`Self::open`] does.
+    pub fn open_file(path: &Path) -> Result<Self, HfError> {
+        Ok(Self {
+            tensors: read_header(path)?.into_iter().collect(),
+            source: path.to_path_buf(),
+        })
+    }
+
     /// Reads every header (not the data) and checks that each tensor's bytes lie inside
     /// its file.
     pub fn open(dir: &Path) -> Result<Self, HfError> {

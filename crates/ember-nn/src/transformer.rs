@@ -13,6 +13,7 @@ use crate::block::Block;
 use crate::config::{ConfigError, PositionKind, TransformerConfig};
 use crate::init::{Init, Role};
 use crate::kv_cache::KvCache;
+use crate::mlp::Mlp;
 use crate::moe::MoeLosses;
 use crate::norm::Norm;
 use crate::projection::Projection;
@@ -172,6 +173,44 @@ impl<B: FusedBackend> Transformer<B> {
             }
         }
         self.final_norm.forward(x)
+    }
+
+    /// Every [`Projection`] with its module path (`layers.0.attn.q_proj`, …,
+    /// `layers.1.moe.experts.0.up_proj`, `layers.1.moe.router`, `lm_head`), in model order:
+    /// where fine-tuning methods attach adapters.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection<B>)> {
+        fn mlp<'m, B: Backend>(
+            prefix: String,
+            mlp: &'m mut Mlp<B>,
+            out: &mut Vec<(String, &'m mut Projection<B>)>,
+        ) {
+            if let Some(gate) = mlp.gate_proj.as_mut() {
+                out.push((format!("{prefix}.gate_proj"), gate));
+            }
+            out.push((format!("{prefix}.up_proj"), &mut mlp.up_proj));
+            out.push((format!("{prefix}.down_proj"), &mut mlp.down_proj));
+        }
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let attn = &mut layer.attn;
+            out.push((format!("layers.{i}.attn.q_proj"), &mut attn.q_proj));
+            out.push((format!("layers.{i}.attn.k_proj"), &mut attn.k_proj));
+            out.push((format!("layers.{i}.attn.v_proj"), &mut attn.v_proj));
+            out.push((format!("layers.{i}.attn.o_proj"), &mut attn.o_proj));
+            if let Some(dense) = layer.mlp.as_mut() {
+                mlp(format!("layers.{i}.mlp"), dense, &mut out);
+            }
+            if let Some(moe) = layer.moe.as_mut() {
+                out.push((format!("layers.{i}.moe.router"), &mut moe.router));
+                for (e, expert) in moe.experts.iter_mut().enumerate() {
+                    mlp(format!("layers.{i}.moe.experts.{e}"), expert, &mut out);
+                }
+            }
+        }
+        if let Some(head) = self.lm_head.as_mut() {
+            out.push(("lm_head".to_string(), head));
+        }
+        out
     }
 
     /// Output projection: `[batch, seq, d_model]` → `[batch, seq, vocab_size]`.

@@ -1,0 +1,273 @@
+//! `peft` adapters in and out, on the fixtures `tools/fixtures/make_peft_fixtures.py`
+//! made: Ember's logits with each adapter within 1e-4 (relative) of `peft`'s, the same
+//! greedy continuation, `peft`'s trainable-parameter count; an adapter Ember writes
+//! reloads bit-identically and, where a Python with `peft` is found, loads into `peft`
+//! with Ember's logits; bad adapters are refused by name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_hf::HfModel;
+use ember_hf::peft::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_lora_adapter, read_lora_config, save_lora_adapter,
+};
+use ember_infer::{Generator, Sampler, SamplingConfig};
+use ember_nn::{ForwardOptions, Transformer};
+use serde_json::Value;
+
+type B = burn_flex::Flex;
+
+const ADAPTERS: [&str; 2] = ["lora-qv-down", "rslora-all-linear"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
+}
+
+fn base() -> (HfModel, Transformer<B>) {
+    let hf = HfModel::open(&fixtures().join("base")).unwrap();
+    let model = hf.load_model::<B>(&Default::default()).unwrap();
+    (hf, model)
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(name).join("expected.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn logits(model: &Transformer<B>, prompt: &[u32]) -> Vec<f32> {
+    let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids, [1, prompt.len()]),
+        &Default::default(),
+    );
+    model
+        .forward(input, ForwardOptions::default())
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / max
+}
+
+#[test]
+fn peft_adapters_give_peft_logits_and_continuations() {
+    for name in ADAPTERS {
+        let (hf, model) = base();
+        let base_logits = logits(&model, &ids(&expected(name)["prompt"]));
+        let (model, report) = load_lora_adapter(
+            &fixtures().join(name),
+            model,
+            hf.arch(),
+            &Default::default(),
+        )
+        .unwrap();
+        let want = expected(name);
+        let prompt = ids(&want["prompt"]);
+        let want_logits: Vec<f32> = want["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let got = logits(&model, &prompt);
+        let rel = relative_diff(&got, &want_logits);
+        println!(
+            "{name}: max |Δlogit| / max |logit| = {rel:.2e}, {} trainable",
+            report.trainable
+        );
+        assert!(rel <= 1e-4, "{name}: logits differ by {rel:.2e} (relative)");
+        // The adapter acts: without it the logits are far from peft's.
+        assert!(
+            relative_diff(&base_logits, &want_logits) > 1e-2,
+            "{name}: the adapter changes nothing"
+        );
+        assert_eq!(
+            report.trainable as u64,
+            want["trainable_parameters"].as_u64().unwrap(),
+            "{name}"
+        );
+        let greedy = ids(&want["greedy"]);
+        let mut sampler = Sampler::new(SamplingConfig::greedy());
+        let out = Generator::new(&model, &Default::default(), true)
+            .generate(&prompt, greedy.len(), &mut sampler, |_| {})
+            .unwrap();
+        assert_eq!(out, greedy, "{name}: greedy continuation");
+    }
+}
+
+/// `$EMBER_PYTHON`, `python3` or `/usr/bin/python3`, the first that imports `peft`.
+fn python_with_peft() -> Option<String> {
+    std::env::var("EMBER_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string(), "/usr/bin/python3".to_string()])
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import peft, transformers, torch"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[test]
+fn adapters_ember_writes_reload_and_load_into_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = python_with_peft();
+    for name in ADAPTERS {
+        let (hf, model) = base();
+        let (model, _) = load_lora_adapter(
+            &fixtures().join(name),
+            model,
+            hf.arch(),
+            &Default::default(),
+        )
+        .unwrap();
+        let (config, _) = read_lora_config(&fixtures().join(name)).unwrap();
+        let out = tmp.path().join(name);
+        save_lora_adapter(&out, &model, &config, hf.arch()).unwrap();
+        let (_, fresh) = base();
+        let (reloaded, _) = load_lora_adapter(&out, fresh, hf.arch(), &Default::default()).unwrap();
+        let prompt = ids(&expected(name)["prompt"]);
+        let want = logits(&model, &prompt);
+        assert_eq!(logits(&reloaded, &prompt), want, "{name}: reloaded adapter");
+
+        let Some(python) = &python else {
+            println!(
+                "note: skipping check_peft_adapter.py: no Python with peft (tried $EMBER_PYTHON, python3, /usr/bin/python3)"
+            );
+            continue;
+        };
+        let vocab = want.len() / prompt.len();
+        let rows: Vec<Vec<f32>> = want.chunks(vocab).map(<[f32]>::to_vec).collect();
+        let check = |logits_rows: &Vec<Vec<f32>>| {
+            let file = tmp.path().join(format!("{name}-logits.json"));
+            std::fs::write(&file, serde_json::to_string(logits_rows).unwrap()).unwrap();
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tools/fixtures/check_peft_adapter.py");
+            let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+            let run = Command::new(python)
+                .arg(&script)
+                .arg(fixtures().join("base"))
+                .arg(&out)
+                .args(["--logits", file.to_str().unwrap(), "--ids", &ids.join(",")])
+                .output()
+                .unwrap();
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            );
+            (run.status.success(), printed)
+        };
+        let (ok, printed) = check(&rows);
+        println!(
+            "{name}: {}",
+            printed
+                .lines()
+                .filter(|l| l.contains("peft vs Ember"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(
+            ok,
+            "{name}: peft does not reproduce Ember's logits:\n{printed}"
+        );
+        // A control: wrong logits must fail the script.
+        let mut wrong = rows.clone();
+        wrong[0][0] += 1.0;
+        assert!(
+            !check(&wrong).0,
+            "{name}: the check script accepted wrong logits"
+        );
+    }
+}
+
+/// Copies the fixture adapter `name` to a temporary directory, edited by `edit`.
+fn edited(tmp: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let dir = tmp.join(format!("{name}-edited"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures().join(name).join(ADAPTER_WEIGHTS),
+        dir.join(ADAPTER_WEIGHTS),
+    )
+    .unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(name).join(ADAPTER_CONFIG)).unwrap(),
+    )
+    .unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join(ADAPTER_CONFIG), config.to_string()).unwrap();
+    dir
+}
+
+/// A change to an adapter's `adapter_config.json`.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
+#[test]
+fn bad_adapters_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|c: &mut Value| c["target_modules"] = serde_json::json!(["q_proj", "c_fc"])),
+            "`c_fc` is not a module",
+        ),
+        (
+            Box::new(|c: &mut Value| c["r"] = serde_json::json!(3)),
+            "expected [3, 32] (r = 3)",
+        ),
+        (
+            Box::new(|c: &mut Value| c["peft_type"] = serde_json::json!("IA3")),
+            "only \"LORA\"",
+        ),
+        (
+            Box::new(|c: &mut Value| c["target_modules"] = serde_json::json!(["q_proj", "v_proj"])),
+            "belongs to no adapted module",
+        ),
+        (
+            Box::new(|c: &mut Value| c["target_modules"] = serde_json::json!(".*proj")),
+            "regular expression",
+        ),
+        (
+            Box::new(|c: &mut Value| c["use_dora"] = serde_json::json!(true)),
+            "DoRA",
+        ),
+        (
+            Box::new(|c: &mut Value| c["lora_alpha"] = serde_json::json!("eight")),
+            "lora_alpha",
+        ),
+    ];
+    for (i, (edit, message)) in cases.into_iter().enumerate() {
+        let dir = edited(&tmp.path().join(i.to_string()), "lora-qv-down", edit);
+        let (hf, model) = base();
+        let err = load_lora_adapter(&dir, model, hf.arch(), &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(message), "case {i}: {err}");
+        assert!(
+            err.contains(&dir.display().to_string()),
+            "case {i}: the file is named: {err}"
+        );
+    }
+}

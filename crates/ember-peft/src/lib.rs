@@ -1,0 +1,17 @@
+//! Parameter-efficient fine-tuning: the methods that attach trainable tensors to a
+//! frozen [`ember_nn::Transformer`] through the [`ember_nn::Adapter`] slot every
+//! [`ember_nn::Projection`] has.
+//!
+//! - [`targets`]: which projections a method adapts (`peft`'s `target_modules`: names,
+//!   a glob over Ember's paths, or `all-linear`).
+//! - [`lora`]: LoRA (and rsLoRA): configuration, `peft`'s initialisations, injection
+//!   with the base frozen, the trainable-parameter count.
+//! - [`merge`]: folding an adapter into its weight and taking it back out.
+
+pub mod lora;
+pub mod merge;
+pub mod targets;
+
+pub use lora::{LoraBias, LoraConfig, LoraInit, LoraReport, apply_lora};
+pub use merge::{merged, unmerged};
+pub use targets::{PeftError, Targets};

@@ -1,0 +1,319 @@
+//! LoRA on a small Llama-shaped model: targets, freezing and counts, gradients against
+//! central finite differences, the base receiving none, and merge / unmerge against the
+//! adapted forward pass.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use ember_nn::{ForwardOptions, Transformer, TransformerConfig};
+use ember_peft::{LoraBias, LoraConfig, LoraInit, Targets, apply_lora, merged, unmerged};
+
+type B = Flex;
+type AD = Autodiff<Flex>;
+
+fn config() -> TransformerConfig {
+    let mut c = TransformerConfig::llama(19, 16, 2, 4, 2, 24, 16);
+    c.init_std = 0.3;
+    c
+}
+
+fn base<Bk: Backend + ember_nn::FusedBackend>(seed: u64) -> Transformer<Bk> {
+    let device = Default::default();
+    Bk::seed(&device, seed);
+    Transformer::new(&config(), &device).unwrap()
+}
+
+fn lora(targets: Targets) -> LoraConfig {
+    LoraConfig {
+        r: 3,
+        alpha: 6.0,
+        targets,
+        ..Default::default()
+    }
+}
+
+/// Every adapter's `up` (LoRA's `B`, zero at init) drawn at random, so the adapters act.
+fn perturb<Bk: Backend + ember_nn::FusedBackend>(
+    mut model: Transformer<Bk>,
+    seed: u64,
+) -> Transformer<Bk> {
+    let device = Default::default();
+    Bk::seed(&device, seed);
+    for (_, p) in model.projections_mut() {
+        if let Some(adapter) = p.adapter.as_mut() {
+            let up = adapter.up.take().unwrap();
+            let shape = up.dims();
+            let fresh = Tensor::random(shape, Distribution::Normal(0.0, 0.5), &device);
+            adapter.up = Some(Param::initialized(up.id, fresh.set_require_grad(true)));
+        }
+    }
+    model
+}
+
+fn ids<Bk: Backend>(v: &[i64]) -> Tensor<Bk, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(v.to_vec(), [1, v.len()]),
+        &Default::default(),
+    )
+}
+
+const INPUT: [i64; 7] = [1, 4, 9, 16, 2, 5, 11];
+
+fn logits<Bk: Backend + ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Vec<f32> {
+    model
+        .forward(ids(&INPUT), ForwardOptions::default())
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
+}
+
+/// A fixed random linear functional of the logits, as a scalar loss.
+fn loss<Bk: Backend + ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Tensor<Bk, 1> {
+    let out = model.forward(ids(&INPUT), ForwardOptions::default());
+    let n: usize = out.dims().iter().product();
+    let weights: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+    let w = Tensor::<Bk, 3>::from_data(TensorData::new(weights, out.dims()), &Default::default());
+    (out * w).sum()
+}
+
+#[test]
+fn targets_are_adapted_the_rest_frozen_and_counted_as_peft_does() {
+    let device = Default::default();
+    let before = logits(&base::<B>(1));
+    let (model, report) = apply_lora(
+        base::<B>(1),
+        &lora(Targets::Names(vec!["q_proj".into(), "v_proj".into()])),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        report.adapted,
+        [
+            "layers.0.attn.q_proj",
+            "layers.0.attn.v_proj",
+            "layers.1.attn.q_proj",
+            "layers.1.attn.v_proj"
+        ]
+    );
+    // q: 16 → 16, v: 16 → 8 (2 kv heads of 4): r·(d_in + d_out) each.
+    assert_eq!(report.trainable, 2 * (3 * (16 + 16) + 3 * (16 + 8)));
+    assert_eq!(report.total, config().num_params() + report.trainable);
+    // `B` starts at zero: the adapted model is the base model.
+    assert_eq!(logits(&model), before);
+
+    let (_, all) = apply_lora(base::<B>(1), &lora(Targets::AllLinear), &device).unwrap();
+    assert_eq!(
+        all.adapted.len(),
+        2 * 7,
+        "q, k, v, o, gate, up, down per layer; not lm_head"
+    );
+    let (_, glob) = apply_lora(
+        base::<B>(1),
+        &lora(Targets::Glob("layers.1.mlp.*".into())),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        glob.adapted,
+        [
+            "layers.1.mlp.gate_proj",
+            "layers.1.mlp.up_proj",
+            "layers.1.mlp.down_proj"
+        ]
+    );
+
+    let mut with_bias = lora(Targets::Names(vec!["q_proj".into()]));
+    with_bias.bias = LoraBias::All;
+    let (_, counted) = apply_lora(base::<B>(1), &with_bias, &device).unwrap();
+    // This Llama has no biases: `bias = all` adds nothing.
+    assert_eq!(counted.trainable, 2 * 3 * (16 + 16));
+}
+
+#[test]
+fn bad_settings_name_their_key() {
+    let device = Default::default();
+    let err = apply_lora(
+        base::<B>(1),
+        &lora(Targets::Names(vec!["c_attn".into()])),
+        &device,
+    )
+    .unwrap_err();
+    assert!(
+        err.0.contains("peft.target_modules") && err.0.contains("c_attn"),
+        "{err}"
+    );
+    let mut zero = lora(Targets::AllLinear);
+    zero.r = 0;
+    assert!(
+        apply_lora(base::<B>(1), &zero, &device)
+            .unwrap_err()
+            .0
+            .contains("peft.r")
+    );
+    let mut drop = lora(Targets::AllLinear);
+    drop.dropout = 1.0;
+    assert!(
+        apply_lora(base::<B>(1), &drop, &device)
+            .unwrap_err()
+            .0
+            .contains("peft.lora_dropout")
+    );
+    let glob = lora(Targets::Glob("layers.9.*".into()));
+    assert!(
+        apply_lora(base::<B>(1), &glob, &device)
+            .unwrap_err()
+            .0
+            .contains("matches no projection")
+    );
+}
+
+#[test]
+fn initialisations_and_scaling_follow_peft() {
+    let device = Default::default();
+    let mut c = lora(Targets::AllLinear);
+    c.r = 4;
+    c.alpha = 8.0;
+    assert_eq!(c.scaling(), 2.0);
+    c.use_rslora = true;
+    assert_eq!(c.scaling(), 4.0);
+    for init in [LoraInit::Kaiming, LoraInit::Gaussian] {
+        c.init = init;
+        let (mut model, _) = apply_lora(base::<B>(2), &c, &device).unwrap();
+        for (path, p) in model.projections_mut() {
+            let Some(a) = &p.adapter else { continue };
+            let (d_in, _) = p.dims();
+            let down: Vec<f32> = a.down.as_ref().unwrap().val().into_data().to_vec().unwrap();
+            let up: Vec<f32> = a.up.as_ref().unwrap().val().into_data().to_vec().unwrap();
+            assert!(up.iter().all(|&x| x == 0.0), "{path}: B starts at zero");
+            assert_eq!(a.scaling, 4.0);
+            let max = down.iter().fold(0f32, |m, x| m.max(x.abs()));
+            match init {
+                // Uniform in ±1/√d_in.
+                LoraInit::Kaiming => {
+                    let bound = 1.0 / (d_in as f32).sqrt();
+                    assert!(
+                        max <= bound && max > 0.5 * bound,
+                        "{path}: max {max}, bound {bound}"
+                    );
+                }
+                // Normal with std 1/r = 0.25: values spread past the Kaiming bound.
+                LoraInit::Gaussian => {
+                    let var = down.iter().map(|x| x * x).sum::<f32>() / down.len() as f32;
+                    assert!(
+                        (var.sqrt() - 0.25).abs() < 0.1,
+                        "{path}: std {}",
+                        var.sqrt()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
+    let device = Default::default();
+    let (model, _) = apply_lora(base::<AD>(3), &lora(Targets::AllLinear), &device).unwrap();
+    let model = perturb(model, 4);
+    let grads = loss(&model).backward();
+    let mut probe = model.clone();
+    let mut checked = 0;
+    for (path, p) in probe.projections_mut() {
+        assert!(
+            p.weight.val().grad(&grads).is_none(),
+            "{path}: the frozen weight got a gradient"
+        );
+        let Some(adapter) = &p.adapter else { continue };
+        for (part, param) in [
+            ("down", adapter.down.as_ref().unwrap()),
+            ("up", adapter.up.as_ref().unwrap()),
+        ] {
+            let grad: Vec<f32> = param
+                .val()
+                .grad(&grads)
+                .expect("an adapter gradient")
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let numel = grad.len();
+            for index in [0, numel / 2, numel - 1] {
+                let h = 1e-2f32;
+                let at = |delta: f32| -> f32 {
+                    let mut nudged = model.clone();
+                    for (other, q) in nudged.projections_mut() {
+                        if other != path {
+                            continue;
+                        }
+                        let a = q.adapter.as_mut().unwrap();
+                        let slot = if part == "down" {
+                            &mut a.down
+                        } else {
+                            &mut a.up
+                        };
+                        let t = slot.take().unwrap();
+                        let mut v: Vec<f32> = t.val().into_data().to_vec().unwrap();
+                        v[index] += delta;
+                        let shape = t.dims();
+                        *slot = Some(Param::initialized(
+                            t.id,
+                            Tensor::from_data(TensorData::new(v, shape), &device),
+                        ));
+                    }
+                    loss(&nudged).into_scalar().elem()
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                assert!(
+                    (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
+                    "{path}.{part}[{index}]: autodiff {} vs finite difference {numeric}",
+                    grad[index]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 7 * 2 * 3);
+}
+
+#[test]
+fn merging_keeps_the_outputs_and_unmerging_restores_the_weight() {
+    let device = Default::default();
+    let (model, _) = apply_lora(base::<B>(5), &lora(Targets::AllLinear), &device).unwrap();
+    let model = perturb(model, 6);
+    let adapted = logits(&model);
+    let mut folded = model.clone();
+    for (_, p) in folded.projections_mut() {
+        *p = merged(p);
+        assert!(p.adapter.is_none());
+    }
+    let merged_logits = logits(&folded);
+    let scale = adapted.iter().fold(1f32, |m, x| m.max(x.abs()));
+    for (a, m) in adapted.iter().zip(&merged_logits) {
+        assert!((a - m).abs() <= 1e-5 * scale, "merged {m} vs adapted {a}");
+    }
+    let mut original = model.clone();
+    let originals: Vec<_> = original
+        .projections_mut()
+        .into_iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    for ((_, p), orig) in folded.projections_mut().into_iter().zip(originals) {
+        let Some(adapter) = orig.adapter.clone() else {
+            continue; // the LM head: not a target
+        };
+        let back = unmerged(p, adapter).unwrap();
+        let (w, w0): (Vec<f32>, Vec<f32>) = (
+            back.weight.val().into_data().to_vec().unwrap(),
+            orig.weight.val().into_data().to_vec().unwrap(),
+        );
+        for (x, y) in w.iter().zip(&w0) {
+            assert!((x - y).abs() <= 1e-6, "unmerged {x} vs original {y}");
+        }
+        *p = back;
+    }
+    // Unmerged, the adapters are back on their original weights: the adapted outputs.
+    for (a, u) in adapted.iter().zip(&logits(&folded)) {
+        assert!((a - u).abs() <= 1e-5 * scale, "unmerged {u} vs adapted {a}");
+    }
+}
