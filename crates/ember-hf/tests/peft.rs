@@ -1,4 +1,4 @@
-//! `peft` adapters in and out, on the fixtures `tools/fixtures/make_peft_fixtures.py`
+//! `peft` adapters (LoRA, rsLoRA, DoRA, IA³) in and out, on the fixtures `tools/fixtures/make_peft_fixtures.py`
 //! made: Ember's logits with each adapter within 1e-4 (relative) of `peft`'s, the same
 //! greedy continuation, `peft`'s trainable-parameter count; an adapter Ember writes
 //! reloads bit-identically and, where a Python with `peft` is found, loads into `peft`
@@ -10,7 +10,8 @@ use std::process::Command;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_hf::HfModel;
 use ember_hf::peft::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_lora_adapter, read_lora_config, save_lora_adapter,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, read_lora_config, save_ia3_adapter,
+    save_lora_adapter,
 };
 use ember_infer::{Generator, Sampler, SamplingConfig};
 use ember_nn::{ForwardOptions, Transformer};
@@ -18,7 +19,12 @@ use serde_json::Value;
 
 type B = burn_flex::Flex;
 
-const ADAPTERS: [&str; 2] = ["lora-qv-down", "rslora-all-linear"];
+const ADAPTERS: [&str; 4] = [
+    "lora-qv-down",
+    "rslora-all-linear",
+    "dora-qkv-up",
+    "ia3-kv-down",
+];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
@@ -70,7 +76,7 @@ fn peft_adapters_give_peft_logits_and_continuations() {
     for name in ADAPTERS {
         let (hf, model) = base();
         let base_logits = logits(&model, &ids(&expected(name)["prompt"]));
-        let (model, report) = load_lora_adapter(
+        let (model, report) = load_adapter(
             &fixtures().join(name),
             model,
             hf.arch(),
@@ -136,18 +142,22 @@ fn adapters_ember_writes_reload_and_load_into_peft() {
     let python = python_with_peft();
     for name in ADAPTERS {
         let (hf, model) = base();
-        let (model, _) = load_lora_adapter(
+        let (model, _) = load_adapter(
             &fixtures().join(name),
             model,
             hf.arch(),
             &Default::default(),
         )
         .unwrap();
-        let (config, _) = read_lora_config(&fixtures().join(name)).unwrap();
         let out = tmp.path().join(name);
-        save_lora_adapter(&out, &model, &config, hf.arch()).unwrap();
+        if name.starts_with("ia3") {
+            save_ia3_adapter(&out, &model, hf.arch()).unwrap();
+        } else {
+            let (config, _) = read_lora_config(&fixtures().join(name)).unwrap();
+            save_lora_adapter(&out, &model, &config, hf.arch()).unwrap();
+        }
         let (_, fresh) = base();
-        let (reloaded, _) = load_lora_adapter(&out, fresh, hf.arch(), &Default::default()).unwrap();
+        let (reloaded, _) = load_adapter(&out, fresh, hf.arch(), &Default::default()).unwrap();
         let prompt = ids(&expected(name)["prompt"]);
         let want = logits(&model, &prompt);
         assert_eq!(logits(&reloaded, &prompt), want, "{name}: reloaded adapter");
@@ -237,8 +247,8 @@ fn bad_adapters_are_refused_by_name() {
             "expected [3, 32] (r = 3)",
         ),
         (
-            Box::new(|c: &mut Value| c["peft_type"] = serde_json::json!("IA3")),
-            "only \"LORA\"",
+            Box::new(|c: &mut Value| c["peft_type"] = serde_json::json!("PREFIX_TUNING")),
+            "Ember reads \"LORA\"",
         ),
         (
             Box::new(|c: &mut Value| c["target_modules"] = serde_json::json!(["q_proj", "v_proj"])),
@@ -250,7 +260,7 @@ fn bad_adapters_are_refused_by_name() {
         ),
         (
             Box::new(|c: &mut Value| c["use_dora"] = serde_json::json!(true)),
-            "DoRA",
+            "lora_magnitude_vector` is missing",
         ),
         (
             Box::new(|c: &mut Value| c["lora_alpha"] = serde_json::json!("eight")),
@@ -260,7 +270,7 @@ fn bad_adapters_are_refused_by_name() {
     for (i, (edit, message)) in cases.into_iter().enumerate() {
         let dir = edited(&tmp.path().join(i.to_string()), "lora-qv-down", edit);
         let (hf, model) = base();
-        let err = load_lora_adapter(&dir, model, hf.arch(), &Default::default())
+        let err = load_adapter(&dir, model, hf.arch(), &Default::default())
             .err()
             .unwrap()
             .to_string();

@@ -141,6 +141,7 @@ fn the_host_decoder_refuses_adapters_and_quantized_weights() {
         rank_scale: None,
         input_scale: None,
         output_scale: Some(Param::from_tensor(Tensor::ones([32], &Default::default()))),
+        magnitude: None,
         scaling: 1.0,
         dropout: burn::nn::DropoutConfig::new(0.0).init(),
     });

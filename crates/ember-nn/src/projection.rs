@@ -44,7 +44,12 @@ pub struct Projection<B: Backend> {
 ///   (`lora_B` transposed), `scaling = alpha / r`, `drop` the LoRA dropout;
 /// - AdaLoRA: the same with `e` = `rank_scale` `[r]` (the singular values);
 /// - IA³: `output_scale` `s_out` `[d_out]` (keys, values) or `input_scale` `s_in`
-///   `[d_in]` (the feed-forward output projection).
+///   `[d_in]` (the feed-forward output projection);
+/// - DoRA: LoRA plus a `magnitude` `m` `[d_out]`, which rescales each output feature of
+///   the adapted weight `W' = W + scaling·down·up` to length `m`, with the norm treated as
+///   a constant in the backward pass (as `peft` and the DoRA paper, §4.3, do):
+///   `y = x·W + b + (m/‖W'‖ - 1)⊙(drop(x)·W) + (m/‖W'‖)⊙(scaling·drop(x)·down·up)`,
+///   which without dropout is `b + (m/‖W'‖)⊙(x·W')` (‖·‖ over each column of `W'`).
 #[derive(Module, Debug)]
 pub struct Adapter<B: Backend> {
     /// `[d_in, rank]`
@@ -57,6 +62,8 @@ pub struct Adapter<B: Backend> {
     pub input_scale: Option<Param<Tensor<B, 1>>>,
     /// `[d_out]`, multiplies the output of the whole projection.
     pub output_scale: Option<Param<Tensor<B, 1>>>,
+    /// `[d_out]`, DoRA's magnitude of each output feature's weight column.
+    pub magnitude: Option<Param<Tensor<B, 1>>>,
     /// Multiplies the low-rank term.
     pub scaling: f64,
     /// Applied to the low-rank path's input only.
@@ -131,6 +138,9 @@ impl<B: FusedBackend> Projection<B> {
             Some(scale) => x * scale.val().unsqueeze(),
             None => x,
         };
+        if let (Some(m), Some(down), Some(up)) = (&adapter.magnitude, &adapter.down, &adapter.up) {
+            return self.dora(x, adapter, m, down, up, matmul);
+        }
         let mut y = base(x.clone());
         if let (Some(down), Some(up)) = (&adapter.down, &adapter.up) {
             let h = matmul(adapter.dropout.forward(x), down.val());
@@ -142,6 +152,44 @@ impl<B: FusedBackend> Projection<B> {
         }
         match &adapter.output_scale {
             Some(scale) => y * scale.val().unsqueeze(),
+            None => y,
+        }
+    }
+
+    /// DoRA (see [`Adapter`]): the low-rank update, each output column renormalised to
+    /// the magnitude, the norm detached from the graph.
+    fn dora(
+        &self,
+        x: Tensor<B, 2>,
+        adapter: &Adapter<B>,
+        magnitude: &Param<Tensor<B, 1>>,
+        down: &Param<Tensor<B, 2>>,
+        up: &Param<Tensor<B, 2>>,
+        matmul: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let w = self.weight.val();
+        let down_e = match &adapter.rank_scale {
+            Some(e) => down.val() * e.val().unsqueeze(),
+            None => down.val(),
+        };
+        let delta = down_e.clone().matmul(up.val()).mul_scalar(adapter.scaling);
+        let norm = (w.clone() + delta)
+            .detach()
+            .powi_scalar(2)
+            .sum_dim(0)
+            .sqrt();
+        let scale = magnitude.val().unsqueeze::<2>() / norm;
+        let dropped = adapter.dropout.forward(x.clone());
+        let xw_dropped = matmul(dropped.clone(), w.clone());
+        let base = if adapter.dropout.prob == 0.0 {
+            xw_dropped.clone()
+        } else {
+            matmul(x, w)
+        };
+        let lora = matmul(matmul(dropped, down_e), up.val()).mul_scalar(adapter.scaling);
+        let y = base + (scale.clone() - 1.0) * xw_dropped + scale * lora;
+        match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
             None => y,
         }
     }
@@ -238,6 +286,7 @@ mod tests {
             rank_scale: Some(param1(e.clone())),
             input_scale: Some(param1(s_in.clone())),
             output_scale: Some(param1(s_out.clone())),
+            magnitude: None,
             scaling,
             dropout: DropoutConfig::new(0.0).init(),
         });
@@ -255,6 +304,63 @@ mod tests {
             for o in 0..d_out {
                 let y = &mut want[r * d_out + o];
                 *y = (*y + b[o]) * s_out[o];
+            }
+        }
+        let input =
+            Tensor::<B, 2>::from_data(TensorData::new(x, [rows, d_in]), &Default::default());
+        let got = p.forward(input).into_data().to_vec::<f32>().unwrap();
+        assert_close(&got, &want);
+    }
+
+    /// DoRA without dropout: `y = b + (m / ‖W'‖) ⊙ (x · W')`, `W' = W + scaling·down·up`,
+    /// the norm over each column of `W'`, written out.
+    #[test]
+    fn dora_rescales_each_column_of_the_adapted_weight_to_its_magnitude() {
+        let (rows, d_in, d_out, rank) = (3, 5, 4, 2);
+        let (x, w, b) = (
+            values(rows * d_in, 20),
+            values(d_in * d_out, 21),
+            values(d_out, 22),
+        );
+        let (down, up, m) = (
+            values(d_in * rank, 23),
+            values(rank * d_out, 24),
+            values(d_out, 25),
+        );
+        let scaling = 1.5;
+        let mut p = Projection::new(param2(w.clone(), [d_in, d_out]), Some(param1(b.clone())));
+        p.adapter = Some(Adapter {
+            down: Some(param2(down.clone(), [d_in, rank])),
+            up: Some(param2(up.clone(), [rank, d_out])),
+            rank_scale: None,
+            input_scale: None,
+            output_scale: None,
+            magnitude: Some(param1(m.clone())),
+            scaling,
+            dropout: DropoutConfig::new(0.0).init(),
+        });
+        let mut adapted = w.clone();
+        for i in 0..d_in {
+            for o in 0..d_out {
+                let delta: f32 = (0..rank)
+                    .map(|k| down[i * rank + k] * up[k * d_out + o])
+                    .sum();
+                adapted[i * d_out + o] += scaling as f32 * delta;
+            }
+        }
+        for o in 0..d_out {
+            let norm = (0..d_in)
+                .map(|i| adapted[i * d_out + o].powi(2))
+                .sum::<f32>()
+                .sqrt();
+            for i in 0..d_in {
+                adapted[i * d_out + o] *= m[o] / norm;
+            }
+        }
+        let mut want = naive_matmul(&x, &adapted, rows, d_in, d_out);
+        for r in 0..rows {
+            for o in 0..d_out {
+                want[r * d_out + o] += b[o];
             }
         }
         let input =

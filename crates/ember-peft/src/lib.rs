@@ -4,14 +4,17 @@
 //!
 //! - [`targets`]: which projections a method adapts (`peft`'s `target_modules`: names,
 //!   a glob over Ember's paths, or `all-linear`).
-//! - [`lora`]: LoRA (and rsLoRA): configuration, `peft`'s initialisations, injection
+//! - [`lora`]: LoRA, rsLoRA and DoRA: configuration, `peft`'s initialisations, injection
 //!   with the base frozen, the trainable-parameter count.
+//! - [`ia3`]: IA³ (output- or input-side scaling vectors).
 //! - [`merge`]: folding an adapter into its weight and taking it back out.
 
+pub mod ia3;
 pub mod lora;
 pub mod merge;
 pub mod targets;
 
+pub use ia3::{Ia3Config, apply_ia3};
 pub use lora::{LoraBias, LoraConfig, LoraInit, LoraReport, apply_lora};
 pub use merge::{merged, unmerged};
 pub use targets::{PeftError, Targets};

@@ -1,4 +1,4 @@
-//! LoRA (Hu et al. 2021) as `peft` defines it: `y = x·W + b + (α/r)·drop(x)·Aᵀ·Bᵀ`, with
+//! LoRA (Hu et al. 2021), rsLoRA and DoRA (Liu et al. 2024) as `peft` defines them: `y = x·W + b + (α/r)·drop(x)·Aᵀ·Bᵀ`, with
 //! `A` `[r, d_in]` drawn Kaiming-uniform (`peft`'s default) or Gaussian and `B` `[d_out, r]`
 //! zero, so training starts from the base model. rsLoRA scales by `α/√r` instead.
 //!
@@ -51,6 +51,10 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Scale by `α/√r` (rsLoRA) instead of `α/r`.
     pub use_rslora: bool,
+    /// DoRA: a trainable magnitude per output feature, starting at the norm of the
+    /// weight's column (`peft`'s `use_dora`).
+    #[serde(default)]
+    pub use_dora: bool,
     pub init: LoraInit,
     pub bias: LoraBias,
     /// `target_modules`.
@@ -64,6 +68,7 @@ impl Default for LoraConfig {
             alpha: 8.0,
             dropout: 0.0,
             use_rslora: false,
+            use_dora: false,
             init: LoraInit::Kaiming,
             bias: LoraBias::None,
             targets: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
@@ -154,25 +159,40 @@ pub fn apply_lora<B: FusedBackend>(
                 std: 1.0 / config.r as f64,
             },
         };
+        let magnitude = config.use_dora.then(|| {
+            let w = projection.weight.val();
+            Param::from_tensor(w.powi_scalar(2).sum_dim(0).sqrt().reshape([d_out]).detach())
+        });
         projection.adapter = Some(Adapter {
             down: Some(down.init([d_in, config.r], device)),
             up: Some(Param::from_tensor(Tensor::zeros([config.r, d_out], device))),
             rank_scale: None,
             input_scale: None,
             output_scale: None,
+            magnitude,
             scaling,
             dropout: DropoutConfig::new(config.dropout).init(),
         });
     }
-    let model = assign_stable_ids(model);
-    let trains = |path: &str| {
+    let lora_only = config.bias == LoraBias::LoraOnly;
+    let all = config.bias == LoraBias::All;
+    let adapted_biases: Vec<String> = adapted.iter().map(|a| format!("{a}.bias")).collect();
+    let biases = move |path: &str| {
         let bias = path.ends_with(".bias") || path.ends_with(".beta");
-        path.contains(".adapter.")
-            || (bias && config.bias == LoraBias::All)
-            || (bias
-                && config.bias == LoraBias::LoraOnly
-                && adapted.iter().any(|a| path == format!("{a}.bias")))
+        (bias && all) || (lora_only && adapted_biases.iter().any(|b| b == path))
     };
+    Ok(freeze_all_but(model, adapted, biases))
+}
+
+/// Gives the adapter parameters path-derived ids, freezes every parameter but those and
+/// the ones `also_trains` names, and counts them.
+pub(crate) fn freeze_all_but<B: FusedBackend>(
+    model: Transformer<B>,
+    adapted: Vec<String>,
+    also_trains: impl Fn(&str) -> bool,
+) -> (Transformer<B>, LoraReport) {
+    let model = assign_stable_ids(model);
+    let trains = |path: &str| path.contains(".adapter.") || also_trains(path);
     let infos = param_infos::<B, _>(&model);
     let total = infos
         .iter()
@@ -189,12 +209,12 @@ pub fn apply_lora<B: FusedBackend>(
         .map(|p| p.path.as_str())
         .collect();
     let (model, _) = freeze_matching(model, &frozen);
-    Ok((
+    (
         model,
         LoraReport {
             adapted,
             trainable,
             total,
         },
-    ))
+    )
 }

@@ -3,7 +3,8 @@
 //! With `W` `[d_in, d_out]`, an [`ember_nn::Adapter`] computes
 //! `((s_in⊙x)·W + b + scaling·((s_in⊙x)·down⊙e)·up)⊙s_out`, which is the plain projection
 //! with `W' = diag(s_in)·(W + scaling·down·diag(e)·up)·diag(s_out)` and `b' = b⊙s_out`
-//! (dropout aside, which merging drops as inference does).
+//! (dropout aside, which merging drops as inference does). DoRA's magnitude then scales
+//! each column of the adapted weight to its length.
 
 use burn::module::Param;
 use burn::tensor::Tensor;
@@ -30,6 +31,11 @@ pub fn merged<B: Backend>(projection: &Projection<B>) -> Projection<B> {
     if let Some(delta) = delta(adapter) {
         w = w + delta;
     }
+    if let Some(m) = &adapter.magnitude {
+        // DoRA: every column of the adapted weight scaled to its magnitude.
+        let norm = w.clone().powi_scalar(2).sum_dim(0).sqrt();
+        w = w * (m.val().unsqueeze::<2>() / norm);
+    }
     if let Some(s_in) = &adapter.input_scale {
         w = w * s_in.val().unsqueeze_dim(1);
     }
@@ -41,12 +47,15 @@ pub fn merged<B: Backend>(projection: &Projection<B>) -> Projection<B> {
     Projection::new(Param::from_tensor(w), bias.map(Param::from_tensor))
 }
 
-/// The inverse of [`merged`] for an adapter without scaling vectors (LoRA, AdaLoRA):
-/// `merged` less the adapter's low-rank term, with `adapter` attached again. `None` when
-/// the adapter has input or output scales (merging divided nothing, so nothing can be
-/// taken back exactly by subtraction).
+/// The inverse of [`merged`] for an adapter without scaling vectors or magnitude (LoRA,
+/// AdaLoRA): `merged` less the adapter's low-rank term, with `adapter` attached again.
+/// `None` for IA³ and DoRA, whose merge rescales the weight (taking it back would divide
+/// by values that can be zero, or need the pre-merge norms).
 pub fn unmerged<B: Backend>(merged: &Projection<B>, adapter: Adapter<B>) -> Option<Projection<B>> {
-    if adapter.input_scale.is_some() || adapter.output_scale.is_some() {
+    if adapter.input_scale.is_some()
+        || adapter.output_scale.is_some()
+        || adapter.magnitude.is_some()
+    {
         return None;
     }
     let mut w = merged.weight.val();

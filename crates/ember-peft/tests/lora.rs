@@ -7,7 +7,9 @@ use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use ember_nn::{ForwardOptions, Transformer, TransformerConfig};
-use ember_peft::{LoraBias, LoraConfig, LoraInit, Targets, apply_lora, merged, unmerged};
+use ember_peft::{
+    Ia3Config, LoraBias, LoraConfig, LoraInit, Targets, apply_ia3, apply_lora, merged, unmerged,
+};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -316,4 +318,190 @@ fn merging_keeps_the_outputs_and_unmerging_restores_the_weight() {
     for (a, u) in adapted.iter().zip(&logits(&folded)) {
         assert!((a - u).abs() <= 1e-5 * scale, "unmerged {u} vs adapted {a}");
     }
+}
+
+/// The loss with the adapter tensor `part` of projection `path` nudged at `index`.
+fn nudged_loss(model: &Transformer<AD>, path: &str, part: &str, index: usize, delta: f32) -> f32 {
+    let mut nudged = model.clone();
+    for (other, q) in nudged.projections_mut() {
+        if other != path {
+            continue;
+        }
+        let a = q.adapter.as_mut().unwrap();
+        let slot = match part {
+            "magnitude" => &mut a.magnitude,
+            "input_scale" => &mut a.input_scale,
+            _ => &mut a.output_scale,
+        };
+        let t = slot.take().unwrap();
+        let mut v: Vec<f32> = t.val().into_data().to_vec().unwrap();
+        v[index] += delta;
+        let n = v.len();
+        *slot = Some(Param::initialized(
+            t.id,
+            Tensor::from_data(TensorData::new(v, [n]), &Default::default()),
+        ));
+    }
+    loss(&nudged).into_scalar().elem()
+}
+
+/// Every vector of `part` moved away from its start (ones, or the weight norms).
+fn perturb_vectors<Bk: Backend + ember_nn::FusedBackend>(
+    mut model: Transformer<Bk>,
+    seed: u64,
+) -> Transformer<Bk> {
+    let device = Default::default();
+    Bk::seed(&device, seed);
+    for (_, p) in model.projections_mut() {
+        let Some(a) = p.adapter.as_mut() else {
+            continue;
+        };
+        for slot in [&mut a.magnitude, &mut a.input_scale, &mut a.output_scale] {
+            if let Some(v) = slot.take() {
+                let noise = Tensor::random(v.dims(), Distribution::Normal(0.0, 0.3), &device);
+                let moved = (v.val() * (noise + 1.0)).detach().set_require_grad(true);
+                *slot = Some(Param::initialized(v.id, moved));
+            }
+        }
+    }
+    model
+}
+
+/// DoRA starts at the base model (magnitudes = the weight's column norms); its magnitude
+/// gradients match finite differences (the norm is held constant in the backward pass,
+/// as in `peft`, so `down`/`up` gradients are not those of the full function and are
+/// checked against `peft` through the fixtures instead); merging keeps the outputs.
+#[test]
+fn dora_starts_at_the_base_its_magnitudes_train_and_it_merges() {
+    let device = Default::default();
+    let mut config = lora(Targets::Names(vec!["q_proj".into(), "up_proj".into()]));
+    config.use_dora = true;
+    let before = logits(&base::<B>(7));
+    let (model, report) = apply_lora(base::<B>(7), &config, &device).unwrap();
+    let diff = logits(&model)
+        .iter()
+        .zip(&before)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-5, "DoRA at init changes the logits by {diff}");
+    // Per adapted projection: r·(d_in + d_out) + d_out.
+    assert_eq!(
+        report.trainable,
+        2 * (3 * (16 + 16) + 16 + 3 * (16 + 24) + 24)
+    );
+
+    let (model, _) = apply_lora(base::<AD>(7), &config, &device).unwrap();
+    let model = perturb_vectors(perturb(model, 8), 9);
+    let grads = loss(&model).backward();
+    let mut probe = model.clone();
+    for (path, p) in probe.projections_mut() {
+        assert!(
+            p.weight.val().grad(&grads).is_none(),
+            "{path}: frozen weight has a gradient"
+        );
+        let Some(m) = p.adapter.as_ref().and_then(|a| a.magnitude.as_ref()) else {
+            continue;
+        };
+        let grad: Vec<f32> = m.val().grad(&grads).unwrap().into_data().to_vec().unwrap();
+        for index in [0, grad.len() / 2, grad.len() - 1] {
+            let h = 1e-2;
+            let numeric = (nudged_loss(&model, &path, "magnitude", index, h)
+                - nudged_loss(&model, &path, "magnitude", index, -h))
+                / (2.0 * h);
+            assert!(
+                (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
+                "{path}.magnitude[{index}]: autodiff {} vs finite difference {numeric}",
+                grad[index]
+            );
+        }
+    }
+
+    let (model, _) = apply_lora(base::<B>(7), &config, &device).unwrap();
+    let model = perturb_vectors(perturb(model, 10), 11);
+    let adapted = logits(&model);
+    let mut folded = model.clone();
+    for (_, p) in folded.projections_mut() {
+        assert!(
+            p.adapter
+                .as_ref()
+                .is_none_or(|a| unmerged(&merged(p), a.clone()).is_none())
+        );
+        *p = merged(p);
+    }
+    let scale = adapted.iter().fold(1f32, |m, x| m.max(x.abs()));
+    for (a, m) in adapted.iter().zip(&logits(&folded)) {
+        assert!((a - m).abs() <= 1e-5 * scale, "merged {m} vs adapted {a}");
+    }
+}
+
+/// IA³: vectors of ones at first (the base model), on the output side of keys and values
+/// and the input side of `down_proj`; gradients against finite differences; merging
+/// keeps the outputs; a feed-forward module outside the targets is refused.
+#[test]
+fn ia3_scales_outputs_or_inputs_trains_and_merges() {
+    let device = Default::default();
+    let names = |n: &[&str]| Targets::Names(n.iter().map(|s| s.to_string()).collect());
+    let config = Ia3Config {
+        targets: names(&["k_proj", "v_proj", "down_proj"]),
+        feedforward: names(&["down_proj"]),
+    };
+    let before = logits(&base::<B>(12));
+    let (model, report) = apply_ia3(base::<B>(12), &config, &device).unwrap();
+    assert_eq!(logits(&model), before);
+    // k, v: d_out 8 each; down_proj: d_in 24.
+    assert_eq!(report.trainable, 2 * (8 + 8 + 24));
+
+    let (model, _) = apply_ia3(base::<AD>(12), &config, &device).unwrap();
+    let model = perturb_vectors(model, 13);
+    let grads = loss(&model).backward();
+    let mut probe = model.clone();
+    let mut checked = 0;
+    for (path, p) in probe.projections_mut() {
+        assert!(
+            p.weight.val().grad(&grads).is_none(),
+            "{path}: frozen weight has a gradient"
+        );
+        let Some(a) = &p.adapter else { continue };
+        let (part, v) = match (&a.input_scale, &a.output_scale) {
+            (Some(v), None) => ("input_scale", v),
+            (None, Some(v)) => ("output_scale", v),
+            _ => panic!("{path}: one side only"),
+        };
+        assert_eq!(part == "input_scale", path.ends_with("down_proj"), "{path}");
+        let grad: Vec<f32> = v.val().grad(&grads).unwrap().into_data().to_vec().unwrap();
+        for index in [0, grad.len() - 1] {
+            let h = 1e-2;
+            let numeric = (nudged_loss(&model, &path, part, index, h)
+                - nudged_loss(&model, &path, part, index, -h))
+                / (2.0 * h);
+            assert!(
+                (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
+                "{path}.{part}[{index}]: autodiff {} vs finite difference {numeric}",
+                grad[index]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * 3 * 2);
+
+    let (model, _) = apply_ia3(base::<B>(12), &config, &device).unwrap();
+    let model = perturb_vectors(model, 14);
+    let adapted = logits(&model);
+    let mut folded = model.clone();
+    for (_, p) in folded.projections_mut() {
+        *p = merged(p);
+    }
+    let scale = adapted.iter().fold(1f32, |m, x| m.max(x.abs()));
+    for (a, m) in adapted.iter().zip(&logits(&folded)) {
+        assert!((a - m).abs() <= 1e-5 * scale, "merged {m} vs adapted {a}");
+    }
+
+    let stray = Ia3Config {
+        targets: names(&["k_proj"]),
+        feedforward: names(&["down_proj"]),
+    };
+    let err = apply_ia3(base::<B>(12), &stray, &device).unwrap_err();
+    assert!(
+        err.0.contains("peft.feedforward_modules") && err.0.contains("down_proj"),
+        "{err}"
+    );
 }
