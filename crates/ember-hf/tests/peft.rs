@@ -10,8 +10,8 @@ use std::process::Command;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_hf::HfModel;
 use ember_hf::peft::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, read_lora_config, save_ia3_adapter,
-    save_lora_adapter,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, PromptAdapter, load_adapter, load_prompt_adapter,
+    read_lora_config, save_ia3_adapter, save_lora_adapter, save_prompt_adapter,
 };
 use ember_infer::{Generator, Sampler, SamplingConfig};
 use ember_nn::{ForwardOptions, Transformer};
@@ -280,4 +280,158 @@ fn bad_adapters_are_refused_by_name() {
             "case {i}: the file is named: {err}"
         );
     }
+}
+
+const PROMPT_ADAPTERS: [&str; 3] = ["prefix-5", "prefix-projection-3", "prompt-4"];
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+        )
+        .0 as u32
+}
+
+fn prompt_logits(adapter: &PromptAdapter<B>, model: &Transformer<B>, prompt: &[u32]) -> Vec<f32> {
+    let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids, [1, prompt.len()]),
+        &Default::default(),
+    );
+    adapter.forward(model, input).into_data().to_vec().unwrap()
+}
+
+/// Prefix tuning (plain, and saved from peft's reparameterisation MLP) and prompt
+/// tuning: the real tokens' logits within 1e-4 of peft's, the same 16-token greedy
+/// continuation (by repeated full passes: the generator does not take prompt adapters
+/// yet), peft's trainable counts; Ember's writes reload bit-identically and load into
+/// peft with Ember's logits.
+#[test]
+fn prefix_and_prompt_tuning_give_peft_logits_and_continuations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = python_with_peft();
+    for name in PROMPT_ADAPTERS {
+        let (_, model) = base();
+        let adapter =
+            load_prompt_adapter::<B>(&fixtures().join(name), model.config(), &Default::default())
+                .unwrap();
+        let want = expected(name);
+        let prompt = ids(&want["prompt"]);
+        let want_logits: Vec<f32> = want["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let got = prompt_logits(&adapter, &model, &prompt);
+        let rel = relative_diff(&got, &want_logits);
+        println!(
+            "{name}: max |Δlogit| / max |logit| = {rel:.2e}, {} trainable",
+            adapter.num_params()
+        );
+        assert!(rel <= 1e-4, "{name}: logits differ by {rel:.2e} (relative)");
+        assert!(
+            relative_diff(&logits(&model, &prompt), &want_logits) > 1e-2,
+            "{name}: the adapter changes nothing"
+        );
+        if name != "prefix-projection-3" {
+            // peft counts its reparameterisation MLP too, which it saves as its output.
+            assert_eq!(
+                adapter.num_params() as u64,
+                want["trainable_parameters"].as_u64().unwrap(),
+                "{name}"
+            );
+        }
+        let mut tokens = prompt.clone();
+        let vocab = model.config().vocab_size;
+        for _ in 0..ids(&want["greedy"]).len() {
+            let all = prompt_logits(&adapter, &model, &tokens);
+            tokens.push(argmax(&all[all.len() - vocab..]));
+        }
+        assert_eq!(
+            tokens[prompt.len()..],
+            ids(&want["greedy"])[..],
+            "{name}: greedy continuation"
+        );
+
+        let out = tmp.path().join(name);
+        save_prompt_adapter(&out, &adapter, model.config()).unwrap();
+        let reloaded = load_prompt_adapter::<B>(&out, model.config(), &Default::default()).unwrap();
+        assert_eq!(
+            prompt_logits(&reloaded, &model, &prompt),
+            got,
+            "{name}: reloaded adapter"
+        );
+        let Some(python) = &python else {
+            println!("note: skipping check_peft_adapter.py: no Python with peft");
+            continue;
+        };
+        let file = tmp.path().join(format!("{name}-logits.json"));
+        let rows: Vec<Vec<f32>> = got.chunks(vocab).map(<[f32]>::to_vec).collect();
+        std::fs::write(&file, serde_json::to_string(&rows).unwrap()).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/fixtures/check_peft_adapter.py");
+        let ids_arg: Vec<String> = prompt.iter().map(u32::to_string).collect();
+        let run = Command::new(python)
+            .arg(&script)
+            .arg(fixtures().join("base"))
+            .arg(&out)
+            .args([
+                "--logits",
+                file.to_str().unwrap(),
+                "--ids",
+                &ids_arg.join(","),
+            ])
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        println!(
+            "{name}: {}",
+            printed
+                .lines()
+                .filter(|l| l.contains("peft vs Ember"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(
+            run.status.success(),
+            "{name}: peft does not reproduce Ember's logits:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn prompt_adapters_for_another_model_are_refused_by_name() {
+    let (_, model) = base();
+    let mut other = model.config().clone();
+    other.n_layers = 3;
+    let err = load_prompt_adapter::<B>(&fixtures().join("prefix-5"), &other, &Default::default())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("num_layers = 2: this model needs 3"),
+        "{err}"
+    );
+    let err = load_prompt_adapter::<B>(
+        &fixtures().join("lora-qv-down"),
+        model.config(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected \"PREFIX_TUNING\" or \"PROMPT_TUNING\""),
+        "{err}"
+    );
 }

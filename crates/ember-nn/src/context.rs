@@ -36,6 +36,17 @@ impl Positions {
         }
     }
 
+    /// Every row `offset` positions later.
+    pub fn shifted(self, offset: usize) -> Self {
+        match self {
+            _ if offset == 0 => self,
+            Positions::Uniform(start) => Positions::Uniform(start + offset),
+            Positions::PerRow(starts) => {
+                Positions::PerRow(starts.iter().map(|s| s + offset).collect())
+            }
+        }
+    }
+
     /// The start shared by every row, if there is one.
     pub fn uniform(&self) -> Option<usize> {
         match self {

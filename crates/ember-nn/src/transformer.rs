@@ -52,6 +52,10 @@ pub struct ForwardOptions<'a, B: Backend> {
     pub moe: Option<&'a mut MoeLosses<B>>,
     /// Observers and modifiers of every layer's sub-layer outputs.
     pub hooks: Option<&'a mut dyn ForwardHooks<B>>,
+    /// Added to every row's position: the number of positions before the first token
+    /// that are not in the cache (prefix tuning's virtual tokens, which `transformers`
+    /// counts as cached positions).
+    pub position_offset: usize,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
@@ -62,6 +66,7 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
             documents: None,
             moe: None,
             hooks: None,
+            position_offset: 0,
         }
     }
 }
@@ -113,8 +118,14 @@ impl<B: FusedBackend> Transformer<B> {
 
     /// [`Self::embed`] with each row's first token at its own position.
     pub fn embed_at(&self, tokens: Tensor<B, 2, Int>, positions: &Positions) -> Tensor<B, 3> {
-        let [batch, seq] = tokens.dims();
-        let x = self.tok_embeddings.forward(tokens);
+        self.add_positions(self.tok_embeddings.forward(tokens), positions)
+    }
+
+    /// Adds the learned or sinusoidal position embeddings (nothing for RoPE, ALiBi or no
+    /// positions) to `x`: `[batch, seq, d_model]`, row `r` starting at
+    /// `positions.row(r)`. Soft prompts go through this like token embeddings.
+    pub fn add_positions(&self, x: Tensor<B, 3>, positions: &Positions) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
         let table = match (&self.pos_embeddings, &self.sinusoidal) {
             (Some(pos), _) => pos.weight.val(),
             (None, Some(table)) => table.clone(),
@@ -146,8 +157,9 @@ impl<B: FusedBackend> Transformer<B> {
             documents,
             mut moe,
             mut hooks,
+            position_offset: options_offset,
         } = options;
-        let positions = Self::positions(cache.as_deref());
+        let positions = Self::positions(cache.as_deref()).shifted(options_offset);
         let mut x = self.dropout.forward(x);
         for (layer, block) in self.layers.iter().enumerate() {
             let mut ctx = LayerContext {
@@ -233,7 +245,8 @@ impl<B: FusedBackend> Transformer<B> {
         tokens: Tensor<B, 2, Int>,
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
-        let x = self.embed_at(tokens, &Self::positions(options.cache.as_deref()));
+        let positions = Self::positions(options.cache.as_deref()).shifted(options.position_offset);
+        let x = self.embed_at(tokens, &positions);
         self.logits(self.hidden(x, options))
     }
 }

@@ -7,14 +7,17 @@
 //! - [`lora`]: LoRA, rsLoRA and DoRA: configuration, `peft`'s initialisations, injection
 //!   with the base frozen, the trainable-parameter count.
 //! - [`ia3`]: IA³ (output- or input-side scaling vectors).
+//! - [`prompt`]: prefix tuning and prompt tuning.
 //! - [`merge`]: folding an adapter into its weight and taking it back out.
 
 pub mod ia3;
 pub mod lora;
 pub mod merge;
+pub mod prompt;
 pub mod targets;
 
 pub use ia3::{Ia3Config, apply_ia3};
 pub use lora::{LoraBias, LoraConfig, LoraInit, LoraReport, apply_lora};
 pub use merge::{merged, unmerged};
+pub use prompt::{PrefixTuning, PromptTuning};
 pub use targets::{PeftError, Targets};

@@ -1,4 +1,4 @@
-//! LoRA on a small Llama-shaped model: targets, freezing and counts, gradients against
+//! Every method on a small Llama-shaped model: targets, freezing and counts, gradients against
 //! central finite differences, the base receiving none, and merge / unmerge against the
 //! adapted forward pass.
 
@@ -504,4 +504,166 @@ fn ia3_scales_outputs_or_inputs_trains_and_merges() {
         err.0.contains("peft.feedforward_modules") && err.0.contains("down_proj"),
         "{err}"
     );
+}
+
+/// Prefix tuning with a KV cache (and a sliding window shorter than prefix + sequence):
+/// decoding token by token after the prefixes gives the logits of one full pass; the
+/// prefix gradients match finite differences.
+#[test]
+fn prefix_tuning_decodes_with_a_cache_and_its_prefixes_train() {
+    use ember_nn::{ContiguousKvCache, KvCache};
+    use ember_peft::PrefixTuning;
+    let device = Default::default();
+    let mut windowed = config();
+    windowed.sliding_window = Some(5);
+    for (name, config) in [("gqa", config()), ("sliding-window", windowed)] {
+        B::seed(&device, 20);
+        let model = Transformer::<B>::new(&config, &device).unwrap();
+        let prefix = PrefixTuning::<B>::new(&config, 3, &device);
+        let full: Vec<f32> = prefix
+            .forward(&model, ids(&INPUT))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let vocab = config.vocab_size;
+        let prefixes = prefix.prefixes(1);
+        let mut cache = ContiguousKvCache::<B>::new(config.n_layers);
+        for (t, &token) in INPUT.iter().enumerate() {
+            let options = ForwardOptions {
+                cache: Some(&mut cache as &mut dyn KvCache<B>),
+                prefixes: Some(&prefixes),
+                position_offset: prefix.n_virtual(),
+                ..Default::default()
+            };
+            let step: Vec<f32> = model
+                .forward(ids(&[token]), options)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let want = &full[t * vocab..(t + 1) * vocab];
+            for (g, w) in step.iter().zip(want) {
+                assert!((g - w).abs() < 1e-4, "{name} token {t}: {g} vs {w}");
+            }
+        }
+    }
+
+    AD::seed(&device, 21);
+    let model = base::<AD>(22);
+    let prefix = PrefixTuning::<AD>::new(&config(), 2, &device);
+    let weights: Vec<f32> = (0..INPUT.len() * 19)
+        .map(|i| ((i * 13 % 7) as f32 - 3.0) / 3.0)
+        .collect();
+    let objective = |p: &PrefixTuning<AD>| {
+        let out = p.forward(&model, ids(&INPUT));
+        (out * Tensor::<AD, 3>::from_data(
+            TensorData::new(weights.clone(), [1, INPUT.len(), 19]),
+            &device,
+        ))
+        .sum()
+    };
+    let grads = objective(&prefix).backward();
+    let grad: Vec<f32> = prefix
+        .embeddings
+        .val()
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let values: Vec<f32> = prefix.embeddings.val().into_data().to_vec().unwrap();
+    let shape = prefix.embeddings.dims();
+    for index in [0, grad.len() / 3, grad.len() - 1] {
+        let at = |delta: f32| -> f32 {
+            let mut v = values.clone();
+            v[index] += delta;
+            let moved = PrefixTuning::<AD>::from_embeddings(
+                &config(),
+                Tensor::from_data(TensorData::new(v, shape), &device),
+            )
+            .unwrap();
+            objective(&moved).into_scalar().elem()
+        };
+        let h = 1e-2;
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
+            "prefix[{index}]: autodiff {} vs finite difference {numeric}",
+            grad[index]
+        );
+    }
+}
+
+/// Prompt tuning: the soft prompt's gradients match finite differences; with a prompt
+/// equal to some tokens' embeddings, the real tokens' logits are those of the plain model
+/// on those tokens followed by the sequence.
+#[test]
+fn prompt_tuning_is_a_prefix_of_embeddings_and_trains() {
+    use ember_peft::PromptTuning;
+    let device = Default::default();
+    let model = base::<B>(23);
+    let virtual_ids = [3i64, 7, 1];
+    let table = model.tok_embeddings.weight.val();
+    let rows: Vec<Tensor<B, 2>> = virtual_ids
+        .iter()
+        .map(|&i| table.clone().narrow(0, i as usize, 1))
+        .collect();
+    let prompt = PromptTuning::<B>::from_embeddings(model.config(), Tensor::cat(rows, 0)).unwrap();
+    let got: Vec<f32> = prompt
+        .forward(&model, ids(&INPUT))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let joined: Vec<i64> = virtual_ids.iter().chain(INPUT.iter()).copied().collect();
+    let plain: Vec<f32> = model
+        .forward(ids(&joined), ForwardOptions::default())
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let vocab = 19;
+    let want = &plain[virtual_ids.len() * vocab..];
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+
+    let model = base::<AD>(24);
+    AD::seed(&device, 25);
+    let prompt = PromptTuning::<AD>::new(model.config(), 2, &device);
+    let objective = |p: &PromptTuning<AD>| {
+        let out = p.forward(&model, ids(&INPUT));
+        let n: usize = out.dims().iter().product();
+        let w: Vec<f32> = (0..n).map(|i| ((i * 5 % 9) as f32 - 4.0) / 4.0).collect();
+        (out * Tensor::<AD, 3>::from_data(TensorData::new(w, [1, INPUT.len(), vocab]), &device))
+            .sum()
+    };
+    let grads = objective(&prompt).backward();
+    let grad: Vec<f32> = prompt
+        .embeddings
+        .val()
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let values: Vec<f32> = prompt.embeddings.val().into_data().to_vec().unwrap();
+    let shape = prompt.embeddings.dims();
+    for index in [0, grad.len() / 2, grad.len() - 1] {
+        let at = |delta: f32| -> f32 {
+            let mut v = values.clone();
+            v[index] += delta;
+            let moved = PromptTuning::<AD>::from_embeddings(
+                model.config(),
+                Tensor::from_data(TensorData::new(v, shape), &device),
+            )
+            .unwrap();
+            objective(&moved).into_scalar().elem()
+        };
+        let h = 1e-2;
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
+            "prompt[{index}]: autodiff {} vs finite difference {numeric}",
+            grad[index]
+        );
+    }
 }
