@@ -136,6 +136,40 @@ fn python_with_peft() -> Option<String> {
         })
 }
 
+/// Runs `tools/fixtures/check_peft_adapter.py` on the adapter in `adapter` with Ember's
+/// logits `rows` for `prompt` (written next to it); returns whether it passed, and what
+/// it printed.
+fn check_in_peft(
+    python: &str,
+    adapter: &Path,
+    prompt: &[u32],
+    rows: &[Vec<f32>],
+) -> (bool, String) {
+    let file = adapter.with_extension("logits.json");
+    std::fs::write(&file, serde_json::to_string(rows).unwrap()).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/check_peft_adapter.py");
+    let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    let run = Command::new(python)
+        .arg(&script)
+        .arg(fixtures().join("base"))
+        .arg(adapter)
+        .args(["--logits", file.to_str().unwrap(), "--ids", &ids.join(",")])
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.contains("peft vs Ember"))
+        .collect();
+    println!("{}: {}", adapter.display(), summary.join(" "));
+    (run.status.success(), printed)
+}
+
 #[test]
 fn adapters_ember_writes_reload_and_load_into_peft() {
     let tmp = tempfile::tempdir().unwrap();
@@ -170,35 +204,7 @@ fn adapters_ember_writes_reload_and_load_into_peft() {
         };
         let vocab = want.len() / prompt.len();
         let rows: Vec<Vec<f32>> = want.chunks(vocab).map(<[f32]>::to_vec).collect();
-        let check = |logits_rows: &Vec<Vec<f32>>| {
-            let file = tmp.path().join(format!("{name}-logits.json"));
-            std::fs::write(&file, serde_json::to_string(logits_rows).unwrap()).unwrap();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../tools/fixtures/check_peft_adapter.py");
-            let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
-            let run = Command::new(python)
-                .arg(&script)
-                .arg(fixtures().join("base"))
-                .arg(&out)
-                .args(["--logits", file.to_str().unwrap(), "--ids", &ids.join(",")])
-                .output()
-                .unwrap();
-            let printed = format!(
-                "{}{}",
-                String::from_utf8_lossy(&run.stdout),
-                String::from_utf8_lossy(&run.stderr)
-            );
-            (run.status.success(), printed)
-        };
-        let (ok, printed) = check(&rows);
-        println!(
-            "{name}: {}",
-            printed
-                .lines()
-                .filter(|l| l.contains("peft vs Ember"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let (ok, printed) = check_in_peft(python, &out, &prompt, &rows);
         assert!(
             ok,
             "{name}: peft does not reproduce Ember's logits:\n{printed}"
@@ -207,7 +213,7 @@ fn adapters_ember_writes_reload_and_load_into_peft() {
         let mut wrong = rows.clone();
         wrong[0][0] += 1.0;
         assert!(
-            !check(&wrong).0,
+            !check_in_peft(python, &out, &prompt, &wrong).0,
             "{name}: the check script accepted wrong logits"
         );
     }
@@ -373,39 +379,10 @@ fn prefix_and_prompt_tuning_give_peft_logits_and_continuations() {
             println!("note: skipping check_peft_adapter.py: no Python with peft");
             continue;
         };
-        let file = tmp.path().join(format!("{name}-logits.json"));
         let rows: Vec<Vec<f32>> = got.chunks(vocab).map(<[f32]>::to_vec).collect();
-        std::fs::write(&file, serde_json::to_string(&rows).unwrap()).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/fixtures/check_peft_adapter.py");
-        let ids_arg: Vec<String> = prompt.iter().map(u32::to_string).collect();
-        let run = Command::new(python)
-            .arg(&script)
-            .arg(fixtures().join("base"))
-            .arg(&out)
-            .args([
-                "--logits",
-                file.to_str().unwrap(),
-                "--ids",
-                &ids_arg.join(","),
-            ])
-            .output()
-            .unwrap();
-        let printed = format!(
-            "{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        println!(
-            "{name}: {}",
-            printed
-                .lines()
-                .filter(|l| l.contains("peft vs Ember"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let (ok, printed) = check_in_peft(python, &out, &prompt, &rows);
         assert!(
-            run.status.success(),
+            ok,
             "{name}: peft does not reproduce Ember's logits:\n{printed}"
         );
     }

@@ -20,7 +20,7 @@
 //!   the fine-tuning crate; this module only knows the arithmetic.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, Initializer};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_ops::FusedBackend;
@@ -68,6 +68,22 @@ pub struct Adapter<B: Backend> {
     pub scaling: f64,
     /// Applied to the low-rank path's input only.
     pub dropout: Dropout,
+}
+
+impl<B: Backend> Adapter<B> {
+    /// An adapter with no parts yet (scaling 1, no dropout): the identity change.
+    pub fn empty() -> Self {
+        Self {
+            down: None,
+            up: None,
+            rank_scale: None,
+            input_scale: None,
+            output_scale: None,
+            magnitude: None,
+            scaling: 1.0,
+            dropout: DropoutConfig::new(0.0).init(),
+        }
+    }
 }
 
 impl<B: Backend> Projection<B> {
@@ -199,7 +215,6 @@ impl<B: FusedBackend> Projection<B> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
-    use burn::nn::DropoutConfig;
     use burn::tensor::TensorData;
 
     type B = Flex;

@@ -4,12 +4,11 @@
 //! vectors start at one, so training starts from the base model.
 
 use burn::module::Param;
-use burn::nn::DropoutConfig;
 use burn::tensor::Tensor;
 use ember_nn::{Adapter, FusedBackend, Transformer};
 use serde::{Deserialize, Serialize};
 
-use crate::lora::{LoraReport, freeze_all_but};
+use crate::attach::{PeftReport, attach, freeze_all_but, target_paths};
 use crate::targets::{PeftError, Targets};
 
 /// An IA³ configuration; the names follow `peft`'s `IA3Config`.
@@ -28,13 +27,8 @@ pub fn apply_ia3<B: FusedBackend>(
     mut model: Transformer<B>,
     config: &Ia3Config,
     device: &B::Device,
-) -> Result<(Transformer<B>, LoraReport), PeftError> {
-    let paths: Vec<String> = model
-        .projections_mut()
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    let adapted = config.targets.select(&paths, "peft.target_modules")?;
+) -> Result<(Transformer<B>, PeftReport), PeftError> {
+    let adapted = target_paths(&mut model, &config.targets, "peft.target_modules")?;
     if let Targets::Names(names) = &config.feedforward
         && let Some(stray) = names.iter().find(|n| {
             !adapted
@@ -46,26 +40,20 @@ pub fn apply_ia3<B: FusedBackend>(
             "peft.feedforward_modules: `{stray}` is not among the adapted target_modules"
         )));
     }
-    for (path, projection) in model.projections_mut() {
-        if !adapted.contains(&path) {
-            continue;
-        }
-        if projection.adapter.is_some() {
-            return Err(PeftError(format!("{path}: already carries an adapter")));
-        }
+    attach(&mut model, &adapted, |path, projection| {
         let (d_in, d_out) = projection.dims();
         let ones = |n: usize| Some(Param::from_tensor(Tensor::ones([n], device)));
-        let feedforward = config.feedforward.matches(&path);
-        projection.adapter = Some(Adapter {
-            down: None,
-            up: None,
-            rank_scale: None,
-            input_scale: if feedforward { ones(d_in) } else { None },
-            output_scale: if feedforward { None } else { ones(d_out) },
-            magnitude: None,
-            scaling: 1.0,
-            dropout: DropoutConfig::new(0.0).init(),
-        });
-    }
+        if config.feedforward.matches(path) {
+            Adapter {
+                input_scale: ones(d_in),
+                ..Adapter::empty()
+            }
+        } else {
+            Adapter {
+                output_scale: ones(d_out),
+                ..Adapter::empty()
+            }
+        }
+    })?;
     Ok(freeze_all_but(model, adapted, |_| false))
 }

@@ -8,9 +8,9 @@
 use burn::module::Param;
 use burn::nn::{DropoutConfig, Initializer};
 use burn::tensor::Tensor;
-use ember_nn::{
-    Adapter, FusedBackend, Transformer, assign_stable_ids, freeze_matching, param_infos,
-};
+use ember_nn::{Adapter, FusedBackend, Transformer};
+
+use crate::attach::{PeftReport, attach, freeze_all_but, target_paths};
 use serde::{Deserialize, Serialize};
 
 use crate::targets::{PeftError, Targets};
@@ -110,17 +110,6 @@ impl LoraConfig {
     }
 }
 
-/// What [`apply_lora`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoraReport {
-    /// The adapted projections' paths, in model order.
-    pub adapted: Vec<String>,
-    /// Parameters that train (as `peft`'s `print_trainable_parameters` counts them).
-    pub trainable: usize,
-    /// Every parameter of the adapted model.
-    pub total: usize,
-}
-
 /// Attaches a LoRA adapter to every target projection of `model` and freezes everything
 /// else (no gradient is computed for a frozen parameter). Parameter ids stay derived from
 /// paths, so optimizer state survives a restart. `Err` names the key at fault; `model`
@@ -129,22 +118,11 @@ pub fn apply_lora<B: FusedBackend>(
     mut model: Transformer<B>,
     config: &LoraConfig,
     device: &B::Device,
-) -> Result<(Transformer<B>, LoraReport), PeftError> {
+) -> Result<(Transformer<B>, PeftReport), PeftError> {
     config.validate()?;
-    let paths: Vec<String> = model
-        .projections_mut()
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    let adapted = config.targets.select(&paths, "peft.target_modules")?;
+    let adapted = target_paths(&mut model, &config.targets, "peft.target_modules")?;
     let scaling = config.scaling();
-    for (path, projection) in model.projections_mut() {
-        if !adapted.contains(&path) {
-            continue;
-        }
-        if projection.adapter.is_some() {
-            return Err(PeftError(format!("{path}: already carries an adapter")));
-        }
+    attach(&mut model, &adapted, |_, projection| {
         let (d_in, d_out) = projection.dims();
         let down = match config.init {
             LoraInit::Kaiming => {
@@ -163,17 +141,15 @@ pub fn apply_lora<B: FusedBackend>(
             let w = projection.weight.val();
             Param::from_tensor(w.powi_scalar(2).sum_dim(0).sqrt().reshape([d_out]).detach())
         });
-        projection.adapter = Some(Adapter {
+        Adapter {
             down: Some(down.init([d_in, config.r], device)),
             up: Some(Param::from_tensor(Tensor::zeros([config.r, d_out], device))),
-            rank_scale: None,
-            input_scale: None,
-            output_scale: None,
             magnitude,
             scaling,
             dropout: DropoutConfig::new(config.dropout).init(),
-        });
-    }
+            ..Adapter::empty()
+        }
+    })?;
     let lora_only = config.bias == LoraBias::LoraOnly;
     let all = config.bias == LoraBias::All;
     let adapted_biases: Vec<String> = adapted.iter().map(|a| format!("{a}.bias")).collect();
@@ -182,39 +158,4 @@ pub fn apply_lora<B: FusedBackend>(
         (bias && all) || (lora_only && adapted_biases.iter().any(|b| b == path))
     };
     Ok(freeze_all_but(model, adapted, biases))
-}
-
-/// Gives the adapter parameters path-derived ids, freezes every parameter but those and
-/// the ones `also_trains` names, and counts them.
-pub(crate) fn freeze_all_but<B: FusedBackend>(
-    model: Transformer<B>,
-    adapted: Vec<String>,
-    also_trains: impl Fn(&str) -> bool,
-) -> (Transformer<B>, LoraReport) {
-    let model = assign_stable_ids(model);
-    let trains = |path: &str| path.contains(".adapter.") || also_trains(path);
-    let infos = param_infos::<B, _>(&model);
-    let total = infos
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum();
-    let trainable = infos
-        .iter()
-        .filter(|p| trains(&p.path))
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum();
-    let frozen: Vec<&str> = infos
-        .iter()
-        .filter(|p| !trains(&p.path))
-        .map(|p| p.path.as_str())
-        .collect();
-    let (model, _) = freeze_matching(model, &frozen);
-    (
-        model,
-        LoraReport {
-            adapted,
-            trainable,
-            total,
-        },
-    )
 }

@@ -572,22 +572,35 @@ fn prefix_tuning_decodes_with_a_cache_and_its_prefixes_train() {
         .unwrap();
     let values: Vec<f32> = prefix.embeddings.val().into_data().to_vec().unwrap();
     let shape = prefix.embeddings.dims();
-    for index in [0, grad.len() / 3, grad.len() - 1] {
-        let at = |delta: f32| -> f32 {
-            let mut v = values.clone();
+    check_central_differences("prefix", &values, &grad, |v| {
+        let moved = PrefixTuning::<AD>::from_embeddings(
+            &config(),
+            Tensor::from_data(TensorData::new(v, shape), &device),
+        )
+        .unwrap();
+        objective(&moved).into_scalar().elem()
+    });
+}
+
+/// Central differences of `loss` at three entries of `values` (step 1e-2) against the
+/// autodiff gradient `grad`.
+fn check_central_differences(
+    what: &str,
+    values: &[f32],
+    grad: &[f32],
+    loss: impl Fn(Vec<f32>) -> f32,
+) {
+    for index in [0, grad.len() / 2, grad.len() - 1] {
+        let at = |delta: f32| {
+            let mut v = values.to_vec();
             v[index] += delta;
-            let moved = PrefixTuning::<AD>::from_embeddings(
-                &config(),
-                Tensor::from_data(TensorData::new(v, shape), &device),
-            )
-            .unwrap();
-            objective(&moved).into_scalar().elem()
+            loss(v)
         };
         let h = 1e-2;
         let numeric = (at(h) - at(-h)) / (2.0 * h);
         assert!(
             (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
-            "prefix[{index}]: autodiff {} vs finite difference {numeric}",
+            "{what}[{index}]: autodiff {} vs finite difference {numeric}",
             grad[index]
         );
     }
@@ -647,23 +660,12 @@ fn prompt_tuning_is_a_prefix_of_embeddings_and_trains() {
         .unwrap();
     let values: Vec<f32> = prompt.embeddings.val().into_data().to_vec().unwrap();
     let shape = prompt.embeddings.dims();
-    for index in [0, grad.len() / 2, grad.len() - 1] {
-        let at = |delta: f32| -> f32 {
-            let mut v = values.clone();
-            v[index] += delta;
-            let moved = PromptTuning::<AD>::from_embeddings(
-                model.config(),
-                Tensor::from_data(TensorData::new(v, shape), &device),
-            )
-            .unwrap();
-            objective(&moved).into_scalar().elem()
-        };
-        let h = 1e-2;
-        let numeric = (at(h) - at(-h)) / (2.0 * h);
-        assert!(
-            (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
-            "prompt[{index}]: autodiff {} vs finite difference {numeric}",
-            grad[index]
-        );
-    }
+    check_central_differences("prompt", &values, &grad, |v| {
+        let moved = PromptTuning::<AD>::from_embeddings(
+            model.config(),
+            Tensor::from_data(TensorData::new(v, shape), &device),
+        )
+        .unwrap();
+        objective(&moved).into_scalar().elem()
+    });
 }

@@ -1,17 +1,19 @@
 //! What every `peft` adapter type shares: module names, target resolution, reading
 //! tensors and the config's `peft_type`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
 use ember_nn::{FusedBackend, Transformer};
-use ember_peft::{LoraReport, Targets};
+use ember_peft::{PeftReport, Targets};
 use serde_json::Value;
 
 use crate::HfArch;
 use crate::error::{HfError, at};
 use crate::names::tensor_map;
-use crate::safetensors_io::WeightFiles;
+use crate::safetensors_io::{NamedTensor, WeightDType, WeightFiles, write_safetensors};
 
 /// Ember projection path (`layers.0.attn.q_proj`) → `peft` module path
 /// (`model.layers.0.self_attn.q_proj`), for every projection of `model`.
@@ -148,7 +150,7 @@ pub fn load_adapter<B: FusedBackend>(
     model: Transformer<B>,
     arch: HfArch,
     device: &B::Device,
-) -> Result<(Transformer<B>, LoraReport), HfError> {
+) -> Result<(Transformer<B>, PeftReport), HfError> {
     match peft_type(dir)?.as_str() {
         "LORA" => super::load_lora_adapter(dir, model, arch, device),
         "IA3" => super::load_ia3_adapter(dir, model, arch, device),
@@ -160,4 +162,58 @@ pub fn load_adapter<B: FusedBackend>(
             ),
         )),
     }
+}
+
+/// `old`'s parameter (same id, same trainability) holding `values` as `shape`.
+pub(super) fn refilled<B: FusedBackend, const D: usize>(
+    old: &Param<Tensor<B, D>>,
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    let tensor = Tensor::from_data(TensorData::new(values, shape), device);
+    Param::initialized(old.id, tensor.set_require_grad(old.is_require_grad()))
+}
+
+/// `Err` naming the first tensor of the adapter file that no adapted module read.
+pub(super) fn refuse_unused(unused: BTreeSet<String>, weights_path: &Path) -> Result<(), HfError> {
+    match unused.into_iter().next() {
+        Some(extra) => Err(HfError::new(
+            weights_path,
+            format!("`{extra}` belongs to no adapted module of this model"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `t`'s values as f32 (`what` names it in an error at `path`).
+pub(super) fn values_of<B: FusedBackend, const D: usize>(
+    t: Tensor<B, D>,
+    what: &str,
+    path: &Path,
+) -> Result<Vec<f32>, HfError> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| HfError::new(path, format!("`{what}`: {e:?}")))
+}
+
+/// Writes an adapter directory: `tensors` as f32 `adapter_model.safetensors`, then
+/// `config` as `adapter_config.json`, each to a temporary name, flushed, and renamed.
+pub(super) fn write_adapter(
+    dir: &Path,
+    tensors: &[NamedTensor],
+    config: &Value,
+) -> Result<(), HfError> {
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS);
+    let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
+    write_safetensors(&tmp, tensors, WeightDType::F32)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(at(&tmp))?;
+    std::fs::rename(&tmp, &weights_path).map_err(at(&weights_path))?;
+    let config_path = dir.join(ADAPTER_CONFIG);
+    let text = serde_json::to_string_pretty(config).expect("the config serialises");
+    ember_data::files::write_atomic(&config_path, text.as_bytes()).map_err(at(&config_path))
 }

@@ -3,17 +3,18 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::module::Param;
-use burn::tensor::{Tensor, TensorData};
 use ember_nn::{FusedBackend, Transformer};
-use ember_peft::{Ia3Config, LoraReport, Targets, apply_ia3};
+use ember_peft::{Ia3Config, PeftReport, Targets, apply_ia3};
 use serde_json::{Value, json};
 
-use super::common::{module_names, read_vector, resolve, targets_at};
+use super::common::{
+    module_names, read_vector, refilled, refuse_unused, resolve, targets_at, values_of,
+    write_adapter,
+};
 use super::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::HfArch;
 use crate::error::{HfError, at};
-use crate::safetensors_io::{NamedTensor, WeightDType, WeightFiles, write_safetensors};
+use crate::safetensors_io::{NamedTensor, WeightFiles};
 
 /// Reads `adapter_config.json` as an IA³ configuration (`target_modules`,
 /// `feedforward_modules`).
@@ -52,7 +53,7 @@ pub fn load_ia3_adapter<B: FusedBackend>(
     mut model: Transformer<B>,
     arch: HfArch,
     device: &B::Device,
-) -> Result<(Transformer<B>, LoraReport), HfError> {
+) -> Result<(Transformer<B>, PeftReport), HfError> {
     let config = read_ia3_config(dir)?;
     let config_path = dir.join(ADAPTER_CONFIG);
     let modules = module_names(&mut model, arch, &config_path)?;
@@ -87,16 +88,10 @@ pub fn load_ia3_adapter<B: FusedBackend>(
             ),
         };
         let values = read_vector(&files, &name, &shape, &weights_path)?;
-        let tensor = Tensor::from_data(TensorData::new(values, [n]), device);
-        *slot = Param::initialized(slot.id, tensor.set_require_grad(slot.is_require_grad()));
+        *slot = refilled(slot, values, [n], device);
         unused.remove(&name);
     }
-    if let Some(extra) = unused.into_iter().next() {
-        return Err(HfError::new(
-            &weights_path,
-            format!("`{extra}` belongs to no adapted module of this model"),
-        ));
-    }
+    refuse_unused(unused, &weights_path)?;
     Ok((model, report))
 }
 
@@ -106,7 +101,6 @@ pub fn save_ia3_adapter<B: FusedBackend>(
     model: &Transformer<B>,
     arch: HfArch,
 ) -> Result<(), HfError> {
-    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let mut model = model.clone();
     let config_path = dir.join(ADAPTER_CONFIG);
     let modules = module_names(&mut model, arch, &config_path)?;
@@ -128,12 +122,7 @@ pub fn save_ia3_adapter<B: FusedBackend>(
                 ));
             }
         };
-        let values = vector
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| HfError::new(&config_path, format!("`{path}`: {e:?}")))?;
+        let values = values_of(vector.val(), &path, &config_path)?;
         let n = values.len();
         tensors.push(NamedTensor {
             name: format!("base_model.model.{module}.ia3_l"),
@@ -145,11 +134,7 @@ pub fn save_ia3_adapter<B: FusedBackend>(
             feedforward.push(module.clone());
         }
     }
-    let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
-    write_safetensors(&tmp, &tensors, WeightDType::F32)?;
-    std::fs::rename(&tmp, &weights_path).map_err(at(&weights_path))?;
-    let text = serde_json::to_string_pretty(&json!({
+    let config_value = json!({
         "peft_type": "IA3",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": null,
@@ -159,7 +144,6 @@ pub fn save_ia3_adapter<B: FusedBackend>(
         "init_ia3_weights": true,
         "modules_to_save": null,
         "inference_mode": true,
-    }))
-    .expect("the config serialises");
-    ember_data::files::write_atomic(&config_path, text.as_bytes()).map_err(at(&config_path))
+    });
+    write_adapter(dir, &tensors, &config_value)
 }

@@ -3,17 +3,18 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::module::Param;
-use burn::tensor::{Tensor, TensorData};
 use ember_nn::{FusedBackend, Transformer};
-use ember_peft::{LoraBias, LoraConfig, LoraInit, LoraReport, Targets, apply_lora};
+use ember_peft::{LoraBias, LoraConfig, LoraInit, PeftReport, Targets, apply_lora};
 use serde_json::{Value, json};
 
-use super::common::{module_names, read_vector, resolve, targets_at};
+use super::common::{
+    module_names, read_vector, refilled, refuse_unused, resolve, targets_at, values_of,
+    write_adapter,
+};
 use super::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::HfArch;
 use crate::error::{HfError, at};
-use crate::safetensors_io::{NamedTensor, WeightDType, WeightFiles, write_safetensors};
+use crate::safetensors_io::{NamedTensor, WeightFiles};
 
 /// Reads `adapter_config.json` as a LoRA configuration; `Err` names the key that is
 /// missing, malformed or not supported.
@@ -93,7 +94,7 @@ pub fn load_lora_adapter<B: FusedBackend>(
     mut model: Transformer<B>,
     arch: HfArch,
     device: &B::Device,
-) -> Result<(Transformer<B>, LoraReport), HfError> {
+) -> Result<(Transformer<B>, PeftReport), HfError> {
     let (config, _) = read_lora_config(dir)?;
     let config_path = dir.join(ADAPTER_CONFIG);
     let modules = module_names(&mut model, arch, &config_path)?;
@@ -130,29 +131,18 @@ pub fn load_lora_adapter<B: FusedBackend>(
             }
             // Stored `[out, in]`-style; Ember keeps the transpose.
             let values = files.read(&name, true)?;
-            let old = slot.take().expect("apply_lora set both matrices");
-            let tensor = Tensor::from_data(TensorData::new(values, [shape[1], shape[0]]), device);
-            *slot = Some(Param::initialized(
-                old.id,
-                tensor.set_require_grad(old.is_require_grad()),
-            ));
+            let old = slot.as_ref().expect("apply_lora set both matrices");
+            *slot = Some(refilled(old, values, [shape[1], shape[0]], device));
             unused.remove(&name);
         }
         if let Some(slot) = adapter.magnitude.as_mut() {
             let name = format!("base_model.model.{module}.lora_magnitude_vector");
             let values = read_vector(&files, &name, &[d_out], &weights_path)?;
-            let old = slot.clone();
-            let tensor = Tensor::from_data(TensorData::new(values, [d_out]), device);
-            *slot = Param::initialized(old.id, tensor.set_require_grad(old.is_require_grad()));
+            *slot = refilled(slot, values, [d_out], device);
             unused.remove(&name);
         }
     }
-    if let Some(extra) = unused.into_iter().next() {
-        return Err(HfError::new(
-            &weights_path,
-            format!("`{extra}` belongs to no adapted module of this model"),
-        ));
-    }
+    refuse_unused(unused, &weights_path)?;
     Ok((model, report))
 }
 
@@ -165,7 +155,6 @@ pub fn save_lora_adapter<B: FusedBackend>(
     config: &LoraConfig,
     arch: HfArch,
 ) -> Result<(), HfError> {
-    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let mut model = model.clone();
     let config_path = dir.join(ADAPTER_CONFIG);
     let modules = module_names(&mut model, arch, &config_path)?;
@@ -187,11 +176,7 @@ pub fn save_lora_adapter<B: FusedBackend>(
         for (part, t) in [("lora_A", down.val()), ("lora_B", up.val())] {
             let t = t.transpose();
             let shape = t.dims().to_vec();
-            let values = t
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| HfError::new(&config_path, format!("`{path}`: {e:?}")))?;
+            let values = values_of(t, &path, &config_path)?;
             tensors.push(NamedTensor {
                 name: format!("base_model.model.{module}.{part}.weight"),
                 shape,
@@ -199,12 +184,7 @@ pub fn save_lora_adapter<B: FusedBackend>(
             });
         }
         if let Some(m) = &adapter.magnitude {
-            let values = m
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| HfError::new(&config_path, format!("`{path}`: {e:?}")))?;
+            let values = values_of(m.val(), &path, &config_path)?;
             tensors.push(NamedTensor {
                 name: format!("base_model.model.{module}.lora_magnitude_vector"),
                 shape: vec![values.len()],
@@ -213,16 +193,12 @@ pub fn save_lora_adapter<B: FusedBackend>(
         }
         targets.push(module.clone());
     }
-    let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
-    write_safetensors(&tmp, &tensors, WeightDType::F32)?;
-    std::fs::rename(&tmp, &weights_path).map_err(at(&weights_path))?;
     let bias = match config.bias {
         LoraBias::None => "none",
         LoraBias::All => "all",
         LoraBias::LoraOnly => "lora_only",
     };
-    let text = serde_json::to_string_pretty(&json!({
+    let config_value = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": null,
@@ -242,7 +218,6 @@ pub fn save_lora_adapter<B: FusedBackend>(
         "rank_pattern": {},
         "alpha_pattern": {},
         "inference_mode": true,
-    }))
-    .expect("the config serialises");
-    ember_data::files::write_atomic(&config_path, text.as_bytes()).map_err(at(&config_path))
+    });
+    write_adapter(dir, &tensors, &config_value)
 }

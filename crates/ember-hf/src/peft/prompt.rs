@@ -10,10 +10,10 @@ use ember_nn::{FusedBackend, Transformer, TransformerConfig};
 use ember_peft::{PrefixTuning, PromptTuning};
 use serde_json::{Value, json};
 
-use super::common::read_vector;
+use super::common::{read_vector, values_of, write_adapter};
 use super::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::error::{HfError, at};
-use crate::safetensors_io::{NamedTensor, WeightDType, WeightFiles, write_safetensors};
+use crate::safetensors_io::{NamedTensor, WeightFiles};
 
 /// The tensor `peft` saves for prompt learning.
 const EMBEDDINGS: &str = "prompt_embeddings";
@@ -116,7 +116,6 @@ pub fn save_prompt_adapter<B: FusedBackend>(
     adapter: &PromptAdapter<B>,
     config: &TransformerConfig,
 ) -> Result<(), HfError> {
-    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let (embeddings, settings) = match adapter {
         PromptAdapter::Prefix(p) => (
             p.embeddings.val(),
@@ -140,20 +139,12 @@ pub fn save_prompt_adapter<B: FusedBackend>(
     };
     let [n_virtual, width] = embeddings.dims();
     let config_path = dir.join(ADAPTER_CONFIG);
-    let values = embeddings
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| HfError::new(&config_path, format!("{EMBEDDINGS}: {e:?}")))?;
-    let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
+    let values = values_of(embeddings, EMBEDDINGS, &config_path)?;
     let tensor = NamedTensor {
         name: EMBEDDINGS.to_string(),
         shape: vec![n_virtual, width],
         values,
     };
-    write_safetensors(&tmp, &[tensor], WeightDType::F32)?;
-    std::fs::rename(&tmp, &weights_path).map_err(at(&weights_path))?;
     let mut value = json!({
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": null,
@@ -165,6 +156,5 @@ pub fn save_prompt_adapter<B: FusedBackend>(
     for (k, v) in settings.as_object().expect("an object") {
         value[k] = v.clone();
     }
-    let text = serde_json::to_string_pretty(&value).expect("the config serialises");
-    ember_data::files::write_atomic(&config_path, text.as_bytes()).map_err(at(&config_path))
+    write_adapter(dir, &[tensor], &value)
 }

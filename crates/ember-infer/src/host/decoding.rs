@@ -72,16 +72,17 @@ impl<B: FusedBackend> Decoder for BurnPrefilledHost<'_, B> {
         self.host.config()
     }
 
+    // The cache is the host decoder's: these delegate to it.
     fn new_cache(&self) -> Vec<DecodeState> {
-        Vec::new()
+        self.host.new_cache()
     }
 
     fn rows(&self, cache: &Vec<DecodeState>) -> usize {
-        cache.len()
+        Decoder::rows(self.host, cache)
     }
 
     fn len(&self, cache: &Vec<DecodeState>, row: usize) -> usize {
-        cache[row].len()
+        Decoder::len(self.host, cache, row)
     }
 
     fn capacity(&self) -> Option<usize> {
@@ -139,10 +140,10 @@ impl<B: FusedBackend> Decoder for BurnPrefilledHost<'_, B> {
     }
 
     fn logits<'c>(&self, cache: &'c Vec<DecodeState>, row: usize) -> &'c [f32] {
-        cache[row].logits()
+        Decoder::logits(self.host, cache, row)
     }
 
     fn reset(&self, cache: &mut Vec<DecodeState>) {
-        cache.clear();
+        Decoder::reset(self.host, cache);
     }
 }
