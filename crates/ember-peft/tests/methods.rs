@@ -12,6 +12,13 @@ use ember_peft::{
 };
 
 type B = Flex;
+
+/// The backend's random generator is global: tests that seed and draw run one at a time,
+/// so each draws the same values whatever runs beside it.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 type AD = Autodiff<Flex>;
 
 fn config() -> TransformerConfig {
@@ -82,6 +89,7 @@ fn loss<Bk: Backend + ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Tensor
 
 #[test]
 fn targets_are_adapted_the_rest_frozen_and_counted_as_peft_does() {
+    let _draws = exclusive();
     let device = Default::default();
     let before = logits(&base::<B>(1));
     let (model, report) = apply_lora(
@@ -135,6 +143,7 @@ fn targets_are_adapted_the_rest_frozen_and_counted_as_peft_does() {
 
 #[test]
 fn bad_settings_name_their_key() {
+    let _draws = exclusive();
     let device = Default::default();
     let err = apply_lora(
         base::<B>(1),
@@ -173,6 +182,7 @@ fn bad_settings_name_their_key() {
 
 #[test]
 fn initialisations_and_scaling_follow_peft() {
+    let _draws = exclusive();
     let device = Default::default();
     let mut c = lora(Targets::AllLinear);
     c.r = 4;
@@ -216,6 +226,7 @@ fn initialisations_and_scaling_follow_peft() {
 
 #[test]
 fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
+    let _draws = exclusive();
     let device = Default::default();
     let (model, _) = apply_lora(base::<AD>(3), &lora(Targets::AllLinear), &device).unwrap();
     let model = perturb(model, 4);
@@ -280,6 +291,7 @@ fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
 
 #[test]
 fn merging_keeps_the_outputs_and_unmerging_restores_the_weight() {
+    let _draws = exclusive();
     let device = Default::default();
     let (model, _) = apply_lora(base::<B>(5), &lora(Targets::AllLinear), &device).unwrap();
     let model = perturb(model, 6);
@@ -373,6 +385,7 @@ fn perturb_vectors<Bk: Backend + ember_nn::FusedBackend>(
 /// checked against `peft` through the fixtures instead); merging keeps the outputs.
 #[test]
 fn dora_starts_at_the_base_its_magnitudes_train_and_it_merges() {
+    let _draws = exclusive();
     let device = Default::default();
     let mut config = lora(Targets::Names(vec!["q_proj".into(), "up_proj".into()]));
     config.use_dora = true;
@@ -438,6 +451,7 @@ fn dora_starts_at_the_base_its_magnitudes_train_and_it_merges() {
 /// keeps the outputs; a feed-forward module outside the targets is refused.
 #[test]
 fn ia3_scales_outputs_or_inputs_trains_and_merges() {
+    let _draws = exclusive();
     let device = Default::default();
     let names = |n: &[&str]| Targets::Names(n.iter().map(|s| s.to_string()).collect());
     let config = Ia3Config {
@@ -511,6 +525,7 @@ fn ia3_scales_outputs_or_inputs_trains_and_merges() {
 /// prefix gradients match finite differences.
 #[test]
 fn prefix_tuning_decodes_with_a_cache_and_its_prefixes_train() {
+    let _draws = exclusive();
     use ember_nn::{ContiguousKvCache, KvCache};
     use ember_peft::PrefixTuning;
     let device = Default::default();
@@ -611,6 +626,7 @@ fn check_central_differences(
 /// on those tokens followed by the sequence.
 #[test]
 fn prompt_tuning_is_a_prefix_of_embeddings_and_trains() {
+    let _draws = exclusive();
     use ember_peft::PromptTuning;
     let device = Default::default();
     let model = base::<B>(23);
