@@ -1,5 +1,6 @@
 //! `ember`: train, sample from and inspect Ember language models.
 
+mod adapter;
 mod backend;
 mod commands;
 mod error;

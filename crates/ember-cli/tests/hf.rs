@@ -702,3 +702,145 @@ fn unsupported_exports_are_rejected_clearly() {
     assert!(stderr.contains("model.position = Alibi"), "{stderr}");
     assert!(!out_dir.exists(), "nothing is written");
 }
+
+/// The end-of-sequence id of the `peft` fixtures' base model.
+fn expected_eos() -> u64 {
+    let text = std::fs::read_to_string(fixture("peft/base/generation_config.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()["eos_token_id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `--adapter` with the `peft` fixtures: `logits` within 1e-4 of `peft`'s for projection
+/// adapters (merged into the weights) and prompt-learning ones (the given tokens' rows);
+/// `generate` gives `peft`'s greedy continuation on the host decoder and on burn; a
+/// prompt-learning adapter for `generate`, and a directory that is not an adapter, are
+/// usage errors naming `--adapter`.
+#[test]
+fn adapters_apply_to_logits_and_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("peft/base");
+    let base = base.to_str().unwrap();
+    for name in [
+        "lora-qv-down",
+        "dora-qkv-up",
+        "ia3-kv-down",
+        "prefix-5",
+        "prompt-4",
+    ] {
+        let adapter = fixture(&format!("peft/{name}"));
+        let exp = expected(&format!("peft/{name}"));
+        let prompt = id_list(&exp["prompt"]);
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        let out = ember(&[
+            "logits",
+            "--model",
+            base,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--ids",
+            &prompt,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        stdout(&out);
+        let (shape, got) = read_logits(&file);
+        let want: Vec<f32> = exp["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        assert_eq!(shape[0] * shape[1], want.len(), "{name}: [T, vocab]");
+        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / max <= 1e-4,
+            "{name}: logits differ by {} (relative)",
+            diff / max
+        );
+
+        let decoders: &[&str] = if name.starts_with("pre") || name.starts_with("prompt") {
+            &[]
+        } else {
+            &["auto", "burn"]
+        };
+        // `ember generate` stops after the base's end-of-sequence id (peft's fixture
+        // continuation does not): the expected ids end at its first one.
+        let eos = expected_eos();
+        let greedy: Vec<u64> = exp["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let until_eos: Vec<String> = match greedy.iter().position(|&t| t == eos) {
+            Some(at) => &greedy[..=at],
+            None => &greedy[..],
+        }
+        .iter()
+        .map(u64::to_string)
+        .collect();
+        for decoder in decoders {
+            let out = ember(&[
+                "generate",
+                "--model",
+                base,
+                "--adapter",
+                adapter.to_str().unwrap(),
+                "--ids",
+                &prompt,
+                "--max-new-tokens",
+                "16",
+                "--temperature",
+                "0",
+                "--print-ids",
+                "--decoder",
+                decoder,
+            ]);
+            assert_eq!(
+                stdout(&out).trim(),
+                until_eos.join(","),
+                "{name} ({decoder})"
+            );
+        }
+    }
+    let out = ember(&[
+        "generate",
+        "--model",
+        base,
+        "--adapter",
+        fixture("peft/prompt-4").to_str().unwrap(),
+        "--ids",
+        "1,2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--adapter") && stderr.contains("does not take them yet"),
+        "{stderr}"
+    );
+    let out = ember(&[
+        "generate",
+        "--model",
+        base,
+        "--adapter",
+        base,
+        "--ids",
+        "1,2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--adapter") && stderr.contains("not a peft adapter directory"),
+        "{stderr}"
+    );
+}

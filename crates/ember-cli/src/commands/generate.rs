@@ -50,6 +50,9 @@ pub struct GenerateArgs {
     /// Print prefill and decoding speed to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// A `peft` adapter directory (LoRA, rsLoRA, DoRA or IA3), merged into the weights.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,6 +95,15 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         )));
     }
     let model = dir.load::<B>(&on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    if adapted.prompt.is_some() {
+        return Err(CliError::Usage(
+            "--adapter: prefix- and prompt-tuning adapters work with `ember logits`; \
+             `generate` does not take them yet"
+                .into(),
+        ));
+    }
+    let model = adapted.model;
     let mut sampler = Sampler::new(SamplingConfig {
         temperature,
         top_k: Some(args.top_k.unwrap_or(defaults.top_k)),

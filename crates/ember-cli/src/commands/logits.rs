@@ -27,6 +27,10 @@ pub struct LogitsArgs {
     /// Output file: one f32 tensor `logits` of shape `[T, vocab]`.
     #[arg(long)]
     pub out: PathBuf,
+    /// A `peft` adapter directory (LoRA, rsLoRA, DoRA, IA3, prefix or prompt tuning) to
+    /// apply; the rows are the given tokens' only.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// `ember logits` on backend `B`.
@@ -53,10 +57,24 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: LogitsArgs) -> Result<(), CliError
     }
     let vocab = config.vocab_size;
     let model = dir.load::<B>(&on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    if let Some(prompt) = &adapted.prompt
+        && ids.len() + prompt.n_virtual() > config.max_seq_len
+    {
+        return Err(CliError::Usage(format!(
+            "--ids: {} tokens and the adapter's {} virtual tokens exceed the model's context of {}",
+            ids.len(),
+            prompt.n_virtual(),
+            config.max_seq_len
+        )));
+    }
     let input: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, ids.len()]), &on.device);
-    let values: Vec<f32> = model
-        .forward(input, ForwardOptions::default())
+    let logits = match &adapted.prompt {
+        Some(prompt) => prompt.forward(&adapted.model, input),
+        None => adapted.model.forward(input, ForwardOptions::default()),
+    };
+    let values: Vec<f32> = logits
         .into_data()
         .convert::<f32>()
         .to_vec()

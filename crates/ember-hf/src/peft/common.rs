@@ -130,8 +130,8 @@ pub(super) fn read_vector(
     files.read(name, false)
 }
 
-/// The `peft_type` of the adapter in `dir`.
-pub(super) fn peft_type(dir: &Path) -> Result<String, HfError> {
+/// The `peft_type` of the adapter in `dir` (`LORA`, `IA3`, `PREFIX_TUNING`, …).
+pub fn peft_type(dir: &Path) -> Result<String, HfError> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = ember_data::files::read_regular_text(&path).map_err(at(&path))?;
     let value: Value = serde_json::from_str(&text).map_err(at(&path))?;

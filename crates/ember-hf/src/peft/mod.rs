@@ -15,7 +15,7 @@ mod ia3;
 mod lora;
 mod prompt;
 
-pub use common::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter};
+pub use common::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, peft_type};
 pub use ia3::{load_ia3_adapter, read_ia3_config, save_ia3_adapter};
 pub use lora::{load_lora_adapter, read_lora_config, save_lora_adapter};
 pub use prompt::{PromptAdapter, load_prompt_adapter, save_prompt_adapter};

@@ -34,6 +34,14 @@ impl<B: FusedBackend> PromptAdapter<B> {
         }
     }
 
+    /// Virtual tokens before the sequence.
+    pub fn n_virtual(&self) -> usize {
+        match self {
+            PromptAdapter::Prefix(p) => p.n_virtual(),
+            PromptAdapter::Prompt(p) => p.n_virtual(),
+        }
+    }
+
     /// Trainable parameters.
     pub fn num_params(&self) -> usize {
         let dims = match self {

@@ -1,0 +1,70 @@
+//! `--adapter DIR`: a `peft` adapter directory applied to the model a command loaded.
+//!
+//! Projection adapters (LoRA, rsLoRA, DoRA, IA³) are merged into the weights, so the
+//! model runs as fast as the base (the host decoder included). Prefix- and prompt-tuning
+//! adapters stay beside the model and run through [`PromptAdapter::forward`].
+
+use std::path::Path;
+
+use ember_hf::peft::{self, PromptAdapter};
+use ember_hf::{HfError, export_arch};
+use ember_model::ModelDir;
+use ember_nn::{FusedBackend, Transformer};
+
+use crate::error::CliError;
+
+/// The model with the adapter applied, and the adapter itself when it is prompt learning.
+pub struct Adapted<B: FusedBackend> {
+    pub model: Transformer<B>,
+    pub prompt: Option<PromptAdapter<B>>,
+}
+
+fn usage(e: HfError) -> CliError {
+    CliError::Usage(format!("--adapter {e}"))
+}
+
+/// Applies the adapter in `adapter` (if any) to `model`, loaded from `dir`.
+pub fn apply<B: FusedBackend>(
+    dir: &ModelDir,
+    mut model: Transformer<B>,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<Adapted<B>, CliError> {
+    let Some(path) = adapter else {
+        return Ok(Adapted {
+            model,
+            prompt: None,
+        });
+    };
+    if !path.join(peft::ADAPTER_CONFIG).is_file() {
+        return Err(CliError::Usage(format!(
+            "--adapter {}: no {} (not a peft adapter directory)",
+            path.display(),
+            peft::ADAPTER_CONFIG
+        )));
+    }
+    if matches!(
+        peft::peft_type(path).map_err(usage)?.as_str(),
+        "PREFIX_TUNING" | "PROMPT_TUNING"
+    ) {
+        let prompt = peft::load_prompt_adapter::<B>(path, dir.config(), device).map_err(usage)?;
+        return Ok(Adapted {
+            model,
+            prompt: Some(prompt),
+        });
+    }
+    let arch = match dir {
+        ModelDir::Hf(hf) => hf.arch(),
+        ModelDir::Ember(_) => export_arch(dir.config())
+            .map_err(|e| CliError::Usage(format!("--adapter {}: {e}", path.display())))?,
+    };
+    let (adapted, _) = peft::load_adapter(path, model, arch, device).map_err(usage)?;
+    model = adapted;
+    for (_, projection) in model.projections_mut() {
+        *projection = ember_peft::merged(projection);
+    }
+    Ok(Adapted {
+        model,
+        prompt: None,
+    })
+}
