@@ -14,6 +14,7 @@ use crate::commands::export::ExportArgs;
 use crate::commands::generate::GenerateArgs;
 use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
+use crate::commands::merge::MergeArgs;
 use crate::commands::perplexity::PerplexityArgs;
 use crate::commands::train::TrainArgs;
 
@@ -45,6 +46,8 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Write a model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
     Export(ExportArgs),
+    /// Merge a `peft` adapter into a base model and write it as a Hugging Face directory.
+    Merge(MergeArgs),
     /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => runner.logits(args),
         Command::Perplexity(args) => runner.perplexity(args),
         Command::Export(args) => runner.export(args),
+        Command::Merge(args) => runner.export(args.into()),
         Command::Info(args) => commands::info::run(args),
     });
     match result {

@@ -713,9 +713,10 @@ fn expected_eos() -> u64 {
 
 /// `--adapter` with the `peft` fixtures: `logits` within 1e-4 of `peft`'s for projection
 /// adapters (merged into the weights) and prompt-learning ones (the given tokens' rows);
-/// `generate` gives `peft`'s greedy continuation on the host decoder and on burn; a
-/// prompt-learning adapter for `generate`, and a directory that is not an adapter, are
-/// usage errors naming `--adapter`.
+/// `generate` gives `peft`'s greedy continuation on the host decoder and on burn; `merge`
+/// writes a model whose plain logits are `peft`'s with the adapter; a prompt-learning
+/// adapter for `generate` or `merge`, and a directory that is not an adapter, are usage
+/// errors naming `--adapter`.
 #[test]
 fn adapters_apply_to_logits_and_generate() {
     let tmp = tempfile::tempdir().unwrap();
@@ -813,6 +814,71 @@ fn adapters_apply_to_logits_and_generate() {
             );
         }
     }
+    // `ember merge` writes the merged model: its plain logits are peft's with the adapter.
+    for name in ["lora-qv-down", "dora-qkv-up", "ia3-kv-down"] {
+        let merged = tmp.path().join(format!("{name}-merged"));
+        let out = ember(&[
+            "merge",
+            "--model",
+            base,
+            "--adapter",
+            fixture(&format!("peft/{name}")).to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ]);
+        stdout(&out);
+        let exp = expected(&format!("peft/{name}"));
+        let file = tmp.path().join(format!("{name}-merged.safetensors"));
+        let out = ember(&[
+            "logits",
+            "--model",
+            merged.to_str().unwrap(),
+            "--ids",
+            &id_list(&exp["prompt"]),
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        stdout(&out);
+        let (_, got) = read_logits(&file);
+        let want: Vec<f32> = exp["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / max <= 1e-4,
+            "{name} merged: logits differ by {} (relative)",
+            diff / max
+        );
+    }
+    let out = ember(&[
+        "merge",
+        "--model",
+        base,
+        "--adapter",
+        fixture("peft/prefix-5").to_str().unwrap(),
+        "--out",
+        tmp.path().join("prefix-merged").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be merged"), "{stderr}");
+    assert!(
+        !tmp.path().join("prefix-merged").exists(),
+        "nothing written on refusal"
+    );
+
     let out = ember(&[
         "generate",
         "--model",

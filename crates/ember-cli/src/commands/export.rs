@@ -24,6 +24,10 @@ pub struct ExportArgs {
     /// Element type of the written weights.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// A `peft` adapter directory (LoRA, rsLoRA, DoRA or IA3) merged into the weights
+    /// before they are written.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +64,15 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError
     ember_hf::export_arch(dir.config())
         .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
     let model = dir.load::<B>(&on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    if adapted.prompt.is_some() {
+        return Err(CliError::Usage(
+            "--adapter: prefix- and prompt-tuning adapters add inputs rather than change \
+             weights, so they cannot be merged into an exported model"
+                .into(),
+        ));
+    }
+    let model = adapted.model;
     let dtype = match args.dtype {
         DTypeArg::F32 => WeightDType::F32,
         DTypeArg::F16 => WeightDType::F16,

@@ -4,6 +4,7 @@ pub mod export;
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod merge;
 pub mod perplexity;
 mod runner;
 pub mod train;
