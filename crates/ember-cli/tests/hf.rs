@@ -703,6 +703,28 @@ fn unsupported_exports_are_rejected_clearly() {
     assert!(!out_dir.exists(), "nothing is written");
 }
 
+/// `peft`'s recorded logits `[T, vocab]` of a `peft` fixture, flattened.
+fn peft_logits(exp: &Value) -> Vec<f32> {
+    exp["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect()
+}
+
+/// max |a - b| / max |b|.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / max
+}
+
 /// The end-of-sequence id of the `peft` fixtures' base model.
 fn expected_eos() -> u64 {
     let text = std::fs::read_to_string(fixture("peft/base/generation_config.json")).unwrap();
@@ -746,28 +768,10 @@ fn adapters_apply_to_logits_and_generate() {
         ]);
         stdout(&out);
         let (shape, got) = read_logits(&file);
-        let want: Vec<f32> = exp["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
+        let want = peft_logits(&exp);
         assert_eq!(shape[0] * shape[1], want.len(), "{name}: [T, vocab]");
-        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            diff / max <= 1e-4,
-            "{name}: logits differ by {} (relative)",
-            diff / max
-        );
+        let rel = relative_diff(&got, &want);
+        assert!(rel <= 1e-4, "{name}: logits differ by {rel:.2e} (relative)");
 
         let decoders: &[&str] = if name.starts_with("pre") || name.starts_with("prompt") {
             &[]
@@ -840,26 +844,11 @@ fn adapters_apply_to_logits_and_generate() {
         ]);
         stdout(&out);
         let (_, got) = read_logits(&file);
-        let want: Vec<f32> = exp["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
-        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let want = peft_logits(&exp);
+        let rel = relative_diff(&got, &want);
         assert!(
-            diff / max <= 1e-4,
-            "{name} merged: logits differ by {} (relative)",
-            diff / max
+            rel <= 1e-4,
+            "{name} merged: logits differ by {rel:.2e} (relative)"
         );
     }
     let out = ember(&[

@@ -65,6 +65,21 @@ fn logits(model: &Transformer<B>, prompt: &[u32]) -> Vec<f32> {
         .unwrap()
 }
 
+/// `peft`'s recorded logits `[T, vocab]`, flattened.
+fn peft_logits(want: &Value) -> Vec<f32> {
+    want["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect()
+}
+
 fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -85,17 +100,7 @@ fn peft_adapters_give_peft_logits_and_continuations() {
         .unwrap();
         let want = expected(name);
         let prompt = ids(&want["prompt"]);
-        let want_logits: Vec<f32> = want["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
+        let want_logits = peft_logits(&want);
         let got = logits(&model, &prompt);
         let rel = relative_diff(&got, &want_logits);
         println!(
@@ -325,17 +330,7 @@ fn prefix_and_prompt_tuning_give_peft_logits_and_continuations() {
                 .unwrap();
         let want = expected(name);
         let prompt = ids(&want["prompt"]);
-        let want_logits: Vec<f32> = want["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
+        let want_logits = peft_logits(&want);
         let got = prompt_logits(&adapter, &model, &prompt);
         let rel = relative_diff(&got, &want_logits);
         println!(
