@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::{quiet_options, weights};
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn_store::ModuleSnapshot;
 use ember_nn::{ForwardOptions, Transformer};
 use ember_train::{
     Checkpoint, CrossEntropy, HookState, HookTensor, LmLoss, Objective, ObjectiveBatch,
@@ -65,35 +67,7 @@ fn config(steps: usize, extra: &[&str]) -> TrainConfig {
 }
 
 fn options(out_dir: PathBuf, data: &Path, resume: Option<PathBuf>) -> TrainOptions {
-    TrainOptions {
-        out_dir,
-        data: vec![data.to_path_buf()],
-        resume,
-        force: false,
-        verbose: false,
-        cpu_backend: true,
-    }
-}
-
-/// Every parameter of the checkpoint in `dir`, by path, as raw f32 bits.
-fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    let model = Checkpoint::open(dir)
-        .unwrap()
-        .load_model::<Flex>(&Default::default())
-        .unwrap();
-    let mut out: Vec<(String, Vec<u32>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|snapshot| {
-            let values: Vec<f32> = snapshot.to_data().unwrap().to_vec().unwrap();
-            (
-                snapshot.full_path(),
-                values.iter().map(|v| v.to_bits()).collect(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    quiet_options(out_dir, &[data.to_path_buf()], resume)
 }
 
 fn metrics(dir: &Path) -> Vec<StepMetrics> {

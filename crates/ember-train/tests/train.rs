@@ -1,10 +1,12 @@
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::{quiet_options, weights};
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_store::ModuleSnapshot;
 use ember_nn::{ForwardOptions, Transformer, TransformerConfig, param_infos};
 use ember_optim::{AdamWGroups, AdamWSettings, decay_matrices};
 use ember_train::{Checkpoint, CrossEntropy, LmLoss, TrainConfig, TrainOptions, train};
@@ -58,39 +60,6 @@ fn small_config(steps: usize) -> TrainConfig {
     .chain([format!("train.steps={steps}")])
     .collect();
     TrainConfig::resolve(Some("tiny"), None, &overrides).unwrap()
-}
-
-/// Options for a silent run on the CPU.
-fn quiet_options(out_dir: PathBuf, data: &[PathBuf], resume: Option<PathBuf>) -> TrainOptions {
-    TrainOptions {
-        out_dir,
-        data: data.to_vec(),
-        resume,
-        force: false,
-        verbose: false,
-        cpu_backend: true,
-    }
-}
-
-/// Every parameter of the checkpoint in `dir`, by path, as raw f32 bits.
-fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    let model = Checkpoint::open(dir)
-        .unwrap()
-        .load_model::<Flex>(&Default::default())
-        .unwrap();
-    let mut out: Vec<(String, Vec<u32>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|snapshot| {
-            let values: Vec<f32> = snapshot.to_data().unwrap().to_vec().unwrap();
-            (
-                snapshot.full_path(),
-                values.iter().map(|v| v.to_bits()).collect(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 #[test]
