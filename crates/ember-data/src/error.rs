@@ -36,6 +36,31 @@ pub enum DataError {
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     TokenizerRun(String),
+    /// A fine-tuning data file without a single example.
+    #[error(
+        "{path}: no examples; each non-blank line must be a JSON object with \"prompt\" and \"completion\", \"messages\", or \"text\""
+    )]
+    NoExamples { path: PathBuf },
+    /// A configuration file (such as `tokenizer_config.json`) with a key of the wrong shape.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    /// A chat template that does not compile or render; `origin` names where it came from
+    /// (e.g. `/x/tokenizer_config.json: chat_template`).
+    #[error("{origin}: {message}")]
+    Template { origin: String, message: String },
+    /// A fine-tuning example longer than a row while truncation is off.
+    #[error(
+        "the example from line {line} has {tokens} tokens, more than the {} a row of block size {block} holds; raise the block size or allow truncation",
+        .block + 1
+    )]
+    ExampleTooLong {
+        line: usize,
+        tokens: usize,
+        block: usize,
+    },
+    /// A block size of 0 given for packing.
+    #[error("the block size must be at least 1")]
+    ZeroBlock,
     #[error(
         "the corpus has {tokens} tokens; at least {needed} are needed for block size {block} in each split"
     )]

@@ -8,6 +8,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+use crate::error::{DataError, io as io_error};
+
 /// What kind of file system object `meta` describes, in words.
 pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -74,6 +76,29 @@ pub fn read_regular_text(path: &Path) -> io::Result<String> {
                 e.utf8_error().valid_up_to()
             ),
         )
+    })
+}
+
+/// The text of a file the user named, with the data pipeline's errors: a missing file is
+/// [`DataError::NotFound`], a special file [`DataError::NotRegular`] (refused before it is
+/// opened), bytes that are not UTF-8 [`DataError::Binary`].
+pub fn read_user_text(path: &Path) -> Result<String, DataError> {
+    let meta = std::fs::metadata(path).map_err(io_error(path))?;
+    if !meta.is_file() {
+        return Err(DataError::NotRegular {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta),
+        });
+    }
+    read_regular_text(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            DataError::Binary {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        } else {
+            io_error(path)(e)
+        }
     })
 }
 

@@ -4,7 +4,9 @@
 //! - [`tokenizer`]: character-level (nanoGPT) and byte-level BPE (the `tokenizers` crate);
 //! - [`cache`]: a corpus tokenized once into a token file reused while the source is unchanged;
 //! - [`files`]: regular-file reads (special files refused) and atomic writes;
-//! - [`batch`]: the train/val split and seeded nanoGPT-style random windows.
+//! - [`batch`]: the train/val split and seeded nanoGPT-style random windows;
+//! - [`sft`]: supervised fine-tuning data: prompt/completion, chat and text examples from
+//!   JSONL, Hugging Face chat templates, loss masks, packed rows and their seeded order.
 
 pub mod batch;
 pub mod cache;
@@ -12,6 +14,7 @@ pub mod corpus;
 pub mod error;
 pub mod files;
 pub mod rng;
+pub mod sft;
 pub mod tokenizer;
 
 pub use batch::{Batch, BatchSampler, TokenSplits};
