@@ -3,15 +3,18 @@
 //!
 //! - [`checkpoint`]: Ember checkpoints, written atomically and verified on load;
 //! - [`model_dir`]: an Ember checkpoint or a Hugging Face directory behind one interface;
+//! - [`fingerprint`]: the fingerprint of a base model that adapters record;
 //! - [`detokenizer`]: the text of a growing token sequence, streamed safely;
 //! - [`sample`]: the sampling settings a checkpoint suggests.
 
 pub mod checkpoint;
 pub mod detokenizer;
+pub mod fingerprint;
 pub mod model_dir;
 pub mod sample;
 
 pub use checkpoint::{CheckpointDir, CheckpointError};
 pub use detokenizer::StreamDecoder;
+pub use fingerprint::base_fingerprint;
 pub use model_dir::{ModelDir, ModelError, SampleDefaults};
 pub use sample::SampleConfig;

@@ -45,6 +45,12 @@ impl ModelDir {
     /// else a Hugging Face directory when it holds `config.json` or safetensors weights.
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         if is_checkpoint(dir) {
+            if let Some(base) = adapter_base(dir) {
+                return Err(ModelError::BadInput(format!(
+                    "--model {}: holds an adapter trained by `ember finetune` on {base}; pass the base model as --model and this directory as --adapter",
+                    dir.display()
+                )));
+            }
             return Ok(Self::Ember(Box::new(CheckpointDir::open(dir)?)));
         }
         if !dir.is_dir() {
@@ -165,4 +171,18 @@ impl ModelDir {
             }
         }
     }
+}
+
+/// When `dir` (a checkpoint or its run directory) holds a fine-tune's adapter rather than
+/// a model: the base it names (`base.json`'s `model`).
+pub fn adapter_base(dir: &Path) -> Option<String> {
+    let found = crate::checkpoint::resolve_dir(dir).ok()?;
+    let text = ember_data::files::read_regular_text(&found.join("base.json")).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+    found.join("adapter_config.json").is_file().then(|| {
+        record["model"]
+            .as_str()
+            .unwrap_or("another model")
+            .to_string()
+    })
 }

@@ -40,7 +40,8 @@ pub use moe::{Moe, MoeAux, MoeLosses};
 pub use norm::{GroupNorm, LayerNorm, Norm, RmsNorm};
 pub use params::{
     ParamInfo, ParamSource, assign_stable_ids, freeze_matching, matches_pattern, param_infos,
-    param_values, param_values_f32, replace_params, stable_param_id,
+    param_values, param_values_f32, replace_params, replace_params_where, stable_param_id,
+    trainable_values,
 };
 pub use projection::{Adapter, Projection};
 pub use transformer::{ForwardOptions, Transformer};

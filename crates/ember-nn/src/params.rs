@@ -179,6 +179,8 @@ pub type ParamSource<'a> = dyn FnMut(&str, &[usize]) -> Result<TensorData, Strin
 struct Replacer<'a, 'b> {
     stack: PathStack,
     source: &'a mut ParamSource<'b>,
+    /// Only the parameters whose path this accepts are replaced.
+    only: &'a dyn Fn(&str) -> bool,
     error: Option<String>,
 }
 
@@ -194,15 +196,20 @@ impl<B: Backend> ModuleMapper<B> for Replacer<'_, '_> {
             return param;
         }
         let path = self.stack.path();
+        if !(self.only)(&path) {
+            return param;
+        }
         let shape = param.shape().dims::<D>();
         let (id, device) = (param.id, param.lazy_device());
+        let trains = param.is_require_grad();
         // The old value is released before the new one is built, so replacing every
         // parameter never holds two copies of the model.
         drop(param);
         match (self.source)(&path, &shape) {
-            Ok(data) if data.shape.as_slice() == shape.as_slice() => {
-                Param::initialized(id, Tensor::from_data(data.convert::<f32>(), &device))
-            }
+            Ok(data) if data.shape.as_slice() == shape.as_slice() => Param::initialized(
+                id,
+                Tensor::from_data(data.convert::<f32>(), &device).set_require_grad(trains),
+            ),
             result => {
                 self.error = Some(match result {
                     Ok(data) => format!(
@@ -223,9 +230,20 @@ pub fn replace_params<B: Backend, M: Module<B>>(
     module: M,
     source: &mut ParamSource<'_>,
 ) -> Result<M, String> {
+    replace_params_where(module, &|_| true, source)
+}
+
+/// [`replace_params`] for the parameters whose path `only` accepts; the others are left
+/// as they are. A replaced parameter keeps its id and whether it requires a gradient.
+pub fn replace_params_where<B: Backend, M: Module<B>>(
+    module: M,
+    only: &dyn Fn(&str) -> bool,
+    source: &mut ParamSource<'_>,
+) -> Result<M, String> {
     let mut replacer = Replacer {
         stack: PathStack::default(),
         source,
+        only,
         error: None,
     };
     let module = module.map(&mut replacer);
@@ -238,6 +256,8 @@ pub fn replace_params<B: Backend, M: Module<B>>(
 struct Collector {
     stack: PathStack,
     values: Vec<(String, TensorData)>,
+    /// Only parameters that require a gradient.
+    trainable_only: bool,
 }
 
 impl<B: Backend> ModuleVisitor<B> for Collector {
@@ -248,6 +268,9 @@ impl<B: Backend> ModuleVisitor<B> for Collector {
         self.stack.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.trainable_only && !param.is_require_grad() {
+            return;
+        }
         self.values
             .push((self.stack.path(), param.val().into_data()));
     }
@@ -258,6 +281,19 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Tensor
     let mut collector = Collector {
         stack: PathStack::default(),
         values: Vec::new(),
+        trainable_only: false,
+    };
+    module.visit(&mut collector);
+    collector.values
+}
+
+/// The path and value of every float parameter that requires a gradient (on an autodiff
+/// backend: the ones that train), in declaration order; frozen ones are not copied.
+pub fn trainable_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorData)> {
+    let mut collector = Collector {
+        stack: PathStack::default(),
+        values: Vec::new(),
+        trainable_only: true,
     };
     module.visit(&mut collector);
     collector.values
