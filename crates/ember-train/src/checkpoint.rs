@@ -73,17 +73,7 @@ pub fn save_with_hooks<B: AutodiffBackend>(
         )?;
         tokenizer.save(tmp).map_err(|e| error(tmp, e))?;
         ember_model::checkpoint::write_weights(tmp, &model.valid())?;
-        let record = optim.to_record();
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        for (file, part) in [
-            ("optim-decay", record.decay),
-            ("optim-no-decay", record.no_decay),
-        ] {
-            let path = tmp.join(file);
-            recorder
-                .record(part, path.clone())
-                .map_err(|e| error(&path, e))?;
-        }
+        write_optimizer(tmp, optim)?;
         crate::hooks::write_states(tmp, hooks)
     })
 }
@@ -144,25 +134,57 @@ impl Checkpoint {
         optim: AdamWGroups<Transformer<B>, B>,
         device: &B::Device,
     ) -> Result<AdamWGroups<Transformer<B>, B>, CheckpointError> {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let load = |file: &str| {
-            let path = self.dir.join(file);
-            let shown = path.with_extension("bin");
-            ember_data::files::ensure_regular(&shown).map_err(|e| error(&shown, e))?;
-            quietly(|| recorder.load(path.clone(), device))
-                .map_err(|panic| error(&shown, format!("cannot read optimizer state: {panic}")))?
-                .map_err(|e| error(&shown, format!("cannot read optimizer state: {e}")))
-        };
-        let decay = load("optim-decay")?;
-        let no_decay = load("optim-no-decay")?;
-        let record = ember_optim::groups::AdamWGroupsRecord { decay, no_decay };
-        quietly(move || optim.load_record(record)).map_err(|panic| {
-            error(
-                &self.dir.join("optim-decay.bin"),
-                format!("optimizer state does not fit the model: {panic}"),
-            )
-        })
+        read_optimizer(&self.dir, optim, device)
     }
+}
+
+/// Writes the AdamW state of both groups into checkpoint directory `dir` as
+/// `optim-decay.bin` and `optim-no-decay.bin` (burn's full-precision recorder). Only
+/// parameters that received gradients have state, so a frozen base adds nothing.
+pub fn write_optimizer<M: AutodiffModule<B>, B: AutodiffBackend>(
+    dir: &Path,
+    optim: &AdamWGroups<M, B>,
+) -> Result<(), CheckpointError> {
+    let record = optim.to_record();
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    for (file, part) in [
+        ("optim-decay", record.decay),
+        ("optim-no-decay", record.no_decay),
+    ] {
+        let path = dir.join(file);
+        recorder
+            .record(part, path.clone())
+            .map_err(|e| error(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Loads the state [`write_optimizer`] wrote in `dir` into `optim`. The files' checksums
+/// were verified when the checkpoint was opened; a file that still cannot be decoded (a
+/// checkpoint without checksums) is an error naming it, never a crash.
+pub fn read_optimizer<M: AutodiffModule<B>, B: AutodiffBackend>(
+    dir: &Path,
+    optim: AdamWGroups<M, B>,
+    device: &B::Device,
+) -> Result<AdamWGroups<M, B>, CheckpointError> {
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let load = |file: &str| {
+        let path = dir.join(file);
+        let shown = path.with_extension("bin");
+        ember_data::files::ensure_regular(&shown).map_err(|e| error(&shown, e))?;
+        quietly(|| recorder.load(path.clone(), device))
+            .map_err(|panic| error(&shown, format!("cannot read optimizer state: {panic}")))?
+            .map_err(|e| error(&shown, format!("cannot read optimizer state: {e}")))
+    };
+    let decay = load("optim-decay")?;
+    let no_decay = load("optim-no-decay")?;
+    let record = ember_optim::groups::AdamWGroupsRecord { decay, no_decay };
+    quietly(move || optim.load_record(record)).map_err(|panic| {
+        error(
+            &dir.join("optim-decay.bin"),
+            format!("optimizer state does not fit the model: {panic}"),
+        )
+    })
 }
 
 /// Runs `f`, turning a panic into an error message (without the panic's report on

@@ -355,7 +355,7 @@ fn is_optional(path: &str) -> bool {
 }
 
 /// Merges `from` into `into`; every key must already exist in `into`.
-fn merge(
+pub(crate) fn merge(
     into: &mut toml::Table,
     from: toml::Table,
     prefix: &str,
@@ -388,7 +388,7 @@ fn merge(
 
 /// Applies one `section.key=value`; the value is read as TOML (`3`, `1e-3`, `true`,
 /// `"text"`), falling back to a plain string.
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+pub(crate) fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
     let bad = |msg: &str| ConfigError(format!("--set {item}: {msg}"));
     let (key, raw) = item
         .split_once('=')

@@ -3,9 +3,11 @@
 //! periodic evaluation, metrics, and atomic checkpoints that resume bit-exactly. The loss
 //! is an [`Objective`] (`train.objective`, or the caller's through [`train_with`]), and
 //! [`StepHook`]s run after each optimizer step with their state in the checkpoint.
+//! [`finetune`] trains a parameter-efficient adapter on a frozen base from examples.
 
 pub mod checkpoint;
 pub mod config;
+pub mod finetune;
 pub mod footprint;
 pub mod hooks;
 pub mod loss;
@@ -17,6 +19,7 @@ pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TrainState};
 pub use config::{ConfigError, PRESETS, TrainConfig};
+pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune};
 pub use hooks::{HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::StepMetrics;

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::config::ConfigError;
 use crate::trainer::TrainError;
 
@@ -56,9 +56,11 @@ fn run_of(checkpoint_dir: &Path) -> PathBuf {
 
 /// Refuses to start in `out` when that would replace or mix with another run (see the
 /// module docs). Writes nothing.
-pub fn check(out: &Path, resume: Option<&Checkpoint>, force: bool) -> Result<(), TrainError> {
+///
+/// `resume` is the checkpoint directory the run continues from, if any.
+pub fn check(out: &Path, resume: Option<&Path>, force: bool) -> Result<(), TrainError> {
     let existing = existing_run(out);
-    let same_run = resume.is_some_and(|ckpt| same_dir(&run_of(&ckpt.dir), out));
+    let same_run = resume.is_some_and(|ckpt| same_dir(&run_of(ckpt), out));
     if let Some(what) = &existing
         && !same_run
         && !force
@@ -67,7 +69,7 @@ pub fn check(out: &Path, resume: Option<&Checkpoint>, force: bool) -> Result<(),
             Some(ckpt) => format!(
                 "--out {}: already holds another run ({what}); resuming {} there would replace it and mix the two runs' metrics. Use an empty --out, or --force to replace it",
                 out.display(),
-                ckpt.dir.display()
+                ckpt.display()
             ),
             None if checkpoint::is_checkpoint(out) => format!(
                 "--out {}: already holds a run ({what}); continue it with --resume {}, or pass --force to start over there",
@@ -88,15 +90,15 @@ pub fn check(out: &Path, resume: Option<&Checkpoint>, force: bool) -> Result<(),
 /// other run's checkpoints are deleted first, so nothing of it can be resumed into this
 /// run's history; then `metrics.jsonl` is rewritten (atomically) to describe this run up
 /// to where it starts: empty for a fresh run, the source run's lines up to the
-/// checkpoint's step for a resume.
+/// checkpoint's step for a resume (`resume`: the checkpoint directory and its step).
 pub fn start_metrics(
     out: &Path,
-    resume: Option<&Checkpoint>,
+    resume: Option<(&Path, usize)>,
     replace: bool,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(out).map_err(io_error(out))?;
     let lines = match resume {
-        Some(ckpt) => read_until(&metrics_path(&run_of(&ckpt.dir)), ckpt.state.step),
+        Some((dir, step)) => read_until(&metrics_path(&run_of(dir)), step),
         None => Vec::new(),
     };
     if replace {
@@ -122,16 +124,17 @@ pub fn start_metrics(
     ember_data::files::write_atomic(&path, text.as_bytes()).map_err(io_error(&path))
 }
 
-/// Whether this run replaces another in `out` (so [`start_metrics`] must clear it).
-pub fn replaces_another(out: &Path, resume: Option<&Checkpoint>) -> bool {
-    existing_run(out).is_some() && !resume.is_some_and(|ckpt| same_dir(&run_of(&ckpt.dir), out))
+/// Whether this run replaces another in `out` (so [`start_metrics`] must clear it);
+/// `resume` is the checkpoint directory the run continues from, if any.
+pub fn replaces_another(out: &Path, resume: Option<&Path>) -> bool {
+    existing_run(out).is_some() && !resume.is_some_and(|ckpt| same_dir(&run_of(ckpt), out))
 }
 
 /// Holds `out/.lock` for the life of a run, so two runs never write one directory.
 pub struct RunLock(#[allow(dead_code)] std::fs::File);
 
 /// Takes the run directory's lock, or fails naming the directory when another
-/// `ember train` holds it.
+/// `ember train` or `ember finetune` holds it.
 pub fn lock(out: &Path) -> Result<RunLock, TrainError> {
     std::fs::create_dir_all(out).map_err(|e| {
         ConfigError(format!(
@@ -149,7 +152,7 @@ pub fn lock(out: &Path) -> Result<RunLock, TrainError> {
     match file.try_lock() {
         Ok(()) => Ok(RunLock(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(ConfigError(format!(
-            "--out {}: another `ember train` is running in this directory",
+            "--out {}: another `ember train` or `ember finetune` is running in this directory",
             out.display()
         ))
         .into()),

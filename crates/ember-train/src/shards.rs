@@ -17,6 +17,25 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::Batch;
 
+/// A micro-batch that shards can split: its rows in contiguous groups, and the weight
+/// each group carries in the micro-batch's mean loss.
+pub(crate) trait Rows: Sized + Sync {
+    /// At most `parts` non-empty groups of rows, in row order.
+    fn split(&self, parts: usize) -> Vec<Self>;
+    /// What the loss averages over: rows for [`Batch`], trained targets for a
+    /// fine-tuning batch.
+    fn weight(&self) -> f64;
+}
+
+impl Rows for Batch {
+    fn split(&self, parts: usize) -> Vec<Self> {
+        Batch::split(self, parts)
+    }
+    fn weight(&self) -> f64 {
+        self.batch as f64
+    }
+}
+
 /// The worker pools of a sharded run (none when `shards == 1`).
 pub(crate) struct Shards {
     pools: Vec<rayon::ThreadPool>,
@@ -42,27 +61,33 @@ impl Shards {
     }
 
     /// Runs `f(model, rows, weight)` for each group of `batch`'s rows, where `weight` is the
-    /// group's share of the rows, and returns the results in row order.
+    /// group's share of the batch's [`Rows::weight`], and returns the results in row order.
     ///
     /// Sharded, each call gets its own differentiable copy of `model` (see the module
     /// docs), so gradients must be read through parameter ids, as
     /// [`GradientsParams::from_grads`](burn::optim::GradientsParams::from_grads) does.
-    pub(crate) fn run<B, M, T, F>(&self, model: &M, batch: &Batch, f: F) -> Vec<T>
+    pub(crate) fn run<B, M, R, T, F>(&self, model: &M, batch: &R, f: F) -> Vec<T>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B> + Sync,
+        R: Rows,
         T: Send,
-        F: Fn(&M, &Batch, f64) -> T + Sync,
+        F: Fn(&M, &R, f64) -> T + Sync,
     {
         if self.pools.is_empty() {
             return vec![f(model, batch, 1.0)];
         }
         let parts = batch.split(self.pools.len());
-        let rows = batch.batch as f64;
-        let shard = |pool: &rayon::ThreadPool, part: &Batch| {
+        let total = batch.weight();
+        let shard = |pool: &rayon::ThreadPool, part: &R| {
             pool.install(|| {
                 let copy = M::from_inner(model.valid());
-                f(&copy, part, part.batch as f64 / rows)
+                let share = if total > 0.0 {
+                    part.weight() / total
+                } else {
+                    0.0
+                };
+                f(&copy, part, share)
             })
         };
         std::thread::scope(|scope| {

@@ -24,6 +24,9 @@ pub enum TrainError {
     },
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged { step: usize, loss: f64 },
+    /// The base model of a fine-tune cannot be used.
+    #[error(transparent)]
+    Model(#[from] ember_model::ModelError),
     /// Step hooks that cannot run together (see [`crate::hooks`]).
     #[error("{0}")]
     Hooks(String),

@@ -25,8 +25,8 @@
 mod error;
 mod evaluate;
 mod options;
-mod precision;
-mod report;
+pub(crate) mod precision;
+pub(crate) mod report;
 mod run;
 mod setup;
 mod step;

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::error::{TrainError, io_error};
-use crate::checkpoint::Checkpoint;
 use crate::metrics::StepMetrics;
 use crate::objective::MoeStats;
 use crate::run_dir;
 
 /// The run's metrics file and, when verbose, its terminal output.
-pub(super) struct Reporter {
+pub(crate) struct Reporter {
     metrics_path: PathBuf,
     metrics_file: std::fs::File,
     progress: Option<ProgressBar>,
@@ -22,10 +21,10 @@ pub(super) struct Reporter {
 
 impl Reporter {
     /// Starts `out`'s `metrics.jsonl` (see [`run_dir::start_metrics`]) and opens it for
-    /// appending.
-    pub(super) fn open(
+    /// appending; `resume` is the checkpoint directory continued from and its step.
+    pub(crate) fn open(
         out: &Path,
-        resume: Option<&Checkpoint>,
+        resume: Option<(&Path, usize)>,
         replace: bool,
         verbose: bool,
     ) -> Result<Self, TrainError> {
@@ -46,7 +45,7 @@ impl Reporter {
 
     /// Shows the progress bar (verbose, on a terminal) at `step` of `steps`, and prints
     /// `banner` (verbose).
-    pub(super) fn start(&mut self, steps: usize, step: usize, banner: impl FnOnce() -> String) {
+    pub(crate) fn start(&mut self, steps: usize, step: usize, banner: impl FnOnce() -> String) {
         self.progress = (self.verbose && std::io::stdout().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
@@ -67,7 +66,7 @@ impl Reporter {
 
     /// Appends `record` to `metrics.jsonl` and, verbose, prints its line (over the
     /// progress bar only when it holds a validation loss).
-    pub(super) fn record(&mut self, record: &StepMetrics, steps: usize) -> Result<(), TrainError> {
+    pub(crate) fn record(&mut self, record: &StepMetrics, steps: usize) -> Result<(), TrainError> {
         writeln!(
             self.metrics_file,
             "{}",
@@ -111,7 +110,7 @@ impl Reporter {
     }
 
     /// Moves the progress bar to `step`.
-    pub(super) fn progress(&self, step: usize, train_loss: f64, tokens_per_s: f64) {
+    pub(crate) fn progress(&self, step: usize, train_loss: f64, tokens_per_s: f64) {
         if let Some(bar) = &self.progress {
             bar.set_position(step as u64);
             bar.set_message(format!("loss {train_loss:.4} | {tokens_per_s:.0} tok/s"));
@@ -119,7 +118,7 @@ impl Reporter {
     }
 
     /// Clears the progress bar.
-    pub(super) fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }

@@ -79,8 +79,9 @@ where
             .transpose()
             .map_err(TrainError::Resume)?;
         let lock = run_dir::lock(&options.out_dir)?;
-        run_dir::check(&options.out_dir, resume.as_ref(), options.force)?;
-        let replace = run_dir::replaces_another(&options.out_dir, resume.as_ref());
+        let resume_dir = resume.as_ref().map(|ckpt| ckpt.dir.as_path());
+        run_dir::check(&options.out_dir, resume_dir, options.force)?;
+        let replace = run_dir::replaces_another(&options.out_dir, resume_dir);
 
         // Data: tokenized once into out_dir/data and reused while unchanged.
         let kind = config.tokenizer_kind()?;
@@ -126,8 +127,10 @@ where
         let objective = objective.unwrap_or_else(|| config.train.objective.build::<B>(&config));
         let eval_loss = CrossEntropy::<B::InnerBackend>::new(None, device);
 
-        let mut report =
-            Reporter::open(&options.out_dir, resume.as_ref(), replace, options.verbose)?;
+        let resumed_at = resume
+            .as_ref()
+            .map(|ckpt| (ckpt.dir.as_path(), ckpt.state.step));
+        let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
         let t = &config.train;
         let tokens_per_step = t.batch_size * block * t.grad_accum;
         let n_shards = match t.batch_shards {
