@@ -1,4 +1,5 @@
-//! `--adapter DIR`: a `peft` adapter directory applied to the model a command loaded.
+//! `--adapter DIR`: a `peft` adapter directory, or an `ember finetune` run (whose base
+//! fingerprint must match the loaded model's), applied to the model a command loaded.
 //!
 //! Projection adapters (LoRA, rsLoRA, DoRA, IA³) are merged into the weights, so the
 //! model runs as fast as the base (the host decoder included). Prefix- and prompt-tuning
@@ -10,6 +11,7 @@ use ember_hf::peft::{self, PromptAdapter};
 use ember_hf::{HfError, export_arch};
 use ember_model::ModelDir;
 use ember_nn::{FusedBackend, Transformer};
+use ember_train::finetune::FinetuneCheckpoint;
 
 use crate::error::CliError;
 
@@ -35,6 +37,22 @@ pub fn apply<B: FusedBackend>(
             model,
             prompt: None,
         });
+    };
+    // An `ember finetune` run (or its checkpoint): the adapter inside it, once the base
+    // is known to be the one it was trained on.
+    let finetuned = ember_model::checkpoint::is_checkpoint(path)
+        .then(|| FinetuneCheckpoint::open(path))
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--adapter {e}")))?;
+    let resolved;
+    let path = match &finetuned {
+        Some(ckpt) => {
+            ckpt.check_base(&ember_model::base_fingerprint(&model), "--model")
+                .map_err(|e| CliError::Usage(format!("--adapter {e}")))?;
+            resolved = ckpt.dir.clone();
+            resolved.as_path()
+        }
+        None => path,
     };
     if !path.join(peft::ADAPTER_CONFIG).is_file() {
         return Err(CliError::Usage(format!(

@@ -44,6 +44,7 @@ impl From<ember_train::TrainError> for CliError {
         match err {
             ember_train::TrainError::Config(_) => CliError::Usage(err.to_string()),
             ember_train::TrainError::Data(e) => CliError::from_data("--data", e),
+            ember_train::TrainError::Model(e) => e.into(),
             _ => CliError::Runtime(err.to_string()),
         }
     }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::export::ExportArgs;
+use crate::commands::finetune::FinetuneArgs;
 use crate::commands::generate::GenerateArgs;
 use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
@@ -38,6 +39,8 @@ struct Cli {
 enum Command {
     /// Train a model (from a preset or TOML config) on text files.
     Train(TrainArgs),
+    /// Fine-tune a model with LoRA, DoRA, IA3, prefix or prompt tuning on a .jsonl of examples.
+    Finetune(FinetuneArgs),
     /// Generate text (or token ids) from an Ember checkpoint or a Hugging Face model.
     Generate(GenerateArgs),
     /// Write the logits of one token sequence to a safetensors file.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = backend::dispatch(cli.backend, |runner| match cli.command {
         Command::Train(args) => runner.train(args),
+        Command::Finetune(args) => runner.finetune(args),
         Command::Generate(args) => runner.generate(args),
         Command::Logits(args) => runner.logits(args),
         Command::Perplexity(args) => runner.perplexity(args),

@@ -1,6 +1,7 @@
 //! The subcommands, one file each; the backend-generic ones run through [`Runner`].
 
 pub mod export;
+pub mod finetune;
 pub mod generate;
 pub mod info;
 pub mod logits;

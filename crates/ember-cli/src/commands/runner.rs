@@ -5,12 +5,13 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
-use super::{export, generate, logits, perplexity, train};
+use super::{export, finetune, generate, logits, perplexity, train};
 use crate::error::CliError;
 
 /// The backend-specific commands.
 pub trait Runner {
     fn train(&self, args: train::TrainArgs) -> Result<(), CliError>;
+    fn finetune(&self, args: finetune::FinetuneArgs) -> Result<(), CliError>;
     fn generate(&self, args: generate::GenerateArgs) -> Result<(), CliError>;
     fn logits(&self, args: logits::LogitsArgs) -> Result<(), CliError>;
     fn perplexity(&self, args: perplexity::PerplexityArgs) -> Result<(), CliError>;
@@ -38,6 +39,10 @@ impl<B: Backend> On<B> {
 impl<B: FusedBackend> Runner for On<B> {
     fn train(&self, args: train::TrainArgs) -> Result<(), CliError> {
         train::run(self, args)
+    }
+
+    fn finetune(&self, args: finetune::FinetuneArgs) -> Result<(), CliError> {
+        finetune::run(self, args)
     }
 
     fn generate(&self, args: generate::GenerateArgs) -> Result<(), CliError> {
