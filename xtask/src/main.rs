@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 mod arch;
 mod attention_memory;
 mod decode;
+mod finetune;
 mod gpt_wide;
 mod micro;
 
@@ -328,6 +329,9 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("--matmul-precision {precision}: expected f32 or bf16");
     }
     let shards = number("--batch-shards", 0)?;
+    if flag("--suite") == Some("finetune") {
+        return finetune::bench(number("--steps", 30)?);
+    }
     if flag("--suite") == Some("decode") {
         return decode::bench(&data, steps);
     }
@@ -352,7 +356,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, gpt-wide)"
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide)"
             )
         }
     }

@@ -11,7 +11,7 @@ use ember_hf::peft::{self, PromptAdapter};
 use ember_hf::{HfError, export_arch};
 use ember_model::ModelDir;
 use ember_nn::{FusedBackend, Transformer};
-use ember_train::finetune::FinetuneCheckpoint;
+use ember_train::finetune::{FinetuneCheckpoint, PeftMethod};
 
 use crate::error::CliError;
 
@@ -49,6 +49,16 @@ pub fn apply<B: FusedBackend>(
         Some(ckpt) => {
             ckpt.check_base(&ember_model::base_fingerprint(&model), "--model")
                 .map_err(|e| CliError::Usage(format!("--adapter {e}")))?;
+            if ckpt.config.peft.method == PeftMethod::Full {
+                // A full fine-tune: its weights replace the base's.
+                let model = ckpt
+                    .load_full_weights(model)
+                    .map_err(|e| CliError::Runtime(format!("--adapter {e}")))?;
+                return Ok(Adapted {
+                    model,
+                    prompt: None,
+                });
+            }
             resolved = ckpt.dir.clone();
             resolved.as_path()
         }

@@ -151,7 +151,7 @@ fn read_jsonl_errors_name_path_line_and_key() {
         ),
         (
             r#"{"body": "x"}"#.into(),
-            vec!["no \"prompt\"/\"completion\", \"messages\" or \"text\" key"],
+            vec!["no \"prompt\"/\"completion\", \"messages\", \"text\" or \"input_ids\" key"],
         ),
         ("[1, 2]".into(), vec!["a list is not an example"]),
     ];
@@ -660,7 +660,7 @@ fn examples_encode_with_hand_computed_tokens_and_masks() {
     let n = ALPHABET.chars().count() as u32;
     let (bos, eos) = (n + 2, n + 3);
     let encoder = Encoder {
-        tokenizer: &tok,
+        tokenizer: Some(&tok),
         template: &template,
         bos: Some(bos),
         eos: Some(eos),
@@ -729,7 +729,7 @@ fn bpe_pieces_are_encoded_separately() {
     let bpe = Tokenizer::Bpe(Box::new(BpeTokenizer::train(&docs, 300).unwrap()));
     let template = ChatTemplate::builtin();
     let encoder = Encoder {
-        tokenizer: &bpe,
+        tokenizer: Some(&bpe),
         template: &template,
         bos: None,
         eos: bpe.encode("<|endoftext|>").unwrap().first().copied(),
@@ -759,7 +759,7 @@ fn unusable_examples_are_errors_naming_path_and_line() {
     let tok = chat_tokenizer();
     let template = ChatTemplate::builtin();
     let encoder = Encoder {
-        tokenizer: &tok,
+        tokenizer: Some(&tok),
         template: &template,
         bos: None,
         eos: None,
@@ -814,7 +814,7 @@ fn unusable_examples_are_errors_naming_path_and_line() {
     );
     let chars = Tokenizer::Char(CharTokenizer::from_text("ab"));
     let e = Encoder {
-        tokenizer: &chars,
+        tokenizer: Some(&chars),
         ..encoder
     };
     let err = e
@@ -1041,13 +1041,13 @@ fn a_resumed_sampler_draws_what_an_uninterrupted_one_does() {
 #[test]
 fn examples_split_by_seed() {
     let items: Vec<u32> = (0..10).collect();
-    let (train, val) = split_examples(&items, 0.2, 5);
+    let (train, val) = split_examples(&items, 0.2, Some(5));
     assert_eq!((train.len(), val.len()), (8, 2));
     let mut all = [train.clone(), val.clone()].concat();
     all.sort();
     assert_eq!(all, items);
-    assert_eq!(split_examples(&items, 0.2, 5), (train.clone(), val));
-    assert_ne!(split_examples(&items, 0.2, 6).0, train);
+    assert_eq!(split_examples(&items, 0.2, Some(5)), (train.clone(), val));
+    assert_ne!(split_examples(&items, 0.2, Some(6)).0, train);
     let mut rng = SplitMix64::new(5);
     let mut order = items.clone();
     for i in (1..order.len()).rev() {
@@ -1055,15 +1055,15 @@ fn examples_split_by_seed() {
     }
     assert_eq!(
         [
-            split_examples(&items, 0.2, 5).0,
-            split_examples(&items, 0.2, 5).1
+            split_examples(&items, 0.2, Some(5)).0,
+            split_examples(&items, 0.2, Some(5)).1
         ]
         .concat(),
         order
     );
     let sizes = |n: usize, f: f64| {
         let v: Vec<usize> = (0..n).collect();
-        let (t, v) = split_examples(&v, f, 1);
+        let (t, v) = split_examples(&v, f, Some(1));
         (t.len(), v.len())
     };
     assert_eq!(sizes(10, 0.01), (9, 1));
@@ -1073,4 +1073,34 @@ fn examples_split_by_seed() {
     assert_eq!(sizes(5, 1.0), (1, 4));
     assert_eq!(sizes(5, f64::NAN), (5, 0));
     assert_eq!(sizes(0, 0.1), (0, 0));
+}
+
+#[test]
+fn token_id_examples_and_rows_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "ids.jsonl",
+        "{\"input_ids\": [3, 1, 4, 1]}\n{\"input_ids\": [5]}\n{\"input_ids\": [2, -1]}\n",
+    );
+    let err = read_jsonl(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("ids.jsonl:2") && err.contains("at least 2"),
+        "{err}"
+    );
+    let path = write(dir.path(), "ok.jsonl", "{\"input_ids\": [3, 1, 4, 1]}\n");
+    let examples = read_jsonl(&path).unwrap();
+    assert_eq!(examples[0].example, Example::Tokens(vec![3, 1, 4, 1]));
+    let path = write(dir.path(), "neg.jsonl", "{\"input_ids\": [2, -1]}\n");
+    let err = read_jsonl(&path).unwrap_err().to_string();
+    assert!(err.contains("\"input_ids\"[1] = -1"), "{err}");
+
+    // Unshuffled: rows in order every epoch, the split keeps the file's order.
+    let mut sampler = RowSampler::in_order();
+    assert_eq!(sampler.next(3, 5), vec![0, 1, 2, 0, 1]);
+    let items: Vec<u32> = (0..10).collect();
+    assert_eq!(
+        split_examples(&items, 0.2, None),
+        ((0..8).collect(), vec![8, 9])
+    );
 }

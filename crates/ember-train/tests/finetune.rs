@@ -263,7 +263,7 @@ fn the_loss_covers_completions_only_and_packed_examples_see_only_themselves() {
     let dir = ModelDir::open(&base()).unwrap();
     let framing = Framing::of(&dir, "--model").unwrap();
     let encoder = Encoder {
-        tokenizer: &framing.tokenizer,
+        tokenizer: framing.tokenizer.as_ref(),
         template: &framing.template,
         bos: framing.bos,
         eos: framing.eos,

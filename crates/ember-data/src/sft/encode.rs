@@ -42,8 +42,9 @@ impl Encoded {
 
 /// Encodes examples with a tokenizer and a chat template.
 pub struct Encoder<'a> {
-    /// Encodes text (without the post-processor's special tokens).
-    pub tokenizer: &'a Tokenizer,
+    /// Encodes text (without the post-processor's special tokens); `None` for a model
+    /// without one, which can only take `input_ids` examples.
+    pub tokenizer: Option<&'a Tokenizer>,
     /// Renders `messages` examples.
     pub template: &'a ChatTemplate,
     /// Put before prompt/completion and text examples, untrained, when given.
@@ -68,22 +69,40 @@ impl Encoder<'_> {
             }
             other => other,
         };
-        match &example.example {
-            Example::PromptCompletion { prompt, completion } => {
-                out.extend(self.bos, false);
-                out.extend(self.tokenizer.encode(prompt).map_err(in_context)?, false);
-                out.extend(self.tokenizer.encode(completion).map_err(in_context)?, true);
-                out.extend(self.eos, true);
-            }
-            Example::Text(text) => {
-                out.extend(self.bos, false);
-                out.extend(self.tokenizer.encode(text).map_err(in_context)?, true);
-                out.extend(self.eos, true);
-            }
-            Example::Messages(messages) => {
-                for (piece, trained) in self.template.segments(messages).map_err(in_context)? {
-                    out.extend(self.tokenizer.encode(&piece).map_err(in_context)?, trained);
+        if let Example::Tokens(ids) = &example.example {
+            if let Some(tokenizer) = self.tokenizer {
+                let vocab = tokenizer.vocab_size();
+                if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(example.error(format!(
+                        "\"input_ids\" holds {id}, outside the vocabulary of {vocab}"
+                    )));
                 }
+            }
+            out.extend(ids.iter().copied(), true);
+        } else {
+            let tokenizer = self.tokenizer.ok_or_else(|| {
+                example.error(
+                    "is text, but the model has no tokenizer.json; give token ids as {\"input_ids\": [...]}",
+                )
+            })?;
+            match &example.example {
+                Example::PromptCompletion { prompt, completion } => {
+                    out.extend(self.bos, false);
+                    out.extend(tokenizer.encode(prompt).map_err(in_context)?, false);
+                    out.extend(tokenizer.encode(completion).map_err(in_context)?, true);
+                    out.extend(self.eos, true);
+                }
+                Example::Text(text) => {
+                    out.extend(self.bos, false);
+                    out.extend(tokenizer.encode(text).map_err(in_context)?, true);
+                    out.extend(self.eos, true);
+                }
+                Example::Messages(messages) => {
+                    for (piece, trained) in self.template.segments(messages).map_err(in_context)? {
+                        out.extend(tokenizer.encode(&piece).map_err(in_context)?, trained);
+                    }
+                }
+                Example::Tokens(_) => unreachable!("handled above"),
             }
         }
         if out.tokens.len() < 2 {

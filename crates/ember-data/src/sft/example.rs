@@ -48,6 +48,9 @@ pub enum Example {
     Messages(Vec<Message>),
     /// `{"text": "..."}`: loss on every token.
     Text(String),
+    /// `{"input_ids": [...]}`: token ids already encoded (no markers added), loss on every
+    /// token after the first.
+    Tokens(Vec<u32>),
 }
 
 /// One example with where it came from, `path:line`, for error messages.
@@ -113,7 +116,7 @@ fn parse_line(line: &str) -> Result<Example, String> {
     })?;
     let Value::Object(object) = value else {
         return Err(format!(
-            "{} is not an example; each line must be a JSON object with \"prompt\" and \"completion\", \"messages\", or \"text\"",
+            "{} is not an example; each line must be a JSON object with \"prompt\" and \"completion\", \"messages\", \"text\" or \"input_ids\"",
             json_kind(&value)
         ));
     };
@@ -122,13 +125,14 @@ fn parse_line(line: &str) -> Result<Example, String> {
         (has("prompt") || has("completion")).then_some("\"prompt\"/\"completion\""),
         has("messages").then_some("\"messages\""),
         has("text").then_some("\"text\""),
+        has("input_ids").then_some("\"input_ids\""),
     ]
     .into_iter()
     .flatten()
     .collect();
     match shapes.as_slice() {
         [] => Err(
-            "no \"prompt\"/\"completion\", \"messages\" or \"text\" key; each example has exactly one of these shapes"
+            "no \"prompt\"/\"completion\", \"messages\", \"text\" or \"input_ids\" key; each example has exactly one of these shapes"
                 .into(),
         ),
         [_] if has("text") => {
@@ -137,6 +141,7 @@ fn parse_line(line: &str) -> Result<Example, String> {
             Ok(Example::Text(text))
         }
         [_] if has("messages") => messages(&object).map(Example::Messages),
+        [_] if has("input_ids") => token_ids(&object).map(Example::Tokens),
         [_] => {
             if !has("completion") {
                 return Err("\"prompt\" without \"completion\"; the completion is what the model learns".into());
@@ -153,6 +158,30 @@ fn parse_line(line: &str) -> Result<Example, String> {
             "has both {first} and {second}; each example has exactly one of these shapes"
         )),
     }
+}
+
+/// The `input_ids` list: at least two token ids, each a whole number below 2³².
+fn token_ids(object: &Map<String, Value>) -> Result<Vec<u32>, String> {
+    let Value::Array(list) = &object["input_ids"] else {
+        return Err(format!(
+            "\"input_ids\" is {}; expected a list of token ids",
+            json_kind(&object["input_ids"])
+        ));
+    };
+    if list.len() < 2 {
+        return Err(format!(
+            "\"input_ids\" has {} id(s); an example needs at least 2 (an input and its target)",
+            list.len()
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(j, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| format!("\"input_ids\"[{j}] = {v} is not a token id"))
+        })
+        .collect()
 }
 
 /// The `messages` list: each entry an object with string `role` and `content`, at least

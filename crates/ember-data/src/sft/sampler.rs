@@ -21,12 +21,32 @@ pub struct RowSampler {
     pub seed: u64,
     /// Rows drawn so far, all epochs.
     pub cursor: u64,
+    /// `false`: every epoch draws the rows in their order (`data.shuffle = false`).
+    #[serde(default = "shuffled")]
+    pub shuffle: bool,
+}
+
+fn shuffled() -> bool {
+    true
 }
 
 impl RowSampler {
     /// A sampler at the start of epoch 0.
     pub fn new(seed: u64) -> Self {
-        Self { seed, cursor: 0 }
+        Self {
+            seed,
+            cursor: 0,
+            shuffle: true,
+        }
+    }
+
+    /// A sampler that draws rows in order, epoch after epoch.
+    pub fn in_order() -> Self {
+        Self {
+            seed: 0,
+            cursor: 0,
+            shuffle: false,
+        }
     }
 
     /// The next `batch` row ids out of `rows` (wrapping into the next epoch as needed),
@@ -59,6 +79,9 @@ impl RowSampler {
 
     /// The order of `rows` rows in `epoch`.
     pub fn permutation(&self, epoch: u64, rows: usize) -> Vec<usize> {
+        if !self.shuffle {
+            return (0..rows).collect();
+        }
         let mix = |x: u64| SplitMix64::new(x).next_u64();
         permutation(rows, &mut SplitMix64::new(mix(mix(self.seed) ^ epoch)))
     }
@@ -78,7 +101,13 @@ fn permutation(n: usize, rng: &mut SplitMix64) -> Vec<usize> {
 /// the last `val_fraction` (rounded down; at least 1 when `val_fraction > 0` and there are
 /// ≥2 examples; never all of them when there are ≥2) for validation, the rest for
 /// training. A `val_fraction` outside `0..=1` (or NaN) is clamped into it (NaN as 0).
-pub fn split_examples<T: Clone>(examples: &[T], val_fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+///
+/// `seed` of `None` keeps the file's order (the last examples are held out).
+pub fn split_examples<T: Clone>(
+    examples: &[T],
+    val_fraction: f64,
+    seed: Option<u64>,
+) -> (Vec<T>, Vec<T>) {
     let n = examples.len();
     let fraction = if val_fraction.is_nan() {
         0.0
@@ -89,7 +118,10 @@ pub fn split_examples<T: Clone>(examples: &[T], val_fraction: f64, seed: u64) ->
     if fraction > 0.0 && n >= 2 {
         n_val = n_val.clamp(1, n - 1);
     }
-    let order = permutation(n, &mut SplitMix64::new(seed));
+    let order = match seed {
+        Some(seed) => permutation(n, &mut SplitMix64::new(seed)),
+        None => (0..n).collect(),
+    };
     let (train, val) = order.split_at(n - n_val.min(n));
     let pick = |ids: &[usize]| ids.iter().map(|&i| examples[i].clone()).collect();
     (pick(train), pick(val))

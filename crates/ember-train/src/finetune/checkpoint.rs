@@ -4,7 +4,8 @@
 //! ([`ember_model::checkpoint::save`]):
 //!
 //! - `adapter_config.json`, `adapter_model.safetensors`: the adapter in `peft`'s format,
-//!   loadable by `PeftModel.from_pretrained` and by `--adapter`;
+//!   loadable by `PeftModel.from_pretrained` and by `--adapter` (none for a full
+//!   fine-tune, whose weights are all in `trainable.safetensors`);
 //! - `trainable.safetensors`: every trainable tensor by Ember path, f32 (what a resume
 //!   loads, bit for bit);
 //! - `base.json`: the base model's [fingerprint](ember_model::base_fingerprint), so the
@@ -161,6 +162,8 @@ fn write_peft<B: FusedBackend>(
             };
             save_prompt_adapter(dir, &adapter, model_config).map_err(hf)
         }
+        // No adapter: the weights themselves are `trainable.safetensors`.
+        PeftMethod::Full => Ok(()),
     }
 }
 
@@ -236,24 +239,52 @@ impl FinetuneCheckpoint {
         &self,
         tuned: Tuned<B>,
     ) -> Result<Tuned<B>, CheckpointError> {
-        let path = self.dir.join(TRAINABLE);
-        let bytes = std::fs::read(&path).map_err(|e| error(&path, e))?;
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| error(&path, format!("not a safetensors file: {e}")))?;
         let wanted: BTreeMap<String, Vec<usize>> = trainable_values(&tuned)
             .into_iter()
             .map(|(name, data)| (name, data.shape.to_vec()))
             .collect();
+        self.replace_from_file(tuned, &wanted, |name| name.to_string())
+    }
+
+    /// A full fine-tune's weights in `model` (the base), which must have every one of
+    /// them (`Err` for an adapter fine-tune).
+    pub fn load_full_weights<B: FusedBackend>(
+        &self,
+        model: ember_nn::Transformer<B>,
+    ) -> Result<ember_nn::Transformer<B>, CheckpointError> {
+        if self.config.peft.method != PeftMethod::Full {
+            return Err(error(&self.dir, "not a full fine-tune"));
+        }
+        let wanted: BTreeMap<String, Vec<usize>> = ember_nn::param_infos::<B, _>(&model)
+            .into_iter()
+            .map(|p| (format!("model.{}", p.path), p.shape))
+            .collect();
+        self.replace_from_file(model, &wanted, |name| format!("model.{name}"))
+    }
+
+    /// `module` with the tensors of `trainable.safetensors`; `wanted` lists each file
+    /// name and shape, `file_name` maps a parameter path of `module` to its file name.
+    fn replace_from_file<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+        &self,
+        module: M,
+        wanted: &BTreeMap<String, Vec<usize>>,
+        file_name: impl Fn(&str) -> String,
+    ) -> Result<M, CheckpointError> {
+        let path = self.dir.join(TRAINABLE);
+        let bytes = std::fs::read(&path).map_err(|e| error(&path, e))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| error(&path, format!("not a safetensors file: {e}")))?;
         if let Some(extra) = file.names().into_iter().find(|n| !wanted.contains_key(*n)) {
             return Err(error(
                 &path,
                 format!("`{extra}` is not a trainable tensor of this fine-tune"),
             ));
         }
-        let only = |name: &str| wanted.contains_key(name);
-        replace_params_where(tuned, &only, &mut |name, shape| {
+        let only = |name: &str| wanted.contains_key(&file_name(name));
+        replace_params_where(module, &only, &mut |name, shape| {
+            let name = file_name(name);
             let view = file
-                .tensor(name)
+                .tensor(&name)
                 .map_err(|_| format!("`{name}` is missing"))?;
             if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
                 return Err(format!(

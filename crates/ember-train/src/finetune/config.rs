@@ -49,11 +49,13 @@ pub enum PeftMethod {
     Ia3,
     Prefix,
     Prompt,
+    /// No adapter: every weight trains (a full fine-tune).
+    Full,
 }
 
 impl PeftMethod {
     /// Every value `peft.method` (and `--method`) accepts.
-    pub const NAMES: &'static [&'static str] = &["lora", "dora", "ia3", "prefix", "prompt"];
+    pub const NAMES: &'static [&'static str] = &["lora", "dora", "ia3", "prefix", "prompt", "full"];
 
     /// Whether the method puts vectors before the sequence instead of into projections.
     pub fn is_prompt_learning(self) -> bool {
@@ -85,6 +87,9 @@ pub struct SftDataConfig {
     pub truncate: bool,
     /// Share of the examples held out for the validation loss; 0 = none.
     pub val_fraction: f64,
+    /// Shuffle examples before the split and rows every epoch (by `train.seed`);
+    /// `false` keeps the file's order.
+    pub shuffle: bool,
 }
 
 /// The loop's settings (as `ember train`'s `[train]`, without the pretraining keys).
@@ -116,6 +121,7 @@ pub const METHOD_PRESETS: &[(&str, &str)] = &[
     ("ia3", include_str!("../../presets/finetune/ia3.toml")),
     ("prefix", include_str!("../../presets/finetune/prefix.toml")),
     ("prompt", include_str!("../../presets/finetune/prompt.toml")),
+    ("full", include_str!("../../presets/finetune/full.toml")),
 ];
 
 /// Where a fine-tune's settings come from, in the order they are merged.

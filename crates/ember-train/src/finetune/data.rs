@@ -31,7 +31,10 @@ pub struct SftData {
 
 /// How the base model's tokenizer frames an example.
 pub struct Framing {
-    pub tokenizer: Tokenizer,
+    /// `None` for a model directory without one (then only `input_ids` examples work).
+    pub tokenizer: Option<Tokenizer>,
+    /// The model's vocabulary: `input_ids` must lie below it.
+    pub vocab_size: usize,
     pub template: ChatTemplate,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
@@ -44,11 +47,7 @@ impl Framing {
     /// (as `transformers` does for Llama), EOS from `generation_config.json` or the
     /// vocabulary's `<|endoftext|>`.
     pub fn of(model: &ModelDir, flag: &str) -> Result<Self, TrainError> {
-        let tokenizer = model.tokenizer().cloned().ok_or_else(|| {
-            ConfigError(format!(
-                "{flag}: this model directory has no tokenizer.json; fine-tuning on text needs one"
-            ))
-        })?;
+        let tokenizer = model.tokenizer().cloned();
         let template = match model {
             ModelDir::Hf(hf) if hf.dir.join("tokenizer_config.json").exists() => {
                 ChatTemplate::from_tokenizer_config(&hf.dir.join("tokenizer_config.json"))
@@ -58,16 +57,17 @@ impl Framing {
         }
         .unwrap_or_else(ChatTemplate::builtin);
         let bos = tokenizer
-            .encode_with_special("")
-            .ok()
+            .as_ref()
+            .and_then(|t| t.encode_with_special("").ok())
             .and_then(|ids| ids.first().copied());
         let eos = model.stop_tokens().first().copied().or(match &tokenizer {
-            Tokenizer::Bpe(t) => t.end_of_text(),
-            Tokenizer::Char(_) => None,
+            Some(Tokenizer::Bpe(t)) => t.end_of_text(),
+            _ => None,
         });
         let pad = eos.or(bos).unwrap_or(0);
         Ok(Self {
             tokenizer,
+            vocab_size: model.config().vocab_size,
             template,
             bos,
             eos,
@@ -87,9 +87,22 @@ pub fn load(
     let digest = FileDigest::of(path)
         .map_err(|e| ConfigError(format!("--data {}: cannot read: {e}", path.display())))?;
     let examples = read_jsonl(path)?;
-    let (train, val) = split_examples(&examples, config.data.val_fraction, config.train.seed);
+    for example in &examples {
+        if let ember_data::sft::Example::Tokens(ids) = &example.example
+            && let Some(id) = ids.iter().find(|&&id| id as usize >= framing.vocab_size)
+        {
+            return Err(example
+                .error(format!(
+                    "\"input_ids\" holds {id}, outside the model's vocabulary of {}",
+                    framing.vocab_size
+                ))
+                .into());
+        }
+    }
+    let seed = config.data.shuffle.then_some(config.train.seed);
+    let (train, val) = split_examples(&examples, config.data.val_fraction, seed);
     let encoder = Encoder {
-        tokenizer: &framing.tokenizer,
+        tokenizer: framing.tokenizer.as_ref(),
         template: &framing.template,
         bos: framing.bos,
         eos: framing.eos,

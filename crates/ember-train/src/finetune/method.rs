@@ -95,6 +95,18 @@ pub fn attach<B: FusedBackend>(
             };
             (model, Some(prefix), None, report)
         }
+        PeftMethod::Full => {
+            let total = ember_nn::param_infos::<B, _>(&model)
+                .iter()
+                .map(|p| p.shape.iter().product::<usize>())
+                .sum();
+            let report = PeftReport {
+                adapted: Vec::new(),
+                trainable: total,
+                total,
+            };
+            (model, None, None, report)
+        }
         PeftMethod::Prompt => {
             let prompt = soft_prompt(&model, config, tokenize, device)?;
             let trainable = prompt.embeddings.shape().num_elements();

@@ -204,7 +204,10 @@ where
             ckpt.check_base(&base.fingerprint, "--model")
                 .map_err(|e| ConfigError(format!("--resume {e}")))?;
         }
-        let tokenize = |text: &str| framing.tokenizer.encode(text).map_err(|e| e.to_string());
+        let tokenize = |text: &str| match &framing.tokenizer {
+            Some(tokenizer) => tokenizer.encode(text).map_err(|e| e.to_string()),
+            None => Err("the model has no tokenizer.json".into()),
+        };
         let (mut tuned, params) = attach(base_model, &config, &tokenize, device)?;
         let settings = AdamWSettings {
             beta1: config.optim.beta1,
@@ -238,7 +241,11 @@ where
             }
             None => FinetuneState {
                 step: 0,
-                sampler: ember_data::sft::RowSampler::new(config.train.seed),
+                sampler: if config.data.shuffle {
+                    ember_data::sft::RowSampler::new(config.train.seed)
+                } else {
+                    ember_data::sft::RowSampler::in_order()
+                },
                 tokens_seen: 0,
                 trained_tokens_seen: 0,
                 last_train_loss: None,
