@@ -735,10 +735,10 @@ fn expected_eos() -> u64 {
 
 /// `--adapter` with the `peft` fixtures: `logits` within 1e-4 of `peft`'s for projection
 /// adapters (merged into the weights) and prompt-learning ones (the given tokens' rows);
-/// `generate` gives `peft`'s greedy continuation on the host decoder and on burn; `merge`
-/// writes a model whose plain logits are `peft`'s with the adapter; a prompt-learning
-/// adapter for `generate` or `merge`, and a directory that is not an adapter, are usage
-/// errors naming `--adapter`.
+/// `generate` gives `peft`'s greedy continuation on the host decoder and on burn (prefix
+/// and prompt tuning on burn, after their virtual tokens); `merge` writes a model whose
+/// plain logits are `peft`'s with the adapter; a prompt-learning adapter for `merge` or
+/// the host decoder, and a directory that is not an adapter, are usage errors.
 #[test]
 fn adapters_apply_to_logits_and_generate() {
     let tmp = tempfile::tempdir().unwrap();
@@ -773,11 +773,8 @@ fn adapters_apply_to_logits_and_generate() {
         let rel = relative_diff(&got, &want);
         assert!(rel <= 1e-4, "{name}: logits differ by {rel:.2e} (relative)");
 
-        let decoders: &[&str] = if name.starts_with("pre") || name.starts_with("prompt") {
-            &[]
-        } else {
-            &["auto", "burn"]
-        };
+        // Prefix and prompt tuning decode on burn whatever `auto` would pick.
+        let decoders = ["auto", "burn"];
         // `ember generate` stops after the base's end-of-sequence id (peft's fixture
         // continuation does not): the expected ids end at its first one.
         let eos = expected_eos();
@@ -876,11 +873,13 @@ fn adapters_apply_to_logits_and_generate() {
         fixture("peft/prompt-4").to_str().unwrap(),
         "--ids",
         "1,2",
+        "--decoder",
+        "host",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("--adapter") && stderr.contains("does not take them yet"),
+        stderr.contains("--decoder") && stderr.contains("prompt-tuning"),
         "{stderr}"
     );
     let out = ember(&[

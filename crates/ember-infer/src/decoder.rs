@@ -51,7 +51,7 @@ pub struct BurnDecoder<'a, B: FusedBackend> {
 /// A [`BurnDecoder`]'s cache: keys and values, and the last logits `[rows, vocab]`.
 pub struct BurnCache<B: FusedBackend> {
     pub kv: ContiguousKvCache<B>,
-    logits: Vec<f32>,
+    pub(crate) logits: Vec<f32>,
 }
 
 impl<'a, B: FusedBackend> BurnDecoder<'a, B> {

@@ -6,6 +6,7 @@ use ember_nn::Transformer;
 
 use crate::decoder::{BurnDecoder, Decoder, UncachedDecoder};
 use crate::host::{BurnPrefilledHost, HostDecoder, HostWeights};
+use crate::prompted::{PromptedDecoder, VirtualTokens};
 use crate::sampling::Sampler;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,6 +31,8 @@ pub struct Generator<'a, B: Backend> {
     stop_tokens: Vec<u32>,
     /// Decodes on the host instead of through burn (cached generation only).
     host: Option<HostDecoder>,
+    /// Prefix- or prompt-tuning tokens before every sequence (burn, cached).
+    virtual_tokens: Option<&'a VirtualTokens<B>>,
 }
 
 impl<'a, B: FusedBackend> Generator<'a, B> {
@@ -40,7 +43,16 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             use_cache,
             stop_tokens: Vec::new(),
             host: None,
+            virtual_tokens: None,
         }
+    }
+
+    /// Puts `tokens` (a prefix- or prompt-tuning adapter's) before the sequence, as
+    /// `peft`'s `generate` does; decoding then runs through burn with the KV cache,
+    /// whatever else was chosen.
+    pub fn with_virtual_tokens(mut self, tokens: &'a VirtualTokens<B>) -> Self {
+        self.virtual_tokens = Some(tokens);
+        self
     }
 
     /// Decodes with a [`HostDecoder`] (weights copied to the host as `weights`) instead
@@ -53,7 +65,7 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
 
     /// Whether tokens come from the host decoder.
     pub fn uses_host_decoder(&self) -> bool {
-        self.host.is_some() && self.use_cache
+        self.host.is_some() && self.use_cache && self.virtual_tokens.is_none()
     }
 
     /// Ends generation after any of `ids` (which is still returned), as `transformers`
@@ -84,6 +96,10 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
             });
         }
         let burn = BurnDecoder::new(self.model, &self.device);
+        if let Some(tokens) = self.virtual_tokens {
+            let decoder = PromptedDecoder { burn, tokens };
+            return Ok(self.run(&decoder, prompt, max_new_tokens, sampler, on_token));
+        }
         let new_tokens = match (&self.host, self.use_cache) {
             (_, false) => self.run(
                 &UncachedDecoder(burn),

@@ -1,10 +1,12 @@
 //! Ember inference: the [`Decoder`] interface and its implementations (burn, uncached,
-//! host kernels), KV-cached autoregressive generation, token sampling and perplexity.
+//! host kernels), KV-cached autoregressive generation (after prefix- or prompt-tuning
+//! virtual tokens too), token sampling and perplexity.
 
 pub mod decoder;
 pub mod generate;
 pub mod host;
 pub mod perplexity;
+pub mod prompted;
 pub mod sampling;
 
 pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
@@ -12,4 +14,5 @@ pub use ember_nn::{ContiguousKvCache, KvCache};
 pub use generate::{GenerateError, Generator};
 pub use host::{BurnPrefilledHost, DecodeState, HostDecoder, HostWeights};
 pub use perplexity::{Perplexity, PerplexityError, perplexity};
+pub use prompted::{PromptedDecoder, VirtualTokens};
 pub use sampling::{Sampler, SamplingConfig, argmax};

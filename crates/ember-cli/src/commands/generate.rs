@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig};
+use ember_hf::peft::PromptAdapter;
+use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig, VirtualTokens};
 use ember_nn::FusedBackend;
 
 use crate::commands::On;
@@ -50,7 +51,9 @@ pub struct GenerateArgs {
     /// Print prefill and decoding speed to stderr.
     #[arg(long)]
     pub stats: bool,
-    /// A `peft` adapter directory (LoRA, rsLoRA, DoRA or IA3), merged into the weights.
+    /// A `peft` adapter directory or an `ember finetune` run: LoRA, rsLoRA, DoRA and IA3
+    /// are merged into the weights; prefix and prompt tuning put their virtual tokens
+    /// before the prompt (burn decoder).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
@@ -96,11 +99,14 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     }
     let model = dir.load::<B>(&on.device)?;
     let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
-    if adapted.prompt.is_some() {
+    // Prefix and prompt tuning: their virtual tokens go before the prompt.
+    let virtual_tokens = adapted.prompt.as_ref().map(|prompt| match prompt {
+        PromptAdapter::Prefix(prefix) => VirtualTokens::Prefix(prefix.prefixes(1)),
+        PromptAdapter::Prompt(soft) => VirtualTokens::Prompt(soft.embeddings.val()),
+    });
+    if virtual_tokens.is_some() && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
         return Err(CliError::Usage(
-            "--adapter: prefix- and prompt-tuning adapters work with `ember logits`; \
-             `generate` does not take them yet"
-                .into(),
+            "--decoder: the host decoder takes no prefix- or prompt-tuning adapter; use --decoder burn (or auto)".into(),
         ));
     }
     let model = adapted.model;
@@ -113,6 +119,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     let mut generator =
         Generator::new(&model, &on.device, !args.no_cache).with_stop_tokens(&dir.stop_tokens());
     let host = match args.decoder {
+        _ if virtual_tokens.is_some() => None,
         DecoderArg::Burn => None,
         DecoderArg::Auto if !on.cpu || args.no_cache => None,
         DecoderArg::Auto | DecoderArg::Host => Some(HostWeights::F32),
@@ -128,6 +135,9 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
             Err(_) => Generator::new(&model, &on.device, !args.no_cache)
                 .with_stop_tokens(&dir.stop_tokens()),
         };
+    }
+    if let Some(tokens) = &virtual_tokens {
+        generator = generator.with_virtual_tokens(tokens);
     }
     if args.no_cache && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
         return Err(CliError::Usage(

@@ -23,6 +23,10 @@ pub struct PerplexityArgs {
     /// Window length in tokens (default and maximum: the model's context).
     #[arg(long)]
     pub context: Option<usize>,
+    /// A `peft` adapter directory (LoRA, rsLoRA, DoRA, IA3) or an `ember finetune` run,
+    /// merged into the weights before scoring.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// `ember perplexity` on backend `B`.
@@ -48,6 +52,13 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: PerplexityArgs) -> Result<(), CliE
         )));
     }
     let model = dir.load::<B>(&on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    if adapted.prompt.is_some() {
+        return Err(CliError::Usage(
+            "--adapter: prefix- and prompt-tuning adapters work with `ember logits` and `ember generate`; perplexity takes projection adapters (LoRA, DoRA, IA3)".into(),
+        ));
+    }
+    let model = adapted.model;
     let result = ember_infer::perplexity(&model, &ids, context, stride, &on.device)
         .map_err(|e| CliError::Usage(format!("--data {}: {e}", args.data.display())))?;
     println!("tokens: {}", result.tokens);
