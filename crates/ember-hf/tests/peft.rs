@@ -1,8 +1,9 @@
-//! `peft` adapters (LoRA, rsLoRA, DoRA, IA³) in and out, on the fixtures `tools/fixtures/make_peft_fixtures.py`
-//! made: Ember's logits with each adapter within 1e-4 (relative) of `peft`'s, the same
-//! greedy continuation, `peft`'s trainable-parameter count; an adapter Ember writes
-//! reloads bit-identically and, where a Python with `peft` is found, loads into `peft`
-//! with Ember's logits; bad adapters are refused by name.
+//! `peft` adapters (LoRA, rsLoRA, DoRA, AdaLoRA with a pruned rank pattern, IA³) in and
+//! out, on the fixtures `tools/fixtures/make_peft_fixtures.py` and
+//! `make_adalora_fixtures.py` made: Ember's logits with each adapter within 1e-4
+//! (relative) of `peft`'s, the same greedy continuation, `peft`'s trainable-parameter
+//! count; an adapter Ember writes reloads bit-identically and, where a Python with `peft`
+//! is found, loads into `peft` with Ember's logits; bad adapters are refused by name.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +12,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ember_hf::HfModel;
 use ember_hf::peft::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, PromptAdapter, load_adapter, load_prompt_adapter,
-    read_lora_config, save_ia3_adapter, save_lora_adapter, save_prompt_adapter,
+    read_adalora_config, read_lora_config, save_adalora_adapter, save_ia3_adapter,
+    save_lora_adapter, save_prompt_adapter,
 };
 use ember_infer::{Generator, Sampler, SamplingConfig};
 use ember_nn::{ForwardOptions, Transformer};
@@ -19,11 +21,12 @@ use serde_json::Value;
 
 type B = burn_flex::Flex;
 
-const ADAPTERS: [&str; 4] = [
+const ADAPTERS: [&str; 5] = [
     "lora-qv-down",
     "rslora-all-linear",
     "dora-qkv-up",
     "ia3-kv-down",
+    "adalora-qv-down",
 ];
 
 fn fixtures() -> PathBuf {
@@ -191,6 +194,10 @@ fn adapters_ember_writes_reload_and_load_into_peft() {
         let out = tmp.path().join(name);
         if name.starts_with("ia3") {
             save_ia3_adapter(&out, &model, hf.arch()).unwrap();
+        } else if name.starts_with("adalora") {
+            let (config, _) =
+                read_adalora_config(&fixtures().join(name), hf.arch(), model.config()).unwrap();
+            save_adalora_adapter(&out, &model, &config, hf.arch()).unwrap();
         } else {
             let (config, _) = read_lora_config(&fixtures().join(name)).unwrap();
             save_lora_adapter(&out, &model, &config, hf.arch()).unwrap();
@@ -406,4 +413,176 @@ fn prompt_adapters_for_another_model_are_refused_by_name() {
             .contains("expected \"PREFIX_TUNING\" or \"PROMPT_TUNING\""),
         "{err}"
     );
+}
+
+/// Every adapter of `model` (all AdaLoRA here): `(path, rank)`.
+fn adalora_ranks(model: &Transformer<B>) -> Vec<(String, usize)> {
+    let mut model = model.clone();
+    model
+        .projections_mut()
+        .into_iter()
+        .filter_map(|(path, p)| {
+            let a = p.adapter.as_ref()?;
+            // An adapter without tensors: pruned to rank 0.
+            Some((path, a.rank_scale.as_ref().map_or(0, |e| e.dims()[0])))
+        })
+        .collect()
+}
+
+/// AdaLoRA's rank pattern: read as Ember paths (a module pruned to rank 0 included), each
+/// module built at its saved rank with `peft`'s `lora_alpha / (init_r + 1e-5)`; an adapter
+/// trained at full rank in Ember is written with only the ranks its pattern keeps,
+/// reloads with the same logits and (where a Python with peft is found) loads into peft;
+/// patterns that do not fit are refused by name.
+#[test]
+fn adalora_rank_patterns_are_read_written_and_checked() {
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+    use burn::tensor::backend::Backend;
+    use ember_peft::{Targets, apply_adalora};
+
+    let device = Default::default();
+    let dir = fixtures().join("adalora-qv-down");
+    let (hf, model) = base();
+    let (config, _) = read_adalora_config(&dir, hf.arch(), model.config()).unwrap();
+    let pattern = config.rank_pattern.clone().unwrap();
+    assert_eq!(pattern.len(), 6);
+    assert_eq!(pattern["layers.1.attn.v_proj"], vec![false; 6]);
+    assert_eq!((config.init_r, config.target_r, config.delta_t), (6, 3, 1));
+    let (loaded, _) = load_adapter(&dir, model, hf.arch(), &device).unwrap();
+    let ranks = adalora_ranks(&loaded);
+    assert_eq!(ranks.len(), 6);
+    for (path, rank) in &ranks {
+        assert_eq!(
+            *rank,
+            pattern[path].iter().filter(|&&k| k).count(),
+            "{path}"
+        );
+    }
+
+    // Full rank in Ember, E masked by a pattern: saved at the kept ranks.
+    let (_, model) = base();
+    let mut trained = config.clone();
+    trained.rank_pattern = None;
+    trained.targets = Targets::Names(vec!["q_proj".into(), "down_proj".into()]);
+    let (mut full, _) = apply_adalora(model, &trained, &device).unwrap();
+    B::seed(&device, 7);
+    let mut chosen = std::collections::BTreeMap::new();
+    for (i, (path, p)) in full.projections_mut().into_iter().enumerate() {
+        let Some(a) = p.adapter.as_mut() else {
+            continue;
+        };
+        let keep: Vec<bool> = (0..6).map(|k| (k + i) % 3 != 0 && i != 13).collect();
+        for slot in [&mut a.down, &mut a.up] {
+            let old = slot.take().unwrap();
+            let fresh = Tensor::random(old.dims(), Distribution::Normal(0.0, 0.2), &device);
+            *slot = Some(Param::initialized(old.id, fresh));
+        }
+        let old = a.rank_scale.take().unwrap();
+        let e: Vec<f32> = Tensor::<B, 1>::random([6], Distribution::Normal(0.0, 0.4), &device)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let e: Vec<f32> = e
+            .iter()
+            .zip(&keep)
+            .map(|(&x, &k)| if k { x } else { 0.0 })
+            .collect();
+        a.rank_scale = Some(Param::initialized(
+            old.id,
+            Tensor::from_data(TensorData::new(e, [6]), &device),
+        ));
+        chosen.insert(path, keep);
+    }
+    assert!(
+        chosen.values().any(|k| k.iter().all(|&x| !x)),
+        "a module pruned away"
+    );
+    trained.rank_pattern = Some(chosen.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adalora-full");
+    save_adalora_adapter(&out, &full, &trained, hf.arch()).unwrap();
+    let (_, fresh) = base();
+    let (reloaded, report) = load_adapter(&out, fresh, hf.arch(), &device).unwrap();
+    let kept: Vec<usize> = chosen
+        .values()
+        .map(|k| k.iter().filter(|&&x| x).count())
+        .collect();
+    let mut reloaded_ranks: Vec<(String, usize)> = adalora_ranks(&reloaded);
+    reloaded_ranks.sort();
+    assert_eq!(
+        reloaded_ranks.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        kept
+    );
+    assert_eq!(
+        report.trainable,
+        reloaded_ranks
+            .iter()
+            .map(|(p, r)| r * if p.ends_with("down_proj") {
+                48 + 32 + 1
+            } else {
+                32 + 32 + 1
+            })
+            .sum::<usize>()
+    );
+    let prompt = ids(&expected("adalora-qv-down")["prompt"]);
+    let want = logits(&full, &prompt);
+    let rel = relative_diff(&logits(&reloaded, &prompt), &want);
+    assert!(
+        rel <= 1e-6,
+        "saved at the kept ranks: logits differ by {rel:.2e}"
+    );
+    assert!(relative_diff(&logits(&base().1, &prompt), &want) > 1e-3);
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(ADAPTER_CONFIG)).unwrap()).unwrap();
+    assert_eq!(
+        saved["rank_pattern"]["model.layers.0.self_attn.q_proj.lora_E"],
+        serde_json::json!(chosen["layers.0.attn.q_proj"])
+    );
+    if let Some(python) = python_with_peft() {
+        let vocab = want.len() / prompt.len();
+        let rows: Vec<Vec<f32>> = want.chunks(vocab).map(<[f32]>::to_vec).collect();
+        let (ok, printed) = check_in_peft(&python, &out, &prompt, &rows);
+        assert!(ok, "peft does not reproduce Ember's logits:\n{printed}");
+    }
+
+    let q = "model.layers.0.self_attn.q_proj.lora_E";
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |c: &mut Value| {
+                c["rank_pattern"][q] = serde_json::json!([true, true, true, false, false, false])
+            }),
+            "has shape [2, 32], expected [3, 32]",
+        ),
+        (
+            Box::new(|c: &mut Value| {
+                c["rank_pattern"]["model.layers.0.self_attn.k_proj.lora_E"] =
+                    serde_json::json!(vec![true; 6])
+            }),
+            "is not among the adapted target_modules",
+        ),
+        (
+            Box::new(|c: &mut Value| {
+                c["rank_pattern"]["model.layers.0.c_fc.lora_E"] = serde_json::json!(vec![true; 6])
+            }),
+            "names no projection",
+        ),
+        (
+            Box::new(|c: &mut Value| c["init_r"] = serde_json::json!(4)),
+            "peft.rank_pattern",
+        ),
+        (
+            Box::new(|c: &mut Value| c["beta1"] = serde_json::json!(1.5)),
+            "peft.beta1",
+        ),
+    ];
+    for (i, (edit, message)) in cases.into_iter().enumerate() {
+        let dir = edited(&tmp.path().join(i.to_string()), "adalora-qv-down", edit);
+        let (hf, model) = base();
+        let err = load_adapter(&dir, model, hf.arch(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(message), "case {i}: {err}");
+    }
 }

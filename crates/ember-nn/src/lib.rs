@@ -10,7 +10,9 @@
 //! Every projection is a named [`Projection`] field (`q_proj`, `k_proj`, `v_proj`,
 //! `o_proj`, `gate_proj`, `up_proj`, `down_proj`, `router`, `lm_head`) with an adapter
 //! slot, so fine-tuning methods find them by path and plug in without editing a layer;
-//! see [`params`] for selecting parameters by pattern.
+//! see [`params`] for selecting parameters by pattern. A projection's frozen weight may be
+//! held block-quantized ([`QuantizedWeight`]: NF4 or int8, dequantized on the fly), the
+//! storage QLoRA trains its adapters on.
 
 pub mod attention;
 pub mod block;
@@ -24,6 +26,7 @@ pub mod moe;
 pub mod norm;
 pub mod params;
 pub mod projection;
+pub mod quantized;
 pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
@@ -44,4 +47,5 @@ pub use params::{
     trainable_values,
 };
 pub use projection::{Adapter, Projection};
+pub use quantized::{QuantizedWeight, quantized_matmul};
 pub use transformer::{ForwardOptions, Transformer};

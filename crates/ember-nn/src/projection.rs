@@ -13,7 +13,14 @@
 //! The two slots:
 //! - **the weight's form**: `weight` may hold one of burn's quantized tensors
 //!   (`Tensor::quantize_dynamic`, burn's `Quantizer`); the product then reads it through
-//!   burn's quantized ops, and nothing else in the model changes;
+//!   burn's quantized ops, and nothing else in the model changes. Or the frozen weight is
+//!   a block-quantized [`QuantizedWeight`] (QLoRA's NF4, or int8) in `quantized`
+//!   ([`Projection::quantize`]): `weight` is then an empty `[0, 0]` placeholder (the f32
+//!   weight is not kept), products go through [`crate::quantized::quantized_matmul`]
+//!   (dequantized on the fly, forward and backward), and [`Projection::base_weight`]
+//!   gives the dequantized weight where it is needed whole (DoRA's norms, merging).
+//!   Unquantized projections have `quantized: None` and no parameters under it, so
+//!   their paths, checkpoints and Hugging Face names are unchanged;
 //! - **an [`Adapter`]**: trainable tensors around the frozen weight, in one general form
 //!   that LoRA, AdaLoRA, IA³ (and QLoRA on a quantized weight) are settings of. Which
 //!   method set them, how they were initialised and how they are named on disk belong to
@@ -24,17 +31,26 @@ use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_ops::FusedBackend;
+use ember_ops::quant::QuantFormat;
+
+use crate::quantized::{QuantizedWeight, quantized_matmul};
 
 /// `y = x · weight + bias`, changed by the [`Adapter`] when one is attached.
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
-    /// `[d_in, d_out]` (burn's `Linear` layout; Hugging Face stores the transpose).
+    /// `[d_in, d_out]` (burn's `Linear` layout; Hugging Face stores the transpose); an
+    /// empty `[0, 0]` placeholder when the weight is `quantized`.
     pub weight: Param<Tensor<B, 2>>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// Trainable tensors around the weight (parameter-efficient fine-tuning).
     pub adapter: Option<Adapter<B>>,
+    /// The frozen weight, block-quantized (QLoRA); `weight` is then a placeholder.
+    pub quantized: Option<QuantizedWeight<B>>,
 }
+
+/// A matrix product `a · b` of two 2-D tensors.
+type Matmul<B> = fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>;
 
 /// Trainable tensors around a frozen [`Projection`]; every part is optional:
 ///
@@ -93,6 +109,7 @@ impl<B: Backend> Projection<B> {
             weight,
             bias,
             adapter: None,
+            quantized: None,
         }
     }
 
@@ -110,10 +127,29 @@ impl<B: Backend> Projection<B> {
         Self::new(weight, bias)
     }
 
-    /// `(d_in, d_out)`.
+    /// `(d_in, d_out)` (of the quantized weight, when there is one).
     pub fn dims(&self) -> (usize, usize) {
+        if let Some(q) = &self.quantized {
+            return q.dims();
+        }
         let [d_in, d_out] = self.weight.dims();
         (d_in, d_out)
+    }
+
+    /// Replaces the weight by its block-quantized form (blocks of `block_size` along
+    /// `d_in`), frozen, and releases the f32 weight (`weight` becomes an empty `[0, 0]`
+    /// placeholder with the same id). `Err` for a projection already quantized or a block
+    /// size the format cannot pack.
+    pub fn quantize(&mut self, format: QuantFormat, block_size: usize) -> Result<(), String> {
+        if self.quantized.is_some() {
+            return Err("the weight is already quantized".into());
+        }
+        let quantized = QuantizedWeight::quantize(self.weight.val(), format, block_size)?;
+        let device = self.weight.device();
+        // The f32 weight is released here (unless the caller holds another handle).
+        self.weight = Param::initialized(self.weight.id, Tensor::zeros([0, 0], &device));
+        self.quantized = Some(quantized);
+        Ok(())
     }
 }
 
@@ -130,18 +166,40 @@ impl<B: FusedBackend> Projection<B> {
 
     /// `x: [rows, d_in]` → `[rows, d_out]`.
     pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.forward_rows_with(x, ember_ops::fused::matmul)
+        self.forward_rows_impl(x, None)
     }
 
     /// [`Self::forward_rows`] with every product `a · b` computed by `matmul` (e.g.
-    /// burn's own, at the model's dtype whatever the process's matmul precision).
-    pub fn forward_rows_with(
-        &self,
-        x: Tensor<B, 2>,
-        matmul: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
+    /// burn's own, at the model's dtype whatever the process's matmul precision). A
+    /// quantized weight is then dequantized and multiplied by `matmul` too.
+    pub fn forward_rows_with(&self, x: Tensor<B, 2>, matmul: Matmul<B>) -> Tensor<B, 2> {
+        self.forward_rows_impl(x, Some(matmul))
+    }
+
+    /// The frozen weight `[d_in, d_out]`: `weight`, or the quantized one dequantized (a
+    /// constant under autodiff).
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match &self.quantized {
+            Some(q) => q.dequantize(),
+            None => self.weight.val(),
+        }
+    }
+
+    /// `x · W` for the frozen weight: by `matmul` when given, else by the process's
+    /// matmul ([`ember_ops::fused::matmul`]) or, for a quantized weight, the product that
+    /// dequantizes on the fly in both passes.
+    fn base_product(&self, x: Tensor<B, 2>, matmul: Option<Matmul<B>>) -> Tensor<B, 2> {
+        match (&self.quantized, matmul) {
+            (Some(q), None) => quantized_matmul(x, q),
+            (Some(q), Some(matmul)) => matmul(x, q.dequantize()),
+            (None, matmul) => matmul.unwrap_or(ember_ops::fused::matmul)(x, self.weight.val()),
+        }
+    }
+
+    fn forward_rows_impl(&self, x: Tensor<B, 2>, custom: Option<Matmul<B>>) -> Tensor<B, 2> {
+        let matmul = custom.unwrap_or(ember_ops::fused::matmul);
         let base = |x: Tensor<B, 2>| {
-            let y = matmul(x, self.weight.val());
+            let y = self.base_product(x, custom);
             match &self.bias {
                 Some(bias) => y + bias.val().unsqueeze(),
                 None => y,
@@ -155,7 +213,7 @@ impl<B: FusedBackend> Projection<B> {
             None => x,
         };
         if let (Some(m), Some(down), Some(up)) = (&adapter.magnitude, &adapter.down, &adapter.up) {
-            return self.dora(x, adapter, m, down, up, matmul);
+            return self.dora(x, adapter, m, down, up, custom);
         }
         let mut y = base(x.clone());
         if let (Some(down), Some(up)) = (&adapter.down, &adapter.up) {
@@ -173,7 +231,8 @@ impl<B: FusedBackend> Projection<B> {
     }
 
     /// DoRA (see [`Adapter`]): the low-rank update, each output column renormalised to
-    /// the magnitude, the norm detached from the graph.
+    /// the magnitude, the norm detached from the graph (a quantized weight is dequantized
+    /// for the norm only).
     fn dora(
         &self,
         x: Tensor<B, 2>,
@@ -181,26 +240,23 @@ impl<B: FusedBackend> Projection<B> {
         magnitude: &Param<Tensor<B, 1>>,
         down: &Param<Tensor<B, 2>>,
         up: &Param<Tensor<B, 2>>,
-        matmul: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+        custom: Option<Matmul<B>>,
     ) -> Tensor<B, 2> {
-        let w = self.weight.val();
+        let matmul = custom.unwrap_or(ember_ops::fused::matmul);
+        let w = self.base_weight();
         let down_e = match &adapter.rank_scale {
             Some(e) => down.val() * e.val().unsqueeze(),
             None => down.val(),
         };
         let delta = down_e.clone().matmul(up.val()).mul_scalar(adapter.scaling);
-        let norm = (w.clone() + delta)
-            .detach()
-            .powi_scalar(2)
-            .sum_dim(0)
-            .sqrt();
+        let norm = (w + delta).detach().powi_scalar(2).sum_dim(0).sqrt();
         let scale = magnitude.val().unsqueeze::<2>() / norm;
         let dropped = adapter.dropout.forward(x.clone());
-        let xw_dropped = matmul(dropped.clone(), w.clone());
+        let xw_dropped = self.base_product(dropped.clone(), custom);
         let base = if adapter.dropout.prob == 0.0 {
             xw_dropped.clone()
         } else {
-            matmul(x, w)
+            self.base_product(x, custom)
         };
         let lora = matmul(matmul(dropped, down_e), up.val()).mul_scalar(adapter.scaling);
         let y = base + (scale.clone() - 1.0) * xw_dropped + scale * lora;

@@ -14,6 +14,8 @@
 //! - [`kernels`]: the backends' own kernels behind [`FusedBackend`]: `kernels::flex`, the
 //!   CPU kernels of burn's Flex backend (feature `flex`) with the bf16 gemm, and
 //!   [`kernels::cpu_features`];
+//! - [`quant`]: block-quantized weights (NF4, int8): the host quantizer, dequantization
+//!   and the product whose backward pass dequantizes again instead of keeping the weight;
 //! - [`reference`]: slow, explicit implementations used as independent references in tests.
 
 pub mod alibi;
@@ -23,6 +25,7 @@ pub mod fused;
 pub mod kernels;
 pub mod mask;
 pub mod positions;
+pub mod quant;
 pub mod reference;
 pub mod rope;
 
@@ -32,4 +35,5 @@ pub use flex_attention::{
     AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind, flex_attention,
 };
 pub use fused::FusedBackend;
+pub use quant::{QuantFormat, QuantSpec};
 pub use rope::{RopeConfig, RopeLayout, RopeScaling, RopeTables};

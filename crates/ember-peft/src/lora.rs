@@ -138,7 +138,9 @@ pub fn apply_lora<B: FusedBackend>(
             },
         };
         let magnitude = config.use_dora.then(|| {
-            let w = projection.weight.val();
+            // A quantized base's norms are those of its dequantized weight, as `peft`
+            // computes them on a bitsandbytes 4-bit layer.
+            let w = projection.base_weight();
             Param::from_tensor(w.powi_scalar(2).sum_dim(0).sqrt().reshape([d_out]).detach())
         });
         Adapter {

@@ -4,12 +4,13 @@
 //! `((s_in⊙x)·W + b + scaling·((s_in⊙x)·down⊙e)·up)⊙s_out`, which is the plain projection
 //! with `W' = diag(s_in)·(W + scaling·down·diag(e)·up)·diag(s_out)` and `b' = b⊙s_out`
 //! (dropout aside, which merging drops as inference does). DoRA's magnitude then scales
-//! each column of the adapted weight to its length.
+//! each column of the adapted weight to its length. A block-quantized weight (QLoRA) is
+//! dequantized first: the merged projection is f32.
 
 use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ember_nn::{Adapter, Projection};
+use ember_nn::{Adapter, FusedBackend, Projection};
 
 /// `scaling · down · diag(e) · up`, `[d_in, d_out]`; `None` without a low-rank part.
 fn delta<B: Backend>(adapter: &Adapter<B>) -> Option<Tensor<B, 2>> {
@@ -22,12 +23,19 @@ fn delta<B: Backend>(adapter: &Adapter<B>) -> Option<Tensor<B, 2>> {
 }
 
 /// The plain projection `projection` computes with its adapter (the adapter removed);
-/// `projection` itself when it has none.
-pub fn merged<B: Backend>(projection: &Projection<B>) -> Projection<B> {
+/// `projection` itself when it has none. A quantized weight comes out dequantized (f32),
+/// with or without an adapter.
+pub fn merged<B: FusedBackend>(projection: &Projection<B>) -> Projection<B> {
     let Some(adapter) = &projection.adapter else {
-        return projection.clone();
+        if projection.quantized.is_none() {
+            return projection.clone();
+        }
+        return Projection::new(
+            Param::from_tensor(projection.base_weight()),
+            projection.bias.clone(),
+        );
     };
-    let mut w = projection.weight.val();
+    let mut w = projection.base_weight();
     if let Some(delta) = delta(adapter) {
         w = w + delta;
     }

@@ -144,7 +144,7 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// Attaches the adapter in `dir`, whatever its `peft_type` (`LORA`, DoRA and rsLoRA
-/// included, or `IA3`).
+/// included, `ADALORA` or `IA3`).
 pub fn load_adapter<B: FusedBackend>(
     dir: &Path,
     model: Transformer<B>,
@@ -153,12 +153,13 @@ pub fn load_adapter<B: FusedBackend>(
 ) -> Result<(Transformer<B>, PeftReport), HfError> {
     match peft_type(dir)?.as_str() {
         "LORA" => super::load_lora_adapter(dir, model, arch, device),
+        "ADALORA" => super::load_adalora_adapter(dir, model, arch, device),
         "IA3" => super::load_ia3_adapter(dir, model, arch, device),
         other => Err(HfError::new(
             &dir.join(ADAPTER_CONFIG),
             format!(
-                "peft_type = {other:?}: Ember reads \"LORA\" (with rsLoRA and DoRA) and \"IA3\" \
-                 adapters"
+                "peft_type = {other:?}: Ember reads \"LORA\" (with rsLoRA and DoRA), \"ADALORA\" \
+                 and \"IA3\" adapters"
             ),
         )),
     }

@@ -7,15 +7,21 @@
 //! `[batch, heads, seq, seq]` for every layer. Grouped-query attention never repeats
 //! K/V heads in the backward pass: the `n_heads / n_kv_heads` queries that share a K/V
 //! head are stacked along the rows of one matmul.
+//!
+//! The product with a block-quantized weight keeps the packed codes and scales, not the
+//! dequantized weight, and dequantizes again in its backward pass
+//! ([`QuantizedMatmulBackward`], [`QuantizedMatmulState`]).
 
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 
-use super::FusedBackend;
+use super::{FusedBackend, MatmulPrecision, composed};
+use crate::quant::QuantSpec;
 
 #[derive(Debug)]
 struct GeluBackward;
@@ -137,7 +143,72 @@ impl<B: FusedBackend> Backward<B, 2> for MatmulBf16Backward {
     }
 }
 
+/// The backward pass of [`FusedBackend::fused_quantized_matmul`]: `dx = dy · Wᵀ`, with
+/// `W` dequantized again from the packed codes.
+#[derive(Debug)]
+pub struct QuantizedMatmulBackward;
+
+/// What [`QuantizedMatmulBackward`] keeps from the forward pass to the backward pass: the
+/// packed codes and the block scales (the parameters' own buffers, shared), the layout
+/// and the product's precision. Never the dequantized weight.
+pub type QuantizedMatmulState<B> = (IntTensor<B>, FloatTensor<B>, QuantSpec, MatmulPrecision);
+
+impl<B: FusedBackend> Backward<B, 1> for QuantizedMatmulBackward {
+    type State = QuantizedMatmulState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (codes, scales, spec, precision) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            let w = B::fused_dequantize(codes, scales, spec);
+            composed::precise_matmul::<B>(dy, B::float_transpose(w), precision)
+        });
+    }
+}
+
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    /// The dequantized weight as a constant (no gradient reaches codes or scales).
+    fn fused_dequantize(
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        spec: QuantSpec,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::fused_dequantize(codes, scales.primitive, spec))
+    }
+
+    fn fused_quantized_matmul(
+        x: FloatTensor<Self>,
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        spec: QuantSpec,
+        precision: MatmulPrecision,
+    ) -> FloatTensor<Self> {
+        // Only `x` is a parent: the quantized weight is frozen.
+        let scales = scales.primitive;
+        match QuantizedMatmulBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_quantized_matmul(
+                    x.primitive,
+                    codes.clone(),
+                    scales.clone(),
+                    spec,
+                    precision,
+                );
+                prep.finish((codes, scales, spec, precision), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_quantized_matmul(
+                x.primitive,
+                codes,
+                scales,
+                spec,
+                precision,
+            )),
+        }
+    }
+
     fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         match MatmulBf16Backward
             .prepare::<C>([a.node.clone(), b.node.clone()])

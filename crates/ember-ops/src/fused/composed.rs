@@ -4,11 +4,12 @@
 
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
-use super::FusedBackend;
+use super::{FusedBackend, MatmulPrecision};
 use crate::attention::scaled_dot_product_attention;
+use crate::quant::QuantSpec;
 use burn::tensor::TensorMetadata;
 
 fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
@@ -244,4 +245,76 @@ pub fn matmul_bf16<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTen
     use burn::tensor::FloatDType;
     let round = |t| B::float_cast(B::float_cast(t, FloatDType::BF16), FloatDType::F32);
     B::float_matmul(round(a), round(b))
+}
+
+/// Dequantization in burn tensor ops: the codes shifted out of their words, looked up in
+/// the format's level table and multiplied by their block's absmax (see
+/// [`crate::quant::format`]).
+pub fn dequantize<B: Backend>(
+    codes: IntTensor<B>,
+    scales: FloatTensor<B>,
+    spec: QuantSpec,
+) -> FloatTensor<B> {
+    use burn::tensor::{ElementConversion, Int};
+    let codes = Tensor::<B, 2, Int>::from_primitive(codes);
+    let scales = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(scales));
+    let device = codes.device();
+    let (bits, per_word) = (spec.format.bits(), spec.format.codes_per_word());
+    let [words, d_out] = codes.dims();
+    let [n_blocks, _] = scales.dims();
+    let (rows, block) = (words * per_word, spec.block_size);
+    assert_eq!(
+        (rows, n_blocks * block),
+        (spec.padded_in(), spec.padded_in()),
+        "dequantize: codes [{words}, {d_out}] and scales [{n_blocks}, _] do not fit {spec:?}"
+    );
+    // [words, per_word, d_out]: code j of each word in row j.
+    let shifts = Tensor::<B, 1, Int>::arange_step(0..(bits * per_word) as i64, bits, &device)
+        .reshape([1, per_word, 1])
+        .expand([words, per_word, d_out]);
+    let index = codes
+        .unsqueeze_dim::<3>(1)
+        .expand([words, per_word, d_out])
+        .bitwise_right_shift(shifts)
+        .bitwise_and_scalar((spec.format.code_mask() as i64).elem())
+        .reshape([rows * d_out]);
+    let levels = spec.format.levels();
+    let n_levels = levels.len();
+    let table = Tensor::<B, 1>::from_data(TensorData::new(levels, [n_levels]), &device);
+    let values = table.select(0, index).reshape([rows, d_out]);
+    let absmax = scales
+        .unsqueeze_dim::<3>(1)
+        .expand([n_blocks, block, d_out])
+        .reshape([rows, d_out]);
+    let w = values * absmax;
+    let w = if rows == spec.d_in {
+        w
+    } else {
+        w.narrow(0, 0, spec.d_in)
+    };
+    w.into_primitive().tensor()
+}
+
+/// `x · dequantize(codes, scales)` with the backend's own dequantization, at `precision`.
+pub fn quantized_matmul<B: FusedBackend>(
+    x: FloatTensor<B>,
+    codes: IntTensor<B>,
+    scales: FloatTensor<B>,
+    spec: QuantSpec,
+    precision: MatmulPrecision,
+) -> FloatTensor<B> {
+    let w = B::fused_dequantize(codes, scales, spec);
+    precise_matmul::<B>(x, w, precision)
+}
+
+/// `a · b` at `precision`: burn's f32 matmul or [`FusedBackend::fused_matmul_bf16`].
+pub fn precise_matmul<B: FusedBackend>(
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    precision: MatmulPrecision,
+) -> FloatTensor<B> {
+    match precision {
+        MatmulPrecision::F32 => B::float_matmul(a, b),
+        MatmulPrecision::Bf16 => B::fused_matmul_bf16(a, b),
+    }
 }

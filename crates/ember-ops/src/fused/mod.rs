@@ -13,7 +13,9 @@
 //! gradients), see `tests/fused.rs`.
 //!
 //! The Tensor-level entry points are the free functions [`gelu`], [`layer_norm`],
-//! [`rms_norm`], [`rope`], [`attention`], [`matmul`] and [`matmul_bf16`].
+//! [`rms_norm`], [`rope`], [`attention`], [`matmul`] and [`matmul_bf16`]; those of the
+//! block-quantized weights (`fused_dequantize`, `fused_quantized_matmul`) are in
+//! [`crate::quant`].
 
 pub mod autodiff;
 mod backends;
@@ -24,8 +26,10 @@ pub mod precision;
 pub use precision::{MatmulPrecision, matmul_precision, set_matmul_precision};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::quant::QuantSpec;
 
 /// A burn [`Backend`] with Ember's fused kernels. Implemented for `Flex`,
 /// `Wgpu`, `Cuda` (behind the features of the same names) and `Autodiff<B>` of any of
@@ -132,6 +136,31 @@ pub trait FusedBackend: Backend {
     /// and runs the f32 matmul: the reference the kernels are tested against.
     fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::matmul_bf16::<Self>(a, b)
+    }
+
+    /// The `[d_in, d_out]` weight that block-quantized `codes` (`[words, d_out]`) and
+    /// `scales` (`[n_blocks, d_out]`) stand for (layout: [`crate::quant::format`]):
+    /// `level[code] · absmax`, one f32 product per value. The default is burn tensor ops.
+    fn fused_dequantize(
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        spec: QuantSpec,
+    ) -> FloatTensor<Self> {
+        composed::dequantize::<Self>(codes, scales, spec)
+    }
+
+    /// `x · W` for `x: [rows, d_in]` and `W` the weight of
+    /// [`fused_dequantize`](Self::fused_dequantize), the product at `precision`. Autodiff
+    /// records one node that keeps the codes and scales, not `W`, and differentiates `x`
+    /// only.
+    fn fused_quantized_matmul(
+        x: FloatTensor<Self>,
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        spec: QuantSpec,
+        precision: MatmulPrecision,
+    ) -> FloatTensor<Self> {
+        composed::quantized_matmul::<Self>(x, codes, scales, spec, precision)
     }
 
     /// Scaled dot-product attention with grouped-query sharing and optional causal

@@ -2,13 +2,25 @@
 //! the composed body (burn tensor ops) where the kernel does not apply (other dtypes,
 //! ranks or layouts, or a CPU without AVX512-BF16 for the bf16 matmul).
 
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::Flex;
 
-use super::{attention, gelu, matmul, norm, rope, softmax};
+use super::{attention, gelu, matmul, norm, quant, rope, softmax};
 use crate::fused::{FusedBackend, composed};
+use crate::quant::QuantSpec;
 
 impl FusedBackend for Flex {
+    /// One pass over the packed codes ([`quant`](super::quant)); the composed body for
+    /// other dtypes.
+    fn fused_dequantize(
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        spec: QuantSpec,
+    ) -> FloatTensor<Self> {
+        quant::dequantize(&codes, &scales, spec)
+            .unwrap_or_else(|| composed::dequantize::<Self>(codes, scales, spec))
+    }
+
     /// The AVX512-BF16 kernel of [`bf16_gemm`](super::bf16_gemm) on strided views (the
     /// backward pass's transposes are not copied); the composed cast-and-matmul elsewhere.
     fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {

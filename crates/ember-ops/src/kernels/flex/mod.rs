@@ -12,6 +12,7 @@
 //! - `gelu`, `norm` (LayerNorm and RMSNorm), `softmax`, `rope`: single-pass row
 //!   kernels;
 //! - `attention`: per-head gemm calls around `softmax`'s rows on strided views;
+//! - `quant`: dequantizing block-quantized weights (NF4, int8) from their packed codes;
 //! - `matmul`: the bf16 matmul on strided views of 2-D tensors, through [`bf16_gemm`]
 //!   (the packed AVX512-BF16 gemm, public);
 //! - `buffers` (row splitting, contiguous f32 views, outputs) and `reduce` (the SIMD
@@ -25,6 +26,7 @@ mod gelu;
 mod matmul;
 mod multiversion;
 mod norm;
+mod quant;
 mod reduce;
 mod rope;
 mod softmax;
