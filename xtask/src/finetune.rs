@@ -5,8 +5,9 @@
 //! by `peft`) and the same rows in the same order.
 //!
 //! Reported: tokens/s of both (f32 matmuls, and Ember with bf16 matmuls), the largest
-//! relative difference of the per-step losses, and peak RSS of Ember's LoRA run, Ember's
-//! full fine-tune of the same model (every weight training, 2 steps) and `peft`'s.
+//! relative difference of the per-step losses, and peak RSS of Ember's LoRA run, its
+//! QLoRA run (NF4 base, up to 5 steps), Ember's full fine-tune of the same model (every
+//! weight training, 2 steps) and `peft`'s.
 
 use std::path::Path;
 use std::process::Command;
@@ -149,6 +150,17 @@ pub fn bench(steps: usize) -> Result<()> {
     summary["peak_rss_mb"] = rss.into();
     let (bf16_tps, bf16_losses, _) = ember_run("bf16")?;
     summary["bf16_tokens_per_s"] = bf16_tps.into();
+
+    // QLoRA: the same adapter on the base held in NF4.
+    let qlora = dir.join("qlora");
+    let mut cmd = finetune(&ember, &base, &rows, &qlora, &settings(steps.min(5), "f32"));
+    cmd.args(["--method", "qlora"]);
+    let qlora_rss = run_peak_rss_mb(&mut cmd)?;
+    let metrics = read_metrics(&qlora.join("metrics.jsonl"))?;
+    summary["qlora_tokens_per_s"] =
+        ((BATCH * SEQ) as f64 / (median_step_ms(&metrics) / 1e3)).into();
+    summary["qlora_peak_rss_mb"] = qlora_rss.into();
+    summary["qlora_rss_vs_lora"] = (qlora_rss / rss).into();
 
     // Ember's full fine-tune of the same model: every weight and its AdamW state.
     let full = dir.join("full");

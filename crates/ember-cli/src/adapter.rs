@@ -11,14 +11,29 @@ use ember_hf::peft::{self, PromptAdapter};
 use ember_hf::{HfError, export_arch};
 use ember_model::ModelDir;
 use ember_nn::{FusedBackend, Transformer};
+use ember_peft::BottleneckAdapters;
 use ember_train::finetune::{FinetuneCheckpoint, PeftMethod};
 
 use crate::error::CliError;
 
-/// The model with the adapter applied, and the adapter itself when it is prompt learning.
+/// The model with the adapter applied, and the adapter itself when it is prompt learning
+/// or bottleneck adapters (which run beside the weights, not in them).
 pub struct Adapted<B: FusedBackend> {
     pub model: Transformer<B>,
     pub prompt: Option<PromptAdapter<B>>,
+    pub bottleneck: Option<BottleneckAdapters<B>>,
+}
+
+impl<B: FusedBackend> Adapted<B> {
+    /// Refuses bottleneck adapters for a command (`what`) that cannot run them.
+    pub fn without_bottleneck(self, what: &str) -> Result<Self, CliError> {
+        if self.bottleneck.is_some() {
+            return Err(CliError::Usage(format!(
+                "--adapter: bottleneck adapters run beside the weights and cannot be merged; {what} does not take them yet (`ember logits` does)"
+            )));
+        }
+        Ok(self)
+    }
 }
 
 fn usage(e: HfError) -> CliError {
@@ -36,6 +51,7 @@ pub fn apply<B: FusedBackend>(
         return Ok(Adapted {
             model,
             prompt: None,
+            bottleneck: None,
         });
     };
     // An `ember finetune` run (or its checkpoint): the adapter inside it, once the base
@@ -57,6 +73,7 @@ pub fn apply<B: FusedBackend>(
                 return Ok(Adapted {
                     model,
                     prompt: None,
+                    bottleneck: None,
                 });
             }
             resolved = ckpt.dir.clone();
@@ -79,6 +96,16 @@ pub fn apply<B: FusedBackend>(
         return Ok(Adapted {
             model,
             prompt: Some(prompt),
+            bottleneck: None,
+        });
+    }
+    if peft::peft_type(path).map_err(usage)? == peft::BOTTLENECK_TYPE {
+        let adapters =
+            peft::load_bottleneck_adapter::<B>(path, dir.config(), device).map_err(usage)?;
+        return Ok(Adapted {
+            model,
+            prompt: None,
+            bottleneck: Some(adapters),
         });
     }
     let arch = match dir {
@@ -94,5 +121,6 @@ pub fn apply<B: FusedBackend>(
     Ok(Adapted {
         model,
         prompt: None,
+        bottleneck: None,
     })
 }

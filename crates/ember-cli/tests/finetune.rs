@@ -276,4 +276,34 @@ fn bad_finetune_input_is_named() {
         !out_dir.join("checkpoint").exists(),
         "a refused run left a checkpoint"
     );
+
+    // Bottleneck adapters run in `logits`; commands that cannot run them say so.
+    let mut quick = vec!["--method", "bottleneck"];
+    quick.extend(QUICK.iter().filter(|a| **a != "--quiet"));
+    ok(&run(&quick, &good));
+    let logits = tmp.path().join("logits.safetensors");
+    let out_s = out_dir.to_str().unwrap();
+    ok(&ember(&[
+        "logits",
+        "--model",
+        base,
+        "--adapter",
+        out_s,
+        "--ids",
+        "5,6",
+        "--out",
+        logits.to_str().unwrap(),
+    ]));
+    usage_error(
+        &ember(&[
+            "generate",
+            "--model",
+            base,
+            "--adapter",
+            out_s,
+            "--prompt",
+            "x",
+        ]),
+        &["--adapter", "bottleneck"],
+    );
 }

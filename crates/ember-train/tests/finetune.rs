@@ -309,11 +309,26 @@ fn the_loss_covers_completions_only_and_packed_examples_see_only_themselves() {
     );
 }
 
-/// Logits of `tokens` with the `peft` adapter in `dir` applied to the base.
-fn peft_logits(dir: &Path, tokens: &[i64]) -> Vec<f32> {
+/// Logits of `tokens` with the `peft` adapter in `dir` applied to the base; with
+/// `nf4_block`, to the base with every projection but the head replaced by its NF4
+/// round trip (what QLoRA trains on).
+fn peft_logits(dir: &Path, tokens: &[i64], nf4_block: Option<usize>) -> Vec<f32> {
     let device = Default::default();
     let hf = HfModel::open(&base()).unwrap();
-    let model = hf.load_model::<Flex>(&device).unwrap();
+    let mut model = hf.load_model::<Flex>(&device).unwrap();
+    if let Some(block) = nf4_block {
+        for (path, projection) in model.projections_mut() {
+            if path != "lm_head" {
+                let q = ember_nn::QuantizedWeight::quantize(
+                    projection.weight.val(),
+                    ember_peft::QuantFormat::Nf4,
+                    block,
+                )
+                .unwrap();
+                projection.weight = burn::module::Param::from_tensor(q.dequantize());
+            }
+        }
+    }
     let input = || {
         Tensor::<Flex, 2, Int>::from_data(
             TensorData::new(tokens.to_vec(), [1, tokens.len()]),
@@ -321,6 +336,19 @@ fn peft_logits(dir: &Path, tokens: &[i64]) -> Vec<f32> {
         )
     };
     let logits = match ember_hf::peft::peft_type(dir).unwrap().as_str() {
+        ember_hf::peft::BOTTLENECK_TYPE => {
+            let adapters =
+                ember_hf::peft::load_bottleneck_adapter::<Flex>(dir, model.config(), &device)
+                    .unwrap();
+            let mut hooks = adapters.hooks();
+            model.forward(
+                input(),
+                ForwardOptions {
+                    hooks: Some(&mut hooks),
+                    ..Default::default()
+                },
+            )
+        }
         "PREFIX_TUNING" | "PROMPT_TUNING" => {
             ember_hf::peft::load_prompt_adapter::<Flex>(dir, model.config(), &device)
                 .unwrap()
@@ -357,6 +385,15 @@ fn every_method_trains_and_saves_what_peft_loads() {
             "prompt",
             vec!["peft.prompt_init=\"text\"", "peft.prompt_init_text=\"add\""],
         ),
+        (
+            "bottleneck",
+            vec!["peft.reduction_factor=8", "peft.non_linearity=\"gelu\""],
+        ),
+        ("adalora", vec!["peft.init_r=6", "peft.target_r=2"]),
+        (
+            "qlora",
+            vec!["peft.quant_format=\"nf4\"", "peft.quant_block_size=16"],
+        ),
     ] {
         let out = tmp.path().join(method);
         let mut extra = extra.clone();
@@ -377,7 +414,8 @@ fn every_method_trains_and_saves_what_peft_loads() {
             &device,
         );
         let ours: Vec<f32> = tuned.forward(input, None).into_data().to_vec().unwrap();
-        let theirs = peft_logits(&ckpt.dir, &tokens);
+        let nf4 = (method == "qlora").then_some(16);
+        let theirs = peft_logits(&ckpt.dir, &tokens, nf4);
         let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = ours
             .iter()

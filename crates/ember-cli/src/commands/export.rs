@@ -64,7 +64,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError
     ember_hf::export_arch(dir.config())
         .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
     let model = dir.load::<B>(&on.device)?;
-    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?
+        .without_bottleneck("`ember merge`/`export`")?;
     if adapted.prompt.is_some() {
         return Err(CliError::Usage(
             "--adapter: prefix- and prompt-tuning adapters add inputs rather than change \

@@ -98,7 +98,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         )));
     }
     let model = dir.load::<B>(&on.device)?;
-    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?
+        .without_bottleneck("`ember generate`")?;
     // Prefix and prompt tuning: their virtual tokens go before the prompt.
     let virtual_tokens = adapted.prompt.as_ref().map(|prompt| match prompt {
         PromptAdapter::Prefix(prefix) => VirtualTokens::Prefix(prefix.prefixes(1)),

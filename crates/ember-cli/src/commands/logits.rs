@@ -70,9 +70,18 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: LogitsArgs) -> Result<(), CliError
     }
     let input: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, ids.len()]), &on.device);
+    let mut hooks = adapted.bottleneck.as_ref().map(|b| b.hooks());
     let logits = match &adapted.prompt {
         Some(prompt) => prompt.forward(&adapted.model, input),
-        None => adapted.model.forward(input, ForwardOptions::default()),
+        None => adapted.model.forward(
+            input,
+            ForwardOptions {
+                hooks: hooks
+                    .as_mut()
+                    .map(|h| h as &mut dyn ember_nn::ForwardHooks<B>),
+                ..Default::default()
+            },
+        ),
     };
     let values: Vec<f32> = logits
         .into_data()

@@ -52,7 +52,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: PerplexityArgs) -> Result<(), CliE
         )));
     }
     let model = dir.load::<B>(&on.device)?;
-    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?;
+    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?
+        .without_bottleneck("`ember perplexity`")?;
     if adapted.prompt.is_some() {
         return Err(CliError::Usage(
             "--adapter: prefix- and prompt-tuning adapters work with `ember logits` and `ember generate`; perplexity takes projection adapters (LoRA, DoRA, IA3)".into(),

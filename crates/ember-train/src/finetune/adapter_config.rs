@@ -122,6 +122,39 @@ pub fn peft_table(path: &Path) -> Result<toml::Table, ConfigError> {
                 set("target_modules", targets);
             }
         }
+        "ADALORA" => {
+            if object
+                .get("rank_pattern")
+                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty()))
+            {
+                return Err(err(
+                    "rank_pattern: a pruned adapter; `ember finetune` starts AdaLoRA at init_r (load the adapter with --adapter)".into(),
+                ));
+            }
+            set("method", "adalora".into());
+            for key in ["init_r", "target_r", "tinit", "tfinal"] {
+                if let Some(v) = count(key)? {
+                    set(key, v.into());
+                }
+            }
+            if let Some(v) = count("deltaT")? {
+                set("delta_t", v.into());
+            }
+            for key in [
+                "beta1",
+                "beta2",
+                "orth_reg_weight",
+                "lora_alpha",
+                "lora_dropout",
+            ] {
+                if let Some(v) = number(key)? {
+                    set(key, v.into());
+                }
+            }
+            if let Some(targets) = modules("target_modules")? {
+                set("target_modules", targets);
+            }
+        }
         "IA3" => {
             set("method", "ia3".into());
             if let Some(targets) = modules("target_modules")? {
@@ -164,7 +197,7 @@ pub fn peft_table(path: &Path) -> Result<toml::Table, ConfigError> {
         }
         other => {
             return Err(err(format!(
-                "peft_type = {other:?}: `ember finetune` trains \"LORA\" (with use_dora and use_rslora), \"IA3\", \"PREFIX_TUNING\" and \"PROMPT_TUNING\""
+                "peft_type = {other:?}: `ember finetune` trains \"LORA\" (with use_dora and use_rslora), \"ADALORA\", \"IA3\", \"PREFIX_TUNING\" and \"PROMPT_TUNING\""
             )));
         }
     }

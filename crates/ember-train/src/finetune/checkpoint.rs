@@ -10,7 +10,8 @@
 //!   loads, bit for bit);
 //! - `base.json`: the base model's [fingerprint](ember_model::base_fingerprint), so the
 //!   adapter is never loaded onto other weights;
-//! - `finetune.toml`, `train_state.json`, `optim-decay.bin`, `optim-no-decay.bin`.
+//! - `finetune.toml`, `train_state.json`, `optim-decay.bin`, `optim-no-decay.bin`;
+//! - AdaLoRA: `adalora.json` and `adalora.safetensors`, the rank allocator's state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,13 +21,16 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::sft::RowSampler;
 use ember_hf::HfArch;
-use ember_hf::peft::{PromptAdapter, save_ia3_adapter, save_lora_adapter, save_prompt_adapter};
+use ember_hf::peft::{
+    PromptAdapter, save_adalora_adapter, save_bottleneck_adapter, save_ia3_adapter,
+    save_lora_adapter, save_prompt_adapter,
+};
 use ember_model::checkpoint::format::FileDigest;
 use ember_model::checkpoint::format::error;
 use ember_model::checkpoint::{CheckpointError, locate};
 use ember_nn::{FusedBackend, replace_params_where, trainable_values};
 use ember_optim::AdamWGroups;
-use ember_peft::LoraConfig;
+use ember_peft::RankAllocator;
 use serde::{Deserialize, Serialize};
 
 use super::config::{FinetuneConfig, PeftMethod};
@@ -77,6 +81,36 @@ pub struct SaveParts<'a, B: AutodiffBackend + FusedBackend> {
     pub optim: &'a AdamWGroups<Tuned<B>, B>,
     /// The Hugging Face family the `peft` files name modules by.
     pub arch: HfArch,
+    /// AdaLoRA's rank allocator (its importance scores and rank pattern).
+    pub allocator: Option<&'a RankAllocator>,
+}
+
+/// AdaLoRA's allocator state: `adalora.json` and its tensors in `adalora.safetensors`.
+const ALLOCATOR_JSON: &str = "adalora.json";
+const ALLOCATOR_TENSORS: &str = "adalora.safetensors";
+
+fn write_allocator(dir: &Path, allocator: &RankAllocator) -> Result<(), CheckpointError> {
+    let (state, tensors) = allocator.state();
+    let json = dir.join(ALLOCATOR_JSON);
+    std::fs::write(&json, serde_json::to_string(&state).expect("serialises"))
+        .map_err(|e| error(&json, e))?;
+    let path = dir.join(ALLOCATOR_TENSORS);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| error(&path, e))
+        })
+        .collect::<Result<_, _>>()?;
+    safetensors::serialize_to_file(views, None, &path).map_err(|e| error(&path, e))
 }
 
 /// Writes a complete checkpoint to `dir` atomically.
@@ -100,7 +134,11 @@ where
             serde_json::to_string_pretty(parts.state).expect("serialises"),
         )?;
         write_trainable(&tmp.join(TRAINABLE), parts.tuned)?;
-        write_peft(tmp, parts.config, &parts.tuned.valid(), parts.arch)?;
+        let pattern = parts.allocator.and_then(RankAllocator::rank_pattern);
+        write_peft(tmp, parts.config, &parts.tuned.valid(), parts.arch, pattern)?;
+        if let Some(allocator) = parts.allocator {
+            write_allocator(tmp, allocator)?;
+        }
         write_optimizer(tmp, parts.optim)
     })
 }
@@ -135,23 +173,20 @@ fn write_peft<B: FusedBackend>(
     config: &FinetuneConfig,
     tuned: &Tuned<B>,
     arch: HfArch,
+    rank_pattern: Option<&BTreeMap<String, Vec<bool>>>,
 ) -> Result<(), CheckpointError> {
     let p = &config.peft;
     let hf = |e: ember_hf::HfError| error(dir, e);
     let model_config = tuned.model.config();
     match p.method {
-        PeftMethod::Lora | PeftMethod::Dora => {
-            let lora = LoraConfig {
-                r: p.r,
-                alpha: p.lora_alpha,
-                dropout: p.lora_dropout,
-                use_rslora: p.use_rslora,
-                use_dora: p.method == PeftMethod::Dora,
-                init: p.init,
-                bias: p.bias,
-                targets: config.targets(),
-            };
-            save_lora_adapter(dir, &tuned.model, &lora, arch).map_err(hf)
+        // QLoRA's adapter is a LoRA one (peft keeps the base's quantization elsewhere).
+        PeftMethod::Lora | PeftMethod::Dora | PeftMethod::Qlora => {
+            save_lora_adapter(dir, &tuned.model, &config.lora(), arch).map_err(hf)
+        }
+        PeftMethod::Adalora => {
+            let mut adalora = config.adalora();
+            adalora.rank_pattern = rank_pattern.cloned();
+            save_adalora_adapter(dir, &tuned.model, &adalora, arch).map_err(hf)
         }
         PeftMethod::Ia3 => save_ia3_adapter(dir, &tuned.model, arch).map_err(hf),
         PeftMethod::Prefix | PeftMethod::Prompt => {
@@ -162,6 +197,10 @@ fn write_peft<B: FusedBackend>(
             };
             save_prompt_adapter(dir, &adapter, model_config).map_err(hf)
         }
+        PeftMethod::Bottleneck => match &tuned.bottleneck {
+            Some(adapters) => save_bottleneck_adapter(dir, adapters, model_config).map_err(hf),
+            None => Err(error(dir, "the bottleneck adapters are missing")),
+        },
         // No adapter: the weights themselves are `trainable.safetensors`.
         PeftMethod::Full => Ok(()),
     }
@@ -301,6 +340,32 @@ impl FinetuneCheckpoint {
             Ok(TensorData::new(values, shape.to_vec()))
         })
         .map_err(|message| error(&path, message))
+    }
+
+    /// Restores AdaLoRA's allocator from this checkpoint.
+    pub fn load_allocator(&self, allocator: &mut RankAllocator) -> Result<(), CheckpointError> {
+        let json = self.dir.join(ALLOCATOR_JSON);
+        let text = ember_data::files::read_regular_text(&json).map_err(|e| error(&json, e))?;
+        let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| error(&json, e))?;
+        let path = self.dir.join(ALLOCATOR_TENSORS);
+        let bytes = std::fs::read(&path).map_err(|e| error(&path, e))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| error(&path, format!("not a safetensors file: {e}")))?;
+        let mut tensors = Vec::new();
+        for (name, view) in file.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(error(&path, format!("`{name}` is not F32")));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            tensors.push((name, view.shape().to_vec(), values));
+        }
+        allocator
+            .load_state(&state, &tensors)
+            .map_err(|e| error(&json, e))
     }
 
     /// The optimizer state saved beside the adapter.

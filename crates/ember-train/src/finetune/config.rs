@@ -38,6 +38,23 @@ pub struct PeftSettings {
     pub num_virtual_tokens: usize,
     pub prompt_init: PromptInit,
     pub prompt_init_text: String,
+    /// QLoRA: the base's storage (`nf4` or `int8`) and its block size.
+    pub quant_format: ember_peft::QuantFormat,
+    pub quant_block_size: usize,
+    /// AdaLoRA: ranks `init_r` → `target_r`, the schedule's `tinit`, `tfinal` and
+    /// `delta_t`, the importance smoothing `beta1`/`beta2`, the penalty's weight.
+    pub init_r: usize,
+    pub target_r: usize,
+    pub tinit: usize,
+    pub tfinal: usize,
+    pub delta_t: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub orth_reg_weight: f64,
+    /// Bottleneck adapters: where they go, their width and non-linearity.
+    pub placement: ember_peft::Placement,
+    pub reduction_factor: usize,
+    pub non_linearity: ember_peft::NonLinearity,
 }
 
 /// The methods `peft.method` names.
@@ -46,16 +63,32 @@ pub struct PeftSettings {
 pub enum PeftMethod {
     Lora,
     Dora,
+    /// LoRA on a base held in NF4 or int8.
+    Qlora,
+    /// AdaLoRA (`P Λ Q` adapters pruned to a rank budget during training).
+    Adalora,
     Ia3,
     Prefix,
     Prompt,
+    /// Bottleneck adapters (Houlsby or Pfeiffer) on the sub-layer outputs.
+    Bottleneck,
     /// No adapter: every weight trains (a full fine-tune).
     Full,
 }
 
 impl PeftMethod {
     /// Every value `peft.method` (and `--method`) accepts.
-    pub const NAMES: &'static [&'static str] = &["lora", "dora", "ia3", "prefix", "prompt", "full"];
+    pub const NAMES: &'static [&'static str] = &[
+        "lora",
+        "dora",
+        "qlora",
+        "adalora",
+        "ia3",
+        "prefix",
+        "prompt",
+        "bottleneck",
+        "full",
+    ];
 
     /// Whether the method puts vectors before the sequence instead of into projections.
     pub fn is_prompt_learning(self) -> bool {
@@ -118,9 +151,18 @@ const BASE: &str = include_str!("../../presets/finetune/base.toml");
 pub const METHOD_PRESETS: &[(&str, &str)] = &[
     ("lora", include_str!("../../presets/finetune/lora.toml")),
     ("dora", include_str!("../../presets/finetune/dora.toml")),
+    ("qlora", include_str!("../../presets/finetune/qlora.toml")),
+    (
+        "adalora",
+        include_str!("../../presets/finetune/adalora.toml"),
+    ),
     ("ia3", include_str!("../../presets/finetune/ia3.toml")),
     ("prefix", include_str!("../../presets/finetune/prefix.toml")),
     ("prompt", include_str!("../../presets/finetune/prompt.toml")),
+    (
+        "bottleneck",
+        include_str!("../../presets/finetune/bottleneck.toml"),
+    ),
     ("full", include_str!("../../presets/finetune/full.toml")),
 ];
 
@@ -255,6 +297,15 @@ impl FinetuneConfig {
                     ("peft", "init") => value.clone().try_into::<LoraInit>().is_ok(),
                     ("peft", "bias") => value.clone().try_into::<LoraBias>().is_ok(),
                     ("peft", "prompt_init") => value.clone().try_into::<PromptInit>().is_ok(),
+                    ("peft", "quant_format") => {
+                        value.clone().try_into::<ember_peft::QuantFormat>().is_ok()
+                    }
+                    ("peft", "placement") => {
+                        value.clone().try_into::<ember_peft::Placement>().is_ok()
+                    }
+                    ("peft", "non_linearity") => {
+                        value.clone().try_into::<ember_peft::NonLinearity>().is_ok()
+                    }
                     ("train", _) => value
                         .as_str()
                         .is_some_and(|v| v.parse::<ember_ops::fused::MatmulPrecision>().is_ok()),
@@ -281,7 +332,16 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         let p = &self.peft;
-        if p.target_modules.is_empty() && !p.method.is_prompt_learning() {
+        if p.target_modules.is_empty()
+            && matches!(
+                p.method,
+                PeftMethod::Lora
+                    | PeftMethod::Dora
+                    | PeftMethod::Qlora
+                    | PeftMethod::Adalora
+                    | PeftMethod::Ia3
+            )
+        {
             return fail("peft.target_modules", "names no module".into());
         }
         if p.method.is_prompt_learning() {
@@ -367,6 +427,41 @@ impl FinetuneConfig {
             );
         }
         Ok(())
+    }
+
+    /// The LoRA settings (`lora`, `dora` and `qlora`).
+    pub fn lora(&self) -> ember_peft::LoraConfig {
+        let p = &self.peft;
+        ember_peft::LoraConfig {
+            r: p.r,
+            alpha: p.lora_alpha,
+            dropout: p.lora_dropout,
+            use_rslora: p.use_rslora,
+            use_dora: p.method == PeftMethod::Dora,
+            init: p.init,
+            bias: p.bias,
+            targets: self.targets(),
+        }
+    }
+
+    /// The AdaLoRA settings (`total_step` is `train.steps`).
+    pub fn adalora(&self) -> ember_peft::AdaLoraConfig {
+        let p = &self.peft;
+        ember_peft::AdaLoraConfig {
+            init_r: p.init_r,
+            target_r: p.target_r,
+            tinit: p.tinit,
+            tfinal: p.tfinal,
+            delta_t: p.delta_t,
+            beta1: p.beta1,
+            beta2: p.beta2,
+            orth_reg_weight: p.orth_reg_weight,
+            total_step: Some(self.train.steps),
+            lora_alpha: p.lora_alpha,
+            lora_dropout: p.lora_dropout,
+            targets: self.targets(),
+            rank_pattern: None,
+        }
     }
 
     /// `peft.target_modules` as [`Targets`].

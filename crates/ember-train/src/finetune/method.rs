@@ -8,7 +8,8 @@ use ember_data::SplitMix64;
 use ember_nn::{ForwardOptions, FusedBackend, Transformer, assign_stable_ids, freeze_matching};
 use ember_ops::MaskMod;
 use ember_peft::{
-    Ia3Config, LoraConfig, PeftReport, PrefixTuning, PromptTuning, apply_ia3, apply_lora,
+    BottleneckAdapters, BottleneckConfig, Ia3Config, PeftReport, PrefixTuning, PromptTuning,
+    QloraConfig, apply_adalora, apply_ia3, apply_lora, apply_qlora,
 };
 
 use super::config::{FinetuneConfig, PeftMethod, PromptInit, targets_of};
@@ -24,6 +25,8 @@ pub struct Tuned<B: Backend> {
     pub prefix: Option<PrefixTuning<B>>,
     /// Prompt tuning's soft prompt.
     pub prompt: Option<PromptTuning<B>>,
+    /// Bottleneck adapters, applied through the model's forward hooks.
+    pub bottleneck: Option<BottleneckAdapters<B>>,
 }
 
 impl<B: FusedBackend> Tuned<B> {
@@ -37,10 +40,14 @@ impl<B: FusedBackend> Tuned<B> {
         if let Some(prompt) = &self.prompt {
             return prompt.forward(&self.model, tokens);
         }
+        let mut hooks = self.bottleneck.as_ref().map(BottleneckAdapters::hooks);
         self.model.forward(
             tokens,
             ForwardOptions {
                 documents,
+                hooks: hooks
+                    .as_mut()
+                    .map(|h| h as &mut dyn ember_nn::ForwardHooks<B>),
                 ..Default::default()
             },
         )
@@ -61,19 +68,25 @@ pub fn attach<B: FusedBackend>(
     // Adapter tensors are drawn from the backend's generator: seeded, so a resumed run
     // rebuilds the same structure (its values then come from the checkpoint).
     B::seed(device, config.train.seed ^ 0xada7_7e55);
+    let mut bottleneck = None;
     let (model, prefix, prompt, report) = match p.method {
         PeftMethod::Lora | PeftMethod::Dora => {
-            let lora = LoraConfig {
-                r: p.r,
-                alpha: p.lora_alpha,
-                dropout: p.lora_dropout,
-                use_rslora: p.use_rslora,
-                use_dora: p.method == PeftMethod::Dora,
-                init: p.init,
-                bias: p.bias,
-                targets: config.targets(),
+            let (model, report) = apply_lora(model, &config.lora(), device).map_err(peft_error)?;
+            (model, None, None, report)
+        }
+        PeftMethod::Qlora => {
+            let qlora = QloraConfig {
+                lora: config.lora(),
+                format: p.quant_format,
+                block_size: p.quant_block_size,
             };
-            let (model, report) = apply_lora(model, &lora, device).map_err(peft_error)?;
+            let (model, report) = apply_qlora(model, &qlora, device).map_err(peft_error)?;
+            (model, None, None, report)
+        }
+        PeftMethod::Adalora => {
+            let adalora = config.adalora();
+            adalora.validate_schedule().map_err(peft_error)?;
+            let (model, report) = apply_adalora(model, &adalora, device).map_err(peft_error)?;
             (model, None, None, report)
         }
         PeftMethod::Ia3 => {
@@ -94,6 +107,24 @@ pub fn attach<B: FusedBackend>(
                 total: total + trainable,
             };
             (model, Some(prefix), None, report)
+        }
+        PeftMethod::Bottleneck => {
+            let settings = BottleneckConfig {
+                placement: p.placement,
+                reduction_factor: p.reduction_factor,
+                non_linearity: p.non_linearity,
+            };
+            let adapters =
+                BottleneckAdapters::new(model.config(), &settings, device).map_err(peft_error)?;
+            let trainable = adapters.num_params();
+            let (model, total) = frozen(model);
+            bottleneck = Some(adapters);
+            let report = PeftReport {
+                adapted: Vec::new(),
+                trainable,
+                total: total + trainable,
+            };
+            (model, None, None, report)
         }
         PeftMethod::Full => {
             let total = ember_nn::param_infos::<B, _>(&model)
@@ -124,6 +155,7 @@ pub fn attach<B: FusedBackend>(
         model,
         prefix,
         prompt,
+        bottleneck,
     });
     Ok((tuned, report))
 }

@@ -17,10 +17,10 @@ use ember_hf::HfArch;
 use ember_model::{ModelDir, base_fingerprint};
 use ember_nn::{FusedBackend, param_infos};
 use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
-use ember_peft::PeftReport;
+use ember_peft::{PeftReport, RankAllocator};
 
 use super::checkpoint::{self, BaseRecord, FinetuneCheckpoint, FinetuneState, SaveParts};
-use super::config::FinetuneConfig;
+use super::config::{FinetuneConfig, PeftMethod};
 use super::data::{Framing, SftData};
 use super::method::{Tuned, attach};
 use crate::config::ConfigError;
@@ -122,6 +122,8 @@ pub(super) struct FinetuneRun<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) base: BaseRecord,
     pub(super) arch: HfArch,
     pub(super) params: PeftReport,
+    /// AdaLoRA's rank allocator.
+    pub(super) allocator: Option<RankAllocator>,
     pub(super) shards: Shards,
     pub(super) n_shards: usize,
     pub(super) checkpoint_dir: PathBuf,
@@ -219,6 +221,13 @@ where
             .into_iter()
             .map(|p| (p.id, p.path, p.shape));
         let mut optim = AdamWGroups::new(&settings, infos, decay_matrices);
+        let mut allocator = match config.peft.method {
+            PeftMethod::Adalora => Some(
+                RankAllocator::new(&tuned.model, &config.adalora())
+                    .map_err(|e| ConfigError(e.0))?,
+            ),
+            _ => None,
+        };
         let state = match &resume {
             Some(ckpt) => {
                 if ckpt.state.data != data.digest {
@@ -237,6 +246,9 @@ where
                 optim = ckpt
                     .load_optimizer(optim, device)
                     .map_err(TrainError::Resume)?;
+                if let Some(allocator) = &mut allocator {
+                    ckpt.load_allocator(allocator).map_err(TrainError::Resume)?;
+                }
                 ckpt.state.clone()
             }
             None => FinetuneState {
@@ -306,6 +318,7 @@ where
             base,
             arch,
             params,
+            allocator,
             shards,
             n_shards,
             checkpoint_dir: options.out_dir.join("checkpoint"),
@@ -373,6 +386,7 @@ where
                 tuned: self.tuned(),
                 optim: &self.optim,
                 arch: self.arch,
+                allocator: self.allocator.as_ref(),
             },
         )?;
         Ok(())

@@ -11,6 +11,7 @@ use ember_data::sft::IGNORE;
 use ember_nn::FusedBackend;
 use ember_ops::MaskMod;
 use ember_optim::clip_global_norm;
+use ember_peft::orthogonal_penalty;
 
 use super::data::SftBatch;
 use super::method::Tuned;
@@ -49,18 +50,24 @@ fn batch_loss<B: FusedBackend>(
     masked_cross_entropy(logits, &batch.targets, IGNORE)
 }
 
-/// Gradients of `weight × loss` over one shard, and its loss.
+/// Gradients of `weight × (loss + orth × AdaLoRA's orthogonality penalty)` over one
+/// shard, and its loss (without the penalty).
 fn shard<B: AutodiffBackend + FusedBackend>(
     tuned: &Tuned<B>,
     batch: &SftBatch,
     weight: f64,
+    orth: Option<f64>,
     device: &B::Device,
 ) -> (GradientsParams, f64, f64) {
     if batch.trained == 0 {
         return (GradientsParams::new(), 0.0, 0.0);
     }
     let loss = batch_loss(tuned, batch, device);
-    let grads = GradientsParams::from_grads(loss.clone().mul_scalar(weight).backward(), tuned);
+    let objective = match orth {
+        Some(w) => loss.clone() + orthogonal_penalty(&tuned.model).mul_scalar(w),
+        None => loss.clone(),
+    };
+    let grads = GradientsParams::from_grads(objective.mul_scalar(weight).backward(), tuned);
     (grads, loss.into_scalar().elem::<f64>(), weight)
 }
 
@@ -87,6 +94,10 @@ where
         // Each micro-batch weighs by its covered targets: the step's loss is the mean
         // over all of them, as one big batch would give.
         let covered: usize = batches.iter().map(|b| b.trained).sum();
+        let orth = self
+            .allocator
+            .is_some()
+            .then_some(self.config.peft.orth_reg_weight);
         let tuned = self
             .tuned
             .as_ref()
@@ -96,7 +107,7 @@ where
         for batch in &batches {
             let share = batch.trained as f64 / covered.max(1) as f64;
             let parts = self.shards.run(tuned, batch, |model, part, weight| {
-                shard(model, part, weight * share, device)
+                shard(model, part, weight * share, orth, device)
             });
             for (grads, loss, weight) in parts {
                 train_loss += loss * weight;
