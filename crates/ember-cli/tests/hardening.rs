@@ -679,7 +679,11 @@ fn run_directories_are_guarded() {
     let second = train(&data, &busy, 3, &["--force"]);
     first.kill().unwrap();
     first.wait().unwrap();
-    assert_fails(&second, 2, &["another `ember train` is running"]);
+    assert_fails(
+        &second,
+        2,
+        &["another `ember train` or `ember finetune` is running"],
+    );
 }
 
 /// Loading falls back to the previous save however the checkpoint is named, and the

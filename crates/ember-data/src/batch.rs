@@ -46,23 +46,34 @@ impl Batch {
     /// Splits the rows into at most `parts` contiguous batches whose sizes differ by at
     /// most one (the first ones are the larger); none is empty. `parts` of 0 counts as 1.
     pub fn split(&self, parts: usize) -> Vec<Batch> {
-        let parts = parts.clamp(1, self.batch.max(1));
-        let (base, extra) = (self.batch / parts, self.batch % parts);
-        let mut start = 0;
-        (0..parts)
-            .map(|i| {
-                let rows = base + usize::from(i < extra);
-                let span = start * self.block..(start + rows) * self.block;
-                start += rows;
+        row_groups(self.batch, parts)
+            .into_iter()
+            .map(|rows| {
+                let span = rows.start * self.block..rows.end * self.block;
                 Batch {
                     inputs: self.inputs[span.clone()].to_vec(),
                     targets: self.targets[span].to_vec(),
-                    batch: rows,
+                    batch: rows.len(),
                     block: self.block,
                 }
             })
             .collect()
     }
+}
+
+/// `rows` rows cut into at most `parts` contiguous, non-empty groups whose sizes differ by
+/// at most one (the first ones are the larger); `parts` of 0 counts as 1.
+pub fn row_groups(rows: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, rows.max(1));
+    let (base, extra) = (rows / parts, rows % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let n = base + usize::from(i < extra);
+            start += n;
+            start - n..start
+        })
+        .collect()
 }
 
 /// Draws windows at offsets `rng.below(len - block)`, one per row, as nanoGPT's

@@ -105,6 +105,32 @@ fn one() -> usize {
 /// The `[sample]` section: what `ember generate` does by default with the trained model.
 pub use ember_model::SampleConfig;
 
+impl OptimConfig {
+    /// Checks the values serde's types cannot; errors name the `optim.` key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return fail("optim.lr", format!("must be positive, got {}", self.lr));
+        }
+        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return fail(
+                "optim.min_lr",
+                format!("must be in [0, optim.lr], got {}", self.min_lr),
+            );
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return fail("optim.beta1/beta2", "must be in [0, 1)".into());
+        }
+        if !(self.eps > 0.0 && self.weight_decay >= 0.0 && self.grad_clip >= 0.0) {
+            return fail(
+                "optim",
+                "eps must be positive; weight_decay and grad_clip non-negative".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that cannot be used; the message names the file, flag or key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -213,26 +239,7 @@ impl TrainConfig {
             )));
         }
         let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return fail("optim.lr", format!("must be positive, got {}", o.lr));
-        }
-        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return fail(
-                "optim.min_lr",
-                format!("must be in [0, optim.lr], got {}", o.min_lr),
-            );
-        }
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            return fail("optim.beta1/beta2", "must be in [0, 1)".into());
-        }
-        let valid = o.eps > 0.0 && o.weight_decay >= 0.0 && o.grad_clip >= 0.0;
-        if !valid {
-            return fail(
-                "optim",
-                "eps must be positive; weight_decay and grad_clip non-negative".into(),
-            );
-        }
+        self.optim.validate()?;
         let t = &self.train;
         for (key, v) in [
             ("train.batch_size", t.batch_size),

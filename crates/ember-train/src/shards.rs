@@ -17,6 +17,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::Batch;
 
+use crate::config::ConfigError;
+
 /// A micro-batch that shards can split: its rows in contiguous groups, and the weight
 /// each group carries in the micro-batch's mean loss.
 pub(crate) trait Rows: Sized + Sync {
@@ -42,6 +44,30 @@ pub(crate) struct Shards {
 }
 
 impl Shards {
+    /// The shards of a run with `train.batch_shards = requested` and its count: 0 picks
+    /// one per core (at most one per row) on CPU backends when nothing draws dropout
+    /// masks (shards draw from one generator in no fixed order), else 1.
+    pub(crate) fn for_run(
+        requested: usize,
+        batch_size: usize,
+        cpu_backend: bool,
+        no_dropout: bool,
+    ) -> Result<(Self, usize), ConfigError> {
+        let n = match requested {
+            0 if cpu_backend && no_dropout => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(batch_size),
+            0 => 1,
+            n => n,
+        };
+        let shards = Self::new(n).map_err(|e| {
+            ConfigError(format!(
+                "train.batch_shards: cannot start {n} shard threads: {e}"
+            ))
+        })?;
+        Ok((shards, n))
+    }
+
     /// `shards` groups of rows per micro-batch; 1 runs the whole micro-batch on the calling
     /// thread, with every op using all of rayon's threads.
     pub(crate) fn new(shards: usize) -> Result<Self, rayon::ThreadPoolBuildError> {

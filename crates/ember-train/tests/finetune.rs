@@ -15,15 +15,10 @@ use ember_train::finetune::{
 };
 use ember_train::{FinetuneConfig, FinetuneOptions, TrainError, finetune};
 
-type B = Autodiff<Flex>;
+mod common;
+use common::exclusive;
 
-/// Training seeds the device's one generator: tests that train take turns.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    DRAWS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+type B = Autodiff<Flex>;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ember-hf/tests/fixtures")
@@ -433,6 +428,27 @@ fn every_method_trains_and_saves_what_peft_loads() {
             "{method}: the adapter left the logits unchanged"
         );
         assert!(report.trainable > 0 && report.trainable < report.total);
+        if method == "adalora" {
+            // The allocator pruned to the final budget: target_r ranks per module on
+            // average (4 modules: q_proj and v_proj of 2 layers), saved as peft does.
+            let saved: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(ckpt.dir.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            let kept: usize = saved["rank_pattern"]
+                .as_object()
+                .expect("a rank_pattern")
+                .values()
+                .map(|v| {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|b| b.as_bool() == Some(true))
+                        .count()
+                })
+                .sum();
+            assert_eq!(kept, 2 * 4, "{saved}");
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{quiet_options, weights};
+use common::{exclusive, quiet_options, weights};
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -18,14 +18,6 @@ use ember_train::{
 };
 
 type B = Autodiff<Flex>;
-
-/// Training seeds the device's one generator: tests that train take turns.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    DRAWS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn corpus(dir: &Path) -> PathBuf {
     let mut text = String::new();

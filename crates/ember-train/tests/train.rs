@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{quiet_options, weights};
+use common::{exclusive, quiet_options, weights};
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
@@ -12,16 +12,6 @@ use ember_optim::{AdamWGroups, AdamWSettings, decay_matrices};
 use ember_train::{Checkpoint, CrossEntropy, LmLoss, TrainConfig, TrainOptions, train};
 
 type B = Autodiff<Flex>;
-
-/// Training draws its weights and dropout masks from the backend's generator, which is
-/// global to the device, and the trainer seeds it: tests that train take turns, so one
-/// run's draws never interleave with another's (the resume test compares bits).
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    DRAWS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A small corpus built by the test: a few thousand characters of varied text.
 fn corpus(dir: &Path) -> PathBuf {

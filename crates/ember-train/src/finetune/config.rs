@@ -344,6 +344,18 @@ impl FinetuneConfig {
         {
             return fail("peft.target_modules", "names no module".into());
         }
+        if p.bias != LoraBias::None
+            && matches!(
+                p.method,
+                PeftMethod::Lora | PeftMethod::Dora | PeftMethod::Qlora
+            )
+        {
+            return fail(
+                "peft.bias",
+                "biases that train are not yet written to the adapter's peft files; use \"none\""
+                    .into(),
+            );
+        }
         if p.method.is_prompt_learning() {
             if p.num_virtual_tokens == 0 || p.num_virtual_tokens > 4096 {
                 return fail(
@@ -370,25 +382,7 @@ impl FinetuneConfig {
                 );
             }
         }
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return fail("optim.lr", format!("must be positive, got {}", o.lr));
-        }
-        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return fail(
-                "optim.min_lr",
-                format!("must be in [0, optim.lr], got {}", o.min_lr),
-            );
-        }
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            return fail("optim.beta1/beta2", "must be in [0, 1)".into());
-        }
-        if !(o.eps > 0.0 && o.weight_decay >= 0.0 && o.grad_clip >= 0.0) {
-            return fail(
-                "optim",
-                "eps must be positive; weight_decay and grad_clip non-negative".into(),
-            );
-        }
+        self.optim.validate()?;
         let t = &self.train;
         for (key, v, max) in [
             ("train.batch_size", t.batch_size, 1 << 20),

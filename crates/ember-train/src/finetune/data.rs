@@ -200,14 +200,10 @@ impl SftBatch {
 
 impl Rows for SftBatch {
     fn split(&self, parts: usize) -> Vec<Self> {
-        let parts = parts.clamp(1, self.rows.max(1));
-        let (base, extra) = (self.rows / parts, self.rows % parts);
-        let mut start = 0;
-        (0..parts)
-            .map(|i| {
-                let rows = base + usize::from(i < extra);
-                let span = start * self.block..(start + rows) * self.block;
-                start += rows;
+        ember_data::row_groups(self.rows, parts)
+            .into_iter()
+            .map(|rows| {
+                let span = rows.start * self.block..rows.end * self.block;
                 let targets = self.targets[span.clone()].to_vec();
                 let trained = targets
                     .iter()
@@ -217,7 +213,7 @@ impl Rows for SftBatch {
                     inputs: self.inputs[span.clone()].to_vec(),
                     targets,
                     documents: self.documents[span].to_vec(),
-                    rows,
+                    rows: rows.len(),
                     block: self.block,
                     trained,
                 }

@@ -29,7 +29,7 @@ use crate::run_dir::{self, RunLock};
 use crate::shards::Shards;
 use crate::trainer::TrainError;
 use crate::trainer::precision::PrecisionScope;
-use crate::trainer::report::Reporter;
+use crate::trainer::report::{Reporter, median_ms};
 
 /// Where a fine-tune reads and writes.
 #[derive(Debug, Clone)]
@@ -211,6 +211,13 @@ where
             None => Err("the model has no tokenizer.json".into()),
         };
         let (mut tuned, params) = attach(base_model, &config, &tokenize, device)?;
+        // QLoRA freed the f32 base: hand those pages back before training allocates on
+        // other threads' heaps, or they stay in the process's peak memory.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let settings = AdamWSettings {
             beta1: config.optim.beta1,
             beta2: config.optim.beta2,
@@ -273,20 +280,13 @@ where
         let resumed_at = resume.as_ref().map(|c| (c.dir.as_path(), c.state.step));
         let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
         let t = &config.train;
-        let n_shards = match t.batch_shards {
-            0 if options.cpu_backend && config.peft.lora_dropout == 0.0 => {
-                std::thread::available_parallelism()
-                    .map_or(1, usize::from)
-                    .min(t.batch_size)
-            }
-            0 => 1,
-            n => n,
-        };
-        let shards = Shards::new(n_shards).map_err(|e| {
-            ConfigError(format!(
-                "train.batch_shards: cannot start {n_shards} shard threads: {e}"
-            ))
-        })?;
+        let no_dropout = config.peft.lora_dropout == 0.0 && tuned.model.config().dropout == 0.0;
+        let (shards, n_shards) = Shards::for_run(
+            t.batch_shards,
+            t.batch_size,
+            options.cpu_backend,
+            no_dropout,
+        )?;
         report.start(t.steps, state.step, || {
             format!(
                 "ember finetune: {} ({:?}) on {}\n{}\n{} train / {} val examples in {} / {} rows of {block}; {} truncated, {} dropped; chat template: {}",
@@ -397,18 +397,13 @@ where
         if !self.checkpoint_dir.exists() {
             self.save()?;
         }
-        self.step_times.sort_by(f64::total_cmp);
         let val = self.data.val.as_ref();
         Ok(FinetuneSummary {
             checkpoint: self.checkpoint_dir.clone(),
             step: self.state.step,
             last_train_loss: self.state.last_train_loss,
             last_val_loss: self.state.last_val_loss,
-            median_step_ms: self
-                .step_times
-                .get(self.step_times.len() / 2)
-                .copied()
-                .unwrap_or(0.0),
+            median_step_ms: median_ms(&mut self.step_times),
             tokens_per_step: self.config.train.batch_size
                 * self.config.train.grad_accum
                 * self.data.train.block,

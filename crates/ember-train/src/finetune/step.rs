@@ -10,7 +10,6 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::sft::IGNORE;
 use ember_nn::FusedBackend;
 use ember_ops::MaskMod;
-use ember_optim::clip_global_norm;
 use ember_peft::orthogonal_penalty;
 
 use super::data::SftBatch;
@@ -18,6 +17,7 @@ use super::method::Tuned;
 use super::run::FinetuneRun;
 use crate::loss::masked_cross_entropy;
 use crate::trainer::TrainError;
+use crate::trainer::step_gradients;
 
 /// What a step did.
 pub(super) struct StepOutcome {
@@ -114,24 +114,35 @@ where
                 accumulator.accumulate(tuned, grads);
             }
         }
-        if !train_loss.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                loss: train_loss,
-            });
-        }
-        let mut grads = accumulator.grads();
-        let grad_norm = if self.config.optim.grad_clip > 0.0 {
-            clip_global_norm(tuned, &mut grads, self.config.optim.grad_clip)
-        } else {
-            ember_optim::global_grad_norm(tuned, &grads)
-        };
+        let (grads, grad_norm) = step_gradients(
+            tuned,
+            accumulator,
+            train_loss,
+            step,
+            self.config.optim.grad_clip,
+        )?;
         let lr = self.schedule.lr_at(step);
+        // AdaLoRA sees the gradients the optimizer applies (peft's `global_step` counts
+        // from 1), then prunes after the update.
+        let adalora_error = |e: ember_peft::PeftError| TrainError::Hooks(e.0);
+        if let Some(allocator) = &mut self.allocator {
+            allocator
+                .observe(&tuned.model, &grads, step + 1)
+                .map_err(adalora_error)?;
+        }
         let tuned = self
             .tuned
             .take()
             .expect("the model is in place between steps");
-        self.tuned = Some(self.optim.step(lr, tuned, grads));
+        let mut tuned = self.optim.step(lr, tuned, grads);
+        let pruned = match &mut self.allocator {
+            Some(allocator) => allocator
+                .update_and_allocate(&mut tuned.model, step + 1)
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        self.tuned = Some(tuned);
+        pruned.map_err(adalora_error)?;
         let step_ms = started.elapsed().as_secs_f64() * 1e3;
         self.step_times.push(step_ms);
 

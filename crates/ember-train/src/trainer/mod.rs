@@ -35,3 +35,4 @@ pub use error::TrainError;
 pub use evaluate::evaluate;
 pub use options::{TrainExtras, TrainOptions, TrainSummary};
 pub use run::{train, train_with};
+pub(crate) use step::step_gradients;

@@ -125,6 +125,12 @@ impl Reporter {
     }
 }
 
+/// The median of step times `times` (sorted in place); 0 without any.
+pub(crate) fn median_ms(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Each expert's share of `load`.
 pub(super) fn shares(load: &[usize]) -> Vec<f64> {
     let total = load.iter().sum::<usize>().max(1) as f64;

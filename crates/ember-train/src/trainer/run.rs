@@ -8,7 +8,7 @@ use ember_nn::FusedBackend;
 use super::error::TrainError;
 use super::evaluate::evaluate;
 use super::options::{TrainExtras, TrainOptions, TrainSummary};
-use super::report::shares;
+use super::report::{median_ms, shares};
 use super::setup::Run;
 use super::step::StepOutcome;
 use crate::checkpoint;
@@ -147,17 +147,12 @@ where
             // Resumed at or past the final step: still leave a checkpoint behind.
             self.save()?;
         }
-        self.step_times.sort_by(f64::total_cmp);
         Ok(TrainSummary {
             checkpoint: self.checkpoint_dir.clone(),
             step: self.state.step,
             last_train_loss: self.state.last_train_loss,
             last_val_loss: self.state.last_val_loss,
-            median_step_ms: self
-                .step_times
-                .get(self.step_times.len() / 2)
-                .copied()
-                .unwrap_or(0.0),
+            median_step_ms: median_ms(&mut self.step_times),
             tokens_per_step: self.tokens_per_step,
             expert_load: self
                 .config

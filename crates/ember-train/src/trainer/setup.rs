@@ -133,20 +133,13 @@ where
         let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
         let t = &config.train;
         let tokens_per_step = t.batch_size * block * t.grad_accum;
-        let n_shards = match t.batch_shards {
-            0 if options.cpu_backend && config.model.dropout == 0.0 => {
-                std::thread::available_parallelism()
-                    .map_or(1, usize::from)
-                    .min(t.batch_size)
-            }
-            0 => 1,
-            n => n,
-        };
-        let shards = Shards::new(n_shards).map_err(|e| {
-            ConfigError(format!(
-                "train.batch_shards: cannot start {n_shards} shard threads: {e}"
-            ))
-        })?;
+        let no_dropout = config.model.dropout == 0.0;
+        let (shards, n_shards) = Shards::for_run(
+            t.batch_shards,
+            t.batch_size,
+            options.cpu_backend,
+            no_dropout,
+        )?;
         report.start(t.steps, state.step, || {
             format!(
                 "ember train: {} parameters, {} train / {} val tokens, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",

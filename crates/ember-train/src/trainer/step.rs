@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -81,6 +82,31 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     }
 }
 
+/// The step's gradients from `accumulator`, clipped to a global norm of `grad_clip`
+/// (0: no clipping), and their norm before clipping; `Err` when `train_loss` is not
+/// finite (the run diverged at `step`).
+pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    mut accumulator: GradientsAccumulator<M>,
+    train_loss: f64,
+    step: usize,
+    grad_clip: f64,
+) -> Result<(GradientsParams, f64), TrainError> {
+    if !train_loss.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            loss: train_loss,
+        });
+    }
+    let mut grads = accumulator.grads();
+    let norm = if grad_clip > 0.0 {
+        clip_global_norm(model, &mut grads, grad_clip)
+    } else {
+        ember_optim::global_grad_norm(model, &grads)
+    };
+    Ok((grads, norm))
+}
+
 impl<B> Run<'_, B>
 where
     B: AutodiffBackend + FusedBackend,
@@ -127,18 +153,13 @@ where
                 accumulator.accumulate(model, part.grads);
             }
         }
-        if !train_loss.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                loss: train_loss,
-            });
-        }
-        let mut grads = accumulator.grads();
-        let grad_norm = if self.config.optim.grad_clip > 0.0 {
-            clip_global_norm(model, &mut grads, self.config.optim.grad_clip)
-        } else {
-            ember_optim::global_grad_norm(model, &grads)
-        };
+        let (grads, grad_norm) = step_gradients(
+            model,
+            accumulator,
+            train_loss,
+            step,
+            self.config.optim.grad_clip,
+        )?;
         let lr = self.schedule.lr_at(step);
         let model = self
             .model

@@ -1,4 +1,6 @@
 //! Helpers the training test binaries share (a folder, so cargo builds no binary of it).
+// Each binary uses some of them.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -37,4 +39,13 @@ pub fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
         .collect();
     out.sort();
     out
+}
+
+/// Training seeds the device's one generator: tests that train take turns, so one run's
+/// draws never interleave with another's (the resume tests compare bits).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DRAWS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
