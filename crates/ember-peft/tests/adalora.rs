@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
-use ember_nn::{Adapter, ForwardOptions, Transformer, TransformerConfig};
+use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
+use ember_nn::{Adapter, Transformer};
 use ember_peft::{
     AdaLoraConfig, RankAllocator, Targets, apply_adalora, merged, orthogonal_penalty, rank_pattern,
     unmerged,
@@ -20,25 +20,9 @@ use ember_peft::{
 use serde_json::Value;
 
 type B = Flex;
-type AD = Autodiff<Flex>;
 
-/// The backend's random generator is global: tests that seed and draw run one at a time.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn config() -> TransformerConfig {
-    let mut c = TransformerConfig::llama(19, 16, 2, 4, 2, 24, 16);
-    c.init_std = 0.3;
-    c
-}
-
-fn base<Bk: ember_nn::FusedBackend>(seed: u64) -> Transformer<Bk> {
-    let device = Default::default();
-    Bk::seed(&device, seed);
-    Transformer::new(&config(), &device).unwrap()
-}
+mod common;
+use common::{AD, base, config, exclusive, logits, loss};
 
 fn names(n: &[&str]) -> Targets {
     Targets::Names(n.iter().map(|s| s.to_string()).collect())
@@ -53,33 +37,6 @@ fn adalora(targets: Targets) -> AdaLoraConfig {
         targets,
         ..Default::default()
     }
-}
-
-const INPUT: [i64; 7] = [1, 4, 9, 16, 2, 5, 11];
-
-fn ids<Bk: Backend>(v: &[i64]) -> Tensor<Bk, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(v.to_vec(), [1, v.len()]),
-        &Default::default(),
-    )
-}
-
-fn logits<Bk: ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Vec<f32> {
-    model
-        .forward(ids(&INPUT), ForwardOptions::default())
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap()
-}
-
-/// A fixed random linear functional of the logits, as a scalar loss.
-fn loss<Bk: ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Tensor<Bk, 1> {
-    let out = model.forward(ids(&INPUT), ForwardOptions::default());
-    let n: usize = out.dims().iter().product();
-    let weights: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
-    let w = Tensor::<Bk, 3>::from_data(TensorData::new(weights, out.dims()), &Default::default());
-    (out * w).sum()
 }
 
 fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {

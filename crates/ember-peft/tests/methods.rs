@@ -2,36 +2,21 @@
 //! central finite differences, the base receiving none, and merge / unmerge against the
 //! adapted forward pass.
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
-use ember_nn::{ForwardOptions, Transformer, TransformerConfig};
+use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
+use ember_nn::{ForwardOptions, Transformer};
 use ember_peft::{
     Ia3Config, LoraBias, LoraConfig, LoraInit, Targets, apply_ia3, apply_lora, merged, unmerged,
 };
 
 type B = Flex;
 
-/// The backend's random generator is global: tests that seed and draw run one at a time,
-/// so each draws the same values whatever runs beside it.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-type AD = Autodiff<Flex>;
-
-fn config() -> TransformerConfig {
-    let mut c = TransformerConfig::llama(19, 16, 2, 4, 2, 24, 16);
-    c.init_std = 0.3;
-    c
-}
-
-fn base<Bk: Backend + ember_nn::FusedBackend>(seed: u64) -> Transformer<Bk> {
-    let device = Default::default();
-    Bk::seed(&device, seed);
-    Transformer::new(&config(), &device).unwrap()
-}
+mod common;
+use common::{
+    AD, INPUT, base, config, exclusive, ids, logits, loss, nudged_loss, perturb_up as perturb,
+};
 
 fn lora(targets: Targets) -> LoraConfig {
     LoraConfig {
@@ -40,51 +25,6 @@ fn lora(targets: Targets) -> LoraConfig {
         targets,
         ..Default::default()
     }
-}
-
-/// Every adapter's `up` (LoRA's `B`, zero at init) drawn at random, so the adapters act.
-fn perturb<Bk: Backend + ember_nn::FusedBackend>(
-    mut model: Transformer<Bk>,
-    seed: u64,
-) -> Transformer<Bk> {
-    let device = Default::default();
-    Bk::seed(&device, seed);
-    for (_, p) in model.projections_mut() {
-        if let Some(adapter) = p.adapter.as_mut() {
-            let up = adapter.up.take().unwrap();
-            let shape = up.dims();
-            let fresh = Tensor::random(shape, Distribution::Normal(0.0, 0.5), &device);
-            adapter.up = Some(Param::initialized(up.id, fresh.set_require_grad(true)));
-        }
-    }
-    model
-}
-
-fn ids<Bk: Backend>(v: &[i64]) -> Tensor<Bk, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(v.to_vec(), [1, v.len()]),
-        &Default::default(),
-    )
-}
-
-const INPUT: [i64; 7] = [1, 4, 9, 16, 2, 5, 11];
-
-fn logits<Bk: Backend + ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Vec<f32> {
-    model
-        .forward(ids(&INPUT), ForwardOptions::default())
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap()
-}
-
-/// A fixed random linear functional of the logits, as a scalar loss.
-fn loss<Bk: Backend + ember_nn::FusedBackend>(model: &Transformer<Bk>) -> Tensor<Bk, 1> {
-    let out = model.forward(ids(&INPUT), ForwardOptions::default());
-    let n: usize = out.dims().iter().product();
-    let weights: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
-    let w = Tensor::<Bk, 3>::from_data(TensorData::new(weights, out.dims()), &Default::default());
-    (out * w).sum()
 }
 
 #[test]
@@ -253,29 +193,7 @@ fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
             let numel = grad.len();
             for index in [0, numel / 2, numel - 1] {
                 let h = 1e-2f32;
-                let at = |delta: f32| -> f32 {
-                    let mut nudged = model.clone();
-                    for (other, q) in nudged.projections_mut() {
-                        if other != path {
-                            continue;
-                        }
-                        let a = q.adapter.as_mut().unwrap();
-                        let slot = if part == "down" {
-                            &mut a.down
-                        } else {
-                            &mut a.up
-                        };
-                        let t = slot.take().unwrap();
-                        let mut v: Vec<f32> = t.val().into_data().to_vec().unwrap();
-                        v[index] += delta;
-                        let shape = t.dims();
-                        *slot = Some(Param::initialized(
-                            t.id,
-                            Tensor::from_data(TensorData::new(v, shape), &device),
-                        ));
-                    }
-                    loss(&nudged).into_scalar().elem()
-                };
+                let at = |delta: f32| nudged_loss(&model, &path, part, index, delta);
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
                 assert!(
                     (numeric - grad[index]).abs() <= 2e-2 + 2e-2 * numeric.abs(),
@@ -330,31 +248,6 @@ fn merging_keeps_the_outputs_and_unmerging_restores_the_weight() {
     for (a, u) in adapted.iter().zip(&logits(&folded)) {
         assert!((a - u).abs() <= 1e-5 * scale, "unmerged {u} vs adapted {a}");
     }
-}
-
-/// The loss with the adapter tensor `part` of projection `path` nudged at `index`.
-fn nudged_loss(model: &Transformer<AD>, path: &str, part: &str, index: usize, delta: f32) -> f32 {
-    let mut nudged = model.clone();
-    for (other, q) in nudged.projections_mut() {
-        if other != path {
-            continue;
-        }
-        let a = q.adapter.as_mut().unwrap();
-        let slot = match part {
-            "magnitude" => &mut a.magnitude,
-            "input_scale" => &mut a.input_scale,
-            _ => &mut a.output_scale,
-        };
-        let t = slot.take().unwrap();
-        let mut v: Vec<f32> = t.val().into_data().to_vec().unwrap();
-        v[index] += delta;
-        let n = v.len();
-        *slot = Some(Param::initialized(
-            t.id,
-            Tensor::from_data(TensorData::new(v, [n]), &Default::default()),
-        ));
-    }
-    loss(&nudged).into_scalar().elem()
 }
 
 /// Every vector of `part` moved away from its start (ones, or the weight norms).

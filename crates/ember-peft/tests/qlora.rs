@@ -3,33 +3,16 @@
 //! dequantized values, LoRA gradients against central finite differences with none
 //! reaching the quantized base, and merging (LoRA, DoRA) against the adapted forward pass.
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::module::Param;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
-use ember_nn::{ForwardOptions, FusedBackend, Transformer, TransformerConfig};
 use ember_peft::{LoraConfig, QloraConfig, QuantFormat, Targets, apply_lora, apply_qlora, merged};
 
 type B = Flex;
-type AD = Autodiff<Flex>;
 
-/// The backend's random generator is global: tests that seed and draw run one at a time.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn config() -> TransformerConfig {
-    let mut c = TransformerConfig::llama(19, 16, 2, 4, 2, 24, 16);
-    c.init_std = 0.3;
-    c
-}
-
-fn base<Bk: FusedBackend>(seed: u64) -> Transformer<Bk> {
-    let device = Default::default();
-    Bk::seed(&device, seed);
-    Transformer::new(&config(), &device).unwrap()
-}
+mod common;
+use common::{
+    AD, base, config, exclusive, logits, loss, max_diff, nudged_loss, perturb_up as perturb,
+};
 
 fn qlora(format: QuantFormat, block_size: usize) -> QloraConfig {
     QloraConfig {
@@ -42,52 +25,6 @@ fn qlora(format: QuantFormat, block_size: usize) -> QloraConfig {
         format,
         block_size,
     }
-}
-
-/// Every adapter's `up` (zero at init) drawn at random, so the adapters act.
-fn perturb<Bk: FusedBackend>(mut model: Transformer<Bk>, seed: u64) -> Transformer<Bk> {
-    let device = Default::default();
-    Bk::seed(&device, seed);
-    for (_, p) in model.projections_mut() {
-        if let Some(adapter) = p.adapter.as_mut() {
-            let up = adapter.up.take().unwrap();
-            let fresh = Tensor::random(up.dims(), Distribution::Normal(0.0, 0.5), &device);
-            adapter.up = Some(Param::initialized(up.id, fresh.set_require_grad(true)));
-        }
-    }
-    model
-}
-
-const INPUT: [i64; 7] = [1, 4, 9, 16, 2, 5, 11];
-
-fn ids<Bk: Backend>() -> Tensor<Bk, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(INPUT.to_vec(), [1, INPUT.len()]),
-        &Default::default(),
-    )
-}
-
-fn logits<Bk: FusedBackend>(model: &Transformer<Bk>) -> Vec<f32> {
-    model
-        .forward(ids(), ForwardOptions::default())
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap()
-}
-
-/// A fixed linear functional of the logits, as a scalar loss.
-fn loss<Bk: FusedBackend>(model: &Transformer<Bk>) -> Tensor<Bk, 1> {
-    let out = model.forward(ids(), ForwardOptions::default());
-    let n: usize = out.dims().iter().product();
-    let weights: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
-    let w = Tensor::<Bk, 3>::from_data(TensorData::new(weights, out.dims()), &Default::default());
-    (out * w).sum()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 #[test]
@@ -179,29 +116,7 @@ fn lora_gradients_on_an_nf4_base_match_finite_differences() {
                 .unwrap();
             let numel = grad.len();
             for index in [0, numel / 2, numel - 1] {
-                let at = |delta: f32| -> f32 {
-                    let mut nudged = model.clone();
-                    for (other, q) in nudged.projections_mut() {
-                        if other != path {
-                            continue;
-                        }
-                        let a = q.adapter.as_mut().unwrap();
-                        let slot = if part == "down" {
-                            &mut a.down
-                        } else {
-                            &mut a.up
-                        };
-                        let t = slot.take().unwrap();
-                        let mut v: Vec<f32> = t.val().into_data().to_vec().unwrap();
-                        v[index] += delta;
-                        let shape = t.dims();
-                        *slot = Some(Param::initialized(
-                            t.id,
-                            Tensor::from_data(TensorData::new(v, shape), &device),
-                        ));
-                    }
-                    loss(&nudged).into_scalar().elem()
-                };
+                let at = |delta: f32| nudged_loss(&model, &path, part, index, delta);
                 let h = 1e-2f32;
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
                 assert!(
