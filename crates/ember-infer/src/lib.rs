@@ -5,6 +5,7 @@
 pub mod decoder;
 pub mod generate;
 pub mod host;
+pub mod paged_kv;
 pub mod perplexity;
 pub mod prompted;
 pub mod sampling;
@@ -12,7 +13,8 @@ pub mod sampling;
 pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
 pub use ember_nn::{ContiguousKvCache, KvCache};
 pub use generate::{GenerateError, Generator};
-pub use host::{BurnPrefilledHost, DecodeState, HostDecoder, HostWeights};
+pub use host::{BurnPrefilledHost, DecodeState, HostDecoder, HostWeights, PagedChunk};
+pub use paged_kv::{BlockTable, OutOfBlocks, PagedKv};
 pub use perplexity::{Perplexity, PerplexityError, perplexity};
 pub use prompted::{PromptedDecoder, VirtualTokens};
 pub use sampling::{Sampler, SamplingConfig, argmax};

@@ -171,6 +171,47 @@ impl Matrix {
             }
         });
     }
+
+    /// `y[t] = W x[t]` for `n` inputs (`x`: `[n, cols]`, `y`: `[n, rows]`): one pass over
+    /// the weights, each row of `W` used for every input while it is in cache; rows split
+    /// over the thread pool when the work is large enough.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.matmul_with(kernels::kernels(), x, n, y);
+    }
+
+    pub(super) fn matmul_with(&self, k: Kernels, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        assert_eq!(x.len(), n * cols);
+        assert_eq!(y.len(), n * rows);
+        if n == 1 {
+            return self.matvec_with(k, x, y);
+        }
+        let inputs: Vec<&[f32]> = x.chunks_exact(cols.max(1)).take(n).collect();
+        // `[rows, n]`: each weight row's products with every input, then transposed.
+        let mut by_row = vec![0f32; rows * n];
+        let fill = |first: usize, out: &mut [f32]| {
+            for (i, products) in out.chunks_exact_mut(n).enumerate() {
+                for (p, input) in products.iter_mut().zip(&inputs) {
+                    *p = self.row_dot(&k, first + i, input);
+                }
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if self.bytes() * n < PARALLEL_MIN_BYTES || threads == 1 {
+            fill(0, &mut by_row);
+        } else {
+            let chunk = rows.div_ceil(threads * 4).max(8);
+            by_row
+                .par_chunks_mut(chunk * n)
+                .enumerate()
+                .for_each(|(c, out)| fill(c * chunk, out));
+        }
+        for (r, products) in by_row.chunks_exact(n).enumerate() {
+            for (t, p) in products.iter().enumerate() {
+                y[t * rows + r] = *p;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //! soft-capping, QK-norm, post/sandwich norms, parallel residual, GroupNorm, sinusoidal
 //! positions), and [`crate::Generator`] then uses the burn model.
 
+mod batched;
 mod decoding;
 pub mod kernels;
 mod load;
 mod matrix;
 
+pub use batched::PagedChunk;
 pub use decoding::BurnPrefilledHost;
 
 use ember_nn::{MlpKind, TransformerConfig};
