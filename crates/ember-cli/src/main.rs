@@ -17,6 +17,7 @@ use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
 use crate::commands::merge::MergeArgs;
 use crate::commands::perplexity::PerplexityArgs;
+use crate::commands::serve::ServeArgs;
 use crate::commands::train::TrainArgs;
 
 use crate::backend::BackendName;
@@ -51,6 +52,8 @@ enum Command {
     Export(ExportArgs),
     /// Merge a `peft` adapter into a base model and write it as a Hugging Face directory.
     Merge(MergeArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).
+    Serve(ServeArgs),
     /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => runner.perplexity(args),
         Command::Export(args) => runner.export(args),
         Command::Merge(args) => runner.export(args.into()),
+        Command::Serve(args) => runner.serve(args),
         Command::Info(args) => commands::info::run(args),
     });
     match result {

@@ -179,6 +179,12 @@ impl BpeTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary's entry for `id` as stored (byte-level tokens in their printable
+    /// alphabet, such as `Ġthe`), when the vocabulary has it.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of the `<|endoftext|>` separator, when the vocabulary has one.
     pub fn end_of_text(&self) -> Option<u32> {
         self.inner.token_to_id(END_OF_TEXT)

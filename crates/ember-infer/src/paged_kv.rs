@@ -245,7 +245,7 @@ impl PagedKv {
     /// copied (the two sequences will write different tokens there).
     pub fn fork(&mut self, table: &BlockTable) -> Result<BlockTable, OutOfBlocks> {
         let full = table.len / self.block_size;
-        let partial = table.len % self.block_size != 0;
+        let partial = !table.len.is_multiple_of(self.block_size);
         if partial && self.n_free == 0 {
             return Err(OutOfBlocks { needed: 1, free: 0 });
         }

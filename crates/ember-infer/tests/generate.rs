@@ -71,6 +71,7 @@ fn sampling_filters_and_seeds() {
         temperature,
         top_k,
         top_p,
+        min_p: None,
         seed: 42,
     };
     // Temperature 1, no filtering: softmax computed independently here.
@@ -134,6 +135,7 @@ fn filtered_distributions_match_a_full_sort() {
             temperature,
             top_k,
             top_p,
+            min_p: None,
             seed: 0,
         };
         let got = Sampler::new(config).distribution(&logits).unwrap();

@@ -41,6 +41,15 @@ impl<F: Fn(&[u32]) -> Option<String>> StreamDecoder<F> {
         self.given = text.len();
         Some(new)
     }
+
+    /// The text not handed out yet, complete or not (the sequence ended: a character cut
+    /// short shows as U+FFFD, as decoding the whole sequence shows it).
+    pub fn finish(&mut self) -> String {
+        let text = (self.decode)(&self.ids).unwrap_or_default();
+        let new = text.get(self.given..).unwrap_or_default().to_string();
+        self.given = self.given.max(text.len());
+        new
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +74,10 @@ mod tests {
             }
         }
         assert_eq!(pieces, vec!["é", "€", "😀", "x"]);
+        // A character cut short comes out at the end, as the whole decoding shows it.
+        assert_eq!(stream.push(0xe2), None);
+        assert_eq!(stream.finish(), "\u{fffd}");
+        assert_eq!(stream.finish(), "");
     }
 
     /// A SentencePiece-like decoder that strips the leading space of the whole text:

@@ -115,6 +115,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         temperature,
         top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
         top_p: Some(top_p),
+        min_p: None,
         seed: args.seed,
     });
     let mut generator =

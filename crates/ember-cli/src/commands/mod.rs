@@ -8,6 +8,7 @@ pub mod logits;
 pub mod merge;
 pub mod perplexity;
 mod runner;
+pub mod serve;
 pub mod train;
 
 pub use runner::{On, Runner};

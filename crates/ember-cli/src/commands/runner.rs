@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
-use super::{export, finetune, generate, logits, perplexity, train};
+use super::{export, finetune, generate, logits, perplexity, serve, train};
 use crate::error::CliError;
 
 /// The backend-specific commands.
@@ -16,6 +16,7 @@ pub trait Runner {
     fn logits(&self, args: logits::LogitsArgs) -> Result<(), CliError>;
     fn perplexity(&self, args: perplexity::PerplexityArgs) -> Result<(), CliError>;
     fn export(&self, args: export::ExportArgs) -> Result<(), CliError>;
+    fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError>;
 }
 
 /// A [`Runner`] on backend `B`.
@@ -59,5 +60,9 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn export(&self, args: export::ExportArgs) -> Result<(), CliError> {
         export::run(self, args)
+    }
+
+    fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError> {
+        serve::run(self, args)
     }
 }

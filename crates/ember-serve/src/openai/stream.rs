@@ -1,0 +1,174 @@
+//! Turning the engine's events into answers: gathered into one JSON body, or sent as they
+//! come as server-sent events (the same `id` in every chunk, a `finish_reason` per
+//! choice, an optional usage chunk, then `data: [DONE]`). Each endpoint says how its
+//! chunks look through [`ChunkFormat`].
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::engine::{Event, FinishReason, TokenLogprob};
+
+/// Everything one choice produced.
+#[derive(Debug, Clone, Default)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: Option<FinishReason>,
+    pub completion_tokens: usize,
+}
+
+/// Waits for every one of `choices` to finish. When the engine goes away first, the
+/// unfinished choices end with `abort`.
+pub async fn collect(mut events: UnboundedReceiver<Event>, choices: usize) -> Vec<ChoiceOutput> {
+    let mut out = vec![ChoiceOutput::default(); choices];
+    let mut open = choices;
+    while open > 0 {
+        match events.recv().await {
+            Some(Event::Token {
+                choice,
+                text,
+                logprob,
+                ..
+            }) => {
+                out[choice].text += &text;
+                out[choice].logprobs.extend(logprob);
+            }
+            Some(Event::Finished {
+                choice,
+                reason,
+                text,
+                completion_tokens,
+            }) => {
+                let c = &mut out[choice];
+                c.text += &text;
+                c.finish = Some(reason);
+                c.completion_tokens = completion_tokens;
+                open -= 1;
+            }
+            None => break,
+        }
+    }
+    for c in &mut out {
+        c.finish.get_or_insert(FinishReason::Abort);
+    }
+    out
+}
+
+/// How one endpoint writes its stream chunks (each a whole JSON object).
+pub trait ChunkFormat: Send + 'static {
+    /// Chunks sent before any token (the chat endpoint's `role` deltas).
+    fn opening(&self, choices: usize) -> Vec<Value>;
+    /// New text of `choice`, with the log-probabilities of the tokens it came with.
+    fn delta(&self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value;
+    /// The last chunk of `choice`.
+    fn finish(&self, choice: usize, text: &str, reason: FinishReason) -> Value;
+    /// The usage chunk (`choices: []`).
+    fn usage(&self, usage: Value) -> Value;
+}
+
+/// OpenAI's `usage` object.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+struct StreamState<F: ChunkFormat> {
+    events: UnboundedReceiver<Event>,
+    format: F,
+    queue: VecDeque<String>,
+    open: usize,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    include_usage: bool,
+    done: bool,
+}
+
+/// The server-sent-event answer: chunks as `format` writes them, until every one of
+/// `choices` has finished. Dropping it (the client went away) drops `events`, which
+/// cancels the request in the engine.
+pub fn sse<F: ChunkFormat>(
+    events: UnboundedReceiver<Event>,
+    format: F,
+    choices: usize,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> Response {
+    let queue = format
+        .opening(choices)
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    let state = StreamState {
+        events,
+        format,
+        queue,
+        open: choices,
+        prompt_tokens,
+        completion_tokens: 0,
+        include_usage,
+        done: false,
+    };
+    Sse::new(chunks(state))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn chunks<F: ChunkFormat>(
+    state: StreamState<F>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(data) = st.queue.pop_front() {
+                return Some((Ok(SseEvent::default().data(data)), st));
+            }
+            if st.done {
+                return None;
+            }
+            if st.open == 0 {
+                if st.include_usage {
+                    let usage = usage(st.prompt_tokens, st.completion_tokens);
+                    st.queue.push_back(st.format.usage(usage).to_string());
+                }
+                st.queue.push_back("[DONE]".to_string());
+                st.done = true;
+                continue;
+            }
+            match st.events.recv().await {
+                Some(Event::Token {
+                    choice,
+                    text,
+                    logprob,
+                    ..
+                }) => {
+                    let logprobs: Vec<TokenLogprob> = logprob.into_iter().collect();
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        let chunk = st.format.delta(choice, &text, &logprobs);
+                        st.queue.push_back(chunk.to_string());
+                    }
+                }
+                Some(Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                    completion_tokens,
+                }) => {
+                    st.completion_tokens += completion_tokens;
+                    st.open -= 1;
+                    st.queue
+                        .push_back(st.format.finish(choice, &text, reason).to_string());
+                }
+                // The engine stopped: end the stream where it is.
+                None => st.open = 0,
+            }
+        }
+    })
+}
