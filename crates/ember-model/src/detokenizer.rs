@@ -3,15 +3,22 @@
 //! Decoding each new token on its own goes wrong twice: byte-level tokenizers split a
 //! multi-byte character across tokens (its first token alone decodes to U+FFFD), and
 //! SentencePiece drops the leading space of a piece decoded alone. [`StreamDecoder`]
-//! decodes the whole sequence each time and hands out only what follows the text already
-//! given, once it ends on a complete character.
+//! decodes a short window of recent tokens with and without the new ones (the
+//! incremental detokenization of Hugging Face's text-generation-inference and vLLM) and
+//! hands out only what the new tokens add, once it ends on a complete character. Each
+//! token costs a decode of a few tokens, however long the sequence grows.
+
+/// Tokens of context kept before the first new token.
+const CONTEXT: usize = 6;
 
 /// Streams the text of `prompt` + each pushed token; `decode` is the tokenizer's.
 pub struct StreamDecoder<F: Fn(&[u32]) -> Option<String>> {
     decode: F,
     ids: Vec<u32>,
-    /// Bytes of the decoded text already handed out.
-    given: usize,
+    /// Where the decoded window starts.
+    prefix_offset: usize,
+    /// Tokens whose text has been handed out.
+    read_offset: usize,
 }
 
 impl<F: Fn(&[u32]) -> Option<String>> StreamDecoder<F> {
@@ -21,34 +28,47 @@ impl<F: Fn(&[u32]) -> Option<String>> StreamDecoder<F> {
         let stream = Self {
             decode,
             ids: prompt.to_vec(),
-            given: text.len(),
+            prefix_offset: prompt.len().saturating_sub(CONTEXT),
+            read_offset: prompt.len(),
         };
         (stream, text)
+    }
+
+    /// The window's text before and after the tokens not yet handed out, and where the
+    /// new text starts in the latter.
+    fn window(&self) -> (String, usize) {
+        let prefix =
+            (self.decode)(&self.ids[self.prefix_offset..self.read_offset]).unwrap_or_default();
+        let full = (self.decode)(&self.ids[self.prefix_offset..]).unwrap_or_default();
+        // Context that ends inside a character shows it as U+FFFD; the new text then
+        // starts with that character, whole.
+        let mut start = prefix.trim_end_matches('\u{fffd}').len().min(full.len());
+        while !full.is_char_boundary(start) {
+            start -= 1;
+        }
+        (full, start)
     }
 
     /// Adds `id`; returns the new text once it ends on a complete character (`None`
     /// while a character is still incomplete, or when the token adds no text).
     pub fn push(&mut self, id: u32) -> Option<String> {
         self.ids.push(id);
-        let text = (self.decode)(&self.ids)?;
-        let complete = !text.ends_with('\u{fffd}')
-            && text.len() > self.given
-            && text.is_char_boundary(self.given);
-        if !complete {
+        let (full, start) = self.window();
+        if full.ends_with('\u{fffd}') || full.len() <= start {
             return None;
         }
-        let new = text[self.given..].to_string();
-        self.given = text.len();
-        Some(new)
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Some(full[start..].to_string())
     }
 
     /// The text not handed out yet, complete or not (the sequence ended: a character cut
     /// short shows as U+FFFD, as decoding the whole sequence shows it).
     pub fn finish(&mut self) -> String {
-        let text = (self.decode)(&self.ids).unwrap_or_default();
-        let new = text.get(self.given..).unwrap_or_default().to_string();
-        self.given = self.given.max(text.len());
-        new
+        let (full, start) = self.window();
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        full.get(start..).unwrap_or_default().to_string()
     }
 }
 
@@ -78,6 +98,23 @@ mod tests {
         assert_eq!(stream.push(0xe2), None);
         assert_eq!(stream.finish(), "\u{fffd}");
         assert_eq!(stream.finish(), "");
+    }
+
+    #[test]
+    fn a_prompt_ending_inside_a_character_gets_it_whole_and_long_streams_match() {
+        let prompt: Vec<u32> = b"a\xF0\x9F".iter().map(|&b| u32::from(b)).collect();
+        let (mut stream, _) = StreamDecoder::new(bytes, &prompt);
+        assert_eq!(stream.push(0x98), None);
+        assert_eq!(stream.push(0x80).as_deref(), Some("😀"));
+        // A long mixed stream: the pieces are the whole decoding.
+        let text = "naïve café — 日本語 😀 ".repeat(40);
+        let (mut stream, _) = StreamDecoder::new(bytes, &[u32::from(b'>')]);
+        let mut out = String::new();
+        for b in text.bytes() {
+            out += &stream.push(u32::from(b)).unwrap_or_default();
+        }
+        out += &stream.finish();
+        assert_eq!(out, text);
     }
 
     /// A SentencePiece-like decoder that strips the leading space of the whole text:

@@ -77,9 +77,22 @@ impl Codec {
 
     /// A completion prompt's ids, with the tokenizer's special markers (a Llama `<s>`).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer("prompt")?
+        let ids = self
+            .tokenizer("prompt")?
             .encode_with_special(text)
-            .map_err(|e| format!("prompt: {e}"))
+            .map_err(|e| format!("prompt: {e}"))?;
+        self.in_vocab("prompt", ids)
+    }
+
+    /// `ids`, unless the tokenizer produced one the model has no embedding for.
+    fn in_vocab(&self, what: &str, ids: Vec<u32>) -> Result<Vec<u32>, String> {
+        match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            Some(id) => Err(format!(
+                "{what}: the tokenizer gave token id {id}, outside the model's vocabulary of {}",
+                self.vocab_size
+            )),
+            None => Ok(ids),
+        }
     }
 
     /// A conversation rendered by the chat template with the generation prompt, then
@@ -90,14 +103,30 @@ impl Codec {
             .template
             .render(messages, true)
             .map_err(|e| format!("messages: {e}"))?;
-        tokenizer
+        let ids = tokenizer
             .encode(&text)
-            .map_err(|e| format!("messages: {e}"))
+            .map_err(|e| format!("messages: {e}"))?;
+        self.in_vocab("messages", ids)
     }
 
-    /// The text of `ids`, special tokens left out.
+    /// The text of `ids`, special tokens left out, and ids past the tokenizer's
+    /// vocabulary too (models pad their embedding tables beyond it; such ids have no
+    /// text).
     pub fn decode(&self, ids: &[u32]) -> Option<String> {
-        match self.tokenizer.as_ref()? {
+        let tokenizer = self.tokenizer.as_ref()?;
+        let known = tokenizer.vocab_size();
+        let kept: Vec<u32>;
+        let ids = if ids.iter().any(|&id| id as usize >= known) {
+            kept = ids
+                .iter()
+                .copied()
+                .filter(|&id| (id as usize) < known)
+                .collect();
+            &kept[..]
+        } else {
+            ids
+        };
+        match tokenizer {
             Tokenizer::Bpe(t) => t.decode_with(ids, true).ok(),
             t => t.decode(ids).ok(),
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,6 +66,12 @@ impl AppState {
                 SubmitError::QueueFull(_) | SubmitError::ShuttingDown => {
                     ApiError::busy(e.to_string())
                 }
+                SubmitError::TooMany(..) | SubmitError::Invalid(_) => {
+                    ApiError::invalid("prompt", e.to_string())
+                }
+                SubmitError::Failed => {
+                    ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                }
             })
         })
     }
@@ -81,17 +87,19 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-/// The API key check (vLLM's `--api-key`): `/health` stays open.
+/// The API key check (vLLM's `--api-key`): only `/v1/...` is guarded.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = &state.options.api_key else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/health" {
+    // As vLLM's `--api-key`: the API is guarded; health checks and metric scrapes are not.
+    if !request.uri().path().starts_with("/v1") {
         return next.run(request).await;
     }
     let given = request
@@ -132,6 +140,13 @@ async fn models(State(state): State<AppState>) -> Response {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
+    if state.engine.has_failed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "failed"})),
+        )
+            .into_response();
+    }
     let (free, total) = state.engine.blocks();
     axum::Json(json!({
         "status": "ok",
@@ -158,6 +173,14 @@ async fn fallback(uri: Uri) -> Response {
     ApiError::not_found(uri.path()).into_response()
 }
 
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}
+
 /// Serves on `listener` until `shutdown` resolves; then takes no new connections or
 /// requests, lets running requests finish for [`ServeOptions::shutdown_grace`], aborts
 /// what is left, and stops the engine.
@@ -169,10 +192,13 @@ pub async fn serve(
     let engine = state.engine.clone();
     let grace = state.options.shutdown_grace;
     let app = router(state);
+    let signalled = Arc::new(tokio::sync::Notify::new());
     let on_signal = {
         let engine = engine.clone();
+        let signalled = signalled.clone();
         async move {
             shutdown.await;
+            signalled.notify_one();
             engine.drain();
             let engine = engine.clone();
             tokio::spawn(async move {
@@ -184,9 +210,17 @@ pub async fn serve(
             });
         }
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(on_signal)
-        .await;
+    let served = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    // Connections that will not close (a client that stopped reading a stream) get a
+    // few seconds after the grace period, then the server stops regardless.
+    let hard_deadline = async move {
+        signalled.notified().await;
+        tokio::time::sleep(grace + Duration::from_secs(5)).await;
+    };
+    let served = tokio::select! {
+        served = served => served,
+        _ = hard_deadline => Ok(()),
+    };
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await

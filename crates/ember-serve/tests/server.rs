@@ -654,6 +654,8 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "stream_options",
         ),
         (with("logit_bias", json!({"abc": 1})), 400, "logit_bias"),
+        (with("stop", json!(["x".repeat(300)])), 400, "stop"),
+        (with("prompt", json!(vec!["a"; 40])), 400, "prompts"),
     ];
     for (body, status, mention) in cases {
         let (got, answer) = server.post("/v1/completions", &body).await;
@@ -689,6 +691,36 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(answer["error"]["param"], "messages");
     let (status, _) = server.post("/v1/nothing", &json!({})).await;
     assert_eq!(status, 404);
+    let r = server
+        .client
+        .get(format!("{}/v1/completions", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
+    // The engine itself refuses what would break its passes, whoever calls it.
+    let bad = ember_serve::engine::GenerationRequest {
+        prompt: Vec::new(),
+        params: ember_serve::engine::GenerationParams {
+            sampling: ember_infer::SamplingConfig::greedy(),
+            penalties: Default::default(),
+            logit_bias: Vec::new(),
+            max_tokens: 4,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            n: 1,
+            logprobs: None,
+        },
+    };
+    assert!(matches!(
+        server.state.engine.submit(bad.clone()),
+        Err(ember_serve::engine::SubmitError::Invalid(_))
+    ));
+    let mut past = bad;
+    past.prompt = vec![1; 10];
+    past.params.max_tokens = MAX_SEQ;
+    assert!(server.state.engine.submit(past).is_err());
     // Still serving.
     let (status, body) = server.post("/v1/completions", &ok).await;
     assert_eq!(status, 200, "{body}");
@@ -720,8 +752,10 @@ async fn an_api_key_guards_everything_but_health() {
         }
         r.send()
     };
+    // As vLLM: health checks and metric scrapes stay open.
     assert_eq!(get("/health", None).await.unwrap().status(), 200);
-    for path in ["/v1/models", "/metrics"] {
+    assert_eq!(get("/metrics", None).await.unwrap().status(), 200);
+    for path in ["/v1/models"] {
         let r = get(path, None).await.unwrap();
         assert_eq!(r.status(), 401);
         let body: Value = r.json().await.unwrap();

@@ -88,6 +88,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError>
     let max_num_seqs = positive("--max-num-seqs", args.max_num_seqs)?;
     let max_batched = positive("--max-num-batched-tokens", args.max_num_batched_tokens)?;
     let max_n = positive("--max-n", args.max_n)?;
+    let max_queued = positive("--max-queued-requests", args.max_queued_requests)?;
     if !(args.shutdown_timeout >= 0.0 && args.shutdown_timeout.is_finite()) {
         return Err(CliError::Usage(format!(
             "--shutdown-timeout: must be a number of seconds >= 0, got {}",
@@ -155,7 +156,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError>
         },
         block_size,
         kv_blocks,
-        max_queued_requests: args.max_queued_requests,
+        max_queued_requests: max_queued,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

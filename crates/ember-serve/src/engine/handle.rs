@@ -33,8 +33,17 @@ pub struct EngineConfig {
 pub enum SubmitError {
     #[error("the server is busy: {0} requests are already waiting; retry later")]
     QueueFull(usize),
+    /// More prompts in one request than the queue ever holds.
+    #[error("{0} prompts in one request; the server queues at most {1}")]
+    TooMany(usize, usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The request breaks a rule the server checks first (a caller's bug).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The engine thread stopped on an internal error; the server must be restarted.
+    #[error("the inference engine failed and stopped; restart the server")]
+    Failed,
 }
 
 enum Command {
@@ -52,6 +61,10 @@ struct Shared {
     /// Free and total KV blocks after the last pass (for tests and `/health`).
     blocks: Mutex<(usize, usize)>,
     idle: AtomicBool,
+    /// The engine thread panicked: nothing will run any more.
+    failed: AtomicBool,
+    /// After the shutdown grace: requests still arriving are ended at once.
+    aborting: AtomicBool,
 }
 
 /// The server's side of the engine; cheap to clone.
@@ -62,6 +75,8 @@ pub struct EngineHandle {
     config: EngineConfig,
     detokenize: Detokenize,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    max_seq_len: usize,
+    vocab_size: usize,
 }
 
 impl EngineHandle {
@@ -73,6 +88,7 @@ impl EngineHandle {
         metrics: Arc<Metrics>,
     ) -> Self {
         let kv = PagedKv::new(model.config(), config.block_size, config.kv_blocks);
+        let (max_seq_len, vocab_size) = (model.config().max_seq_len, model.config().vocab_size);
         let queued = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             queued: queued.clone(),
@@ -80,6 +96,8 @@ impl EngineHandle {
             next_id: AtomicU64::new(0),
             blocks: Mutex::new((kv.free_blocks(), kv.total_blocks())),
             idle: AtomicBool::new(true),
+            failed: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
         });
         let (commands, receiver) = mpsc::channel();
         let scheduler = Scheduler::new(model, kv, config.scheduler, metrics, queued.clone());
@@ -95,6 +113,8 @@ impl EngineHandle {
             config,
             detokenize,
             thread: Arc::new(Mutex::new(Some(thread))),
+            max_seq_len,
+            vocab_size,
         }
     }
 
@@ -111,11 +131,20 @@ impl EngineHandle {
     /// Queues several requests whose events share one receiver: request `i`'s choices
     /// are numbered from the sum of the `n` before it. All are queued or none.
     pub fn submit_many(&self, requests: Vec<GenerationRequest>) -> Result<Submitted, SubmitError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(SubmitError::Failed);
+        }
         if self.shared.draining.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
         let limit = self.config.max_queued_requests;
         let count = requests.len();
+        if count > limit {
+            return Err(SubmitError::TooMany(count, limit));
+        }
+        for request in &requests {
+            self.check(request)?;
+        }
         let queued = self.shared.queued.fetch_add(count, Ordering::AcqRel);
         if queued + count > limit {
             self.shared.queued.fetch_sub(count, Ordering::AcqRel);
@@ -158,14 +187,45 @@ impl EngineHandle {
         })
     }
 
+    /// What the scheduler relies on: a prompt, `n` of at least 1, and room in the context.
+    fn check(&self, request: &GenerationRequest) -> Result<(), SubmitError> {
+        let (max_seq_len, vocab) = (self.max_seq_len, self.vocab_size);
+        let p = &request.params;
+        let invalid = |m: String| Err(SubmitError::Invalid(m));
+        if request.prompt.is_empty() {
+            return invalid("the prompt is empty".into());
+        }
+        if p.n == 0 || p.max_tokens == 0 {
+            return invalid("n and max_tokens must be at least 1".into());
+        }
+        if request.prompt.len() + p.max_tokens > max_seq_len {
+            return invalid(format!(
+                "{} prompt tokens + {} new tokens exceed the context of {max_seq_len}",
+                request.prompt.len(),
+                p.max_tokens
+            ));
+        }
+        if let Some(id) = request.prompt.iter().find(|&&id| id as usize >= vocab) {
+            return invalid(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the engine thread stopped on an internal error.
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
     /// Free and total KV blocks after the engine's last pass.
     pub fn blocks(&self) -> (usize, usize) {
         *self.shared.blocks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether nothing is running or waiting.
+    /// Whether nothing is running, waiting or on its way to the engine.
     pub fn is_idle(&self) -> bool {
-        self.shared.idle.load(Ordering::Acquire)
+        self.shared.idle.load(Ordering::Acquire) && self.shared.queued.load(Ordering::Acquire) == 0
     }
 
     /// Refuses new requests from now on.
@@ -173,8 +233,10 @@ impl EngineHandle {
         self.shared.draining.store(true, Ordering::Release);
     }
 
-    /// Ends every running and waiting request with `finish_reason` `abort`.
+    /// Ends every running and waiting request with `finish_reason` `abort`, and every
+    /// request that still arrives.
     pub fn abort_all(&self) {
+        self.shared.aborting.store(true, Ordering::Release);
         let _ = self.commands.send(Command::AbortAll);
     }
 
@@ -205,6 +267,9 @@ fn run(
             Command::Add(state) => {
                 for choice in 0..state.params.n {
                     scheduler.add(Sequence::new(state.clone(), choice, &detokenize));
+                }
+                if shared.aborting.load(Ordering::Acquire) {
+                    scheduler.abort_all();
                 }
                 true
             }
@@ -239,7 +304,14 @@ fn run(
                 return;
             }
         }
-        let ran = scheduler.step();
+        // A panic in a pass (a bug) must not leave clients waiting on a dead thread:
+        // mark the engine failed and drop every sequence, which ends their streams.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.step()));
+        let Ok(ran) = step else {
+            shared.failed.store(true, Ordering::Release);
+            eprintln!("ember serve: the engine failed; every request in flight was dropped");
+            return;
+        };
         *shared.blocks.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.blocks();
         if !ran && !scheduler.is_idle() {
             // Waiting sequences that cannot start yet (blocks held by others that are

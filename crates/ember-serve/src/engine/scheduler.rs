@@ -46,6 +46,9 @@ pub(crate) struct Scheduler {
     running: Vec<Sequence>,
     /// Requests not yet started (what admission control counts).
     queued: Arc<AtomicUsize>,
+    /// Whether full blocks are shared between sequences by content. Off under dynamic
+    /// NTK scaling, whose keys depend on the length of the pass that computed them.
+    prefix_caching: bool,
 }
 
 impl Scheduler {
@@ -56,6 +59,10 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         queued: Arc<AtomicUsize>,
     ) -> Self {
+        let prefix_caching = !matches!(
+            model.config().rope_scaling,
+            Some(ember_ops::RopeScaling::DynamicNtk { .. })
+        );
         Self {
             model,
             kv,
@@ -63,6 +70,7 @@ impl Scheduler {
             metrics,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prefix_caching,
             queued,
         }
     }
@@ -165,24 +173,43 @@ impl Scheduler {
         let mut scheduled: Vec<(Sequence, usize)> = Vec::new();
         let mut candidates: VecDeque<Sequence> = std::mem::take(&mut self.running).into();
         let mut preempted = false;
-        while budget > 0 {
-            let Some(mut seq) = candidates.pop_front() else {
-                break;
-            };
-            let take = seq.pending().min(budget);
-            loop {
-                let want = seq.table.len + take;
-                if self.kv.reserve(&mut seq.table, want).is_ok() {
-                    budget -= take;
-                    scheduled.push((seq, take));
-                    break;
+        // Decoding sequences (one pending token) first, then prompt chunks, each phase
+        // oldest first; a victim is always the newest sequence not yet scheduled.
+        for decoding in [true, false] {
+            let mut i = 0;
+            while budget > 0 && i < candidates.len() {
+                if (candidates[i].pending() == 1) != decoding {
+                    i += 1;
+                    continue;
                 }
-                preempted = true;
-                match candidates.pop_back() {
-                    Some(victim) => self.preempt(victim),
-                    None => {
-                        self.preempt(seq);
+                let mut seq = candidates.remove(i).expect("index in range");
+                let take = seq.pending().min(budget);
+                loop {
+                    let want = seq.table.len + take;
+                    if self.kv.reserve(&mut seq.table, want).is_ok() {
+                        budget -= take;
+                        scheduled.push((seq, take));
                         break;
+                    }
+                    preempted = true;
+                    match candidates.pop_back() {
+                        Some(victim) => {
+                            if candidates.len() < i {
+                                i = candidates.len();
+                            }
+                            if victim.key() < seq.key() {
+                                // Older than `seq` (a prefill behind the decoders):
+                                // `seq` is the newest left, so it gives way instead.
+                                candidates.push_back(victim);
+                                self.preempt(seq);
+                                break;
+                            }
+                            self.preempt(victim);
+                        }
+                        None => {
+                            self.preempt(seq);
+                            break;
+                        }
                     }
                 }
             }
@@ -213,8 +240,9 @@ impl Scheduler {
         let vocab = self.model.config().vocab_size;
         let now = Instant::now();
         for (i, (mut seq, _)) in scheduled.into_iter().enumerate() {
-            let salt = 0;
-            self.kv.index_blocks(salt, &mut seq.table, &seq.tokens);
+            if self.prefix_caching {
+                self.kv.index_blocks(0, &mut seq.table, &seq.tokens);
+            }
             if seq.choice == 0 && seq.table.len >= seq.request.prompt.len() {
                 seq.request.prompt_done.store(true, Ordering::Release);
             }
@@ -261,8 +289,9 @@ impl Scheduler {
                 continue;
             }
             let mut seq = self.waiting.remove(i).expect("index in range");
-            let salt = 0;
-            seq.table = self.kv.share_prefix(salt, &seq.tokens);
+            if self.prefix_caching {
+                seq.table = self.kv.share_prefix(0, &seq.tokens);
+            }
             if !seq.started {
                 seq.started = true;
                 let prompt = seq.request.prompt.len() as u64;

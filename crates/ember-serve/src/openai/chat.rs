@@ -66,7 +66,7 @@ impl ChunkFormat for ChatChunks {
             .collect()
     }
 
-    fn delta(&self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value {
+    fn delta(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value {
         let lp = self.logprobs.then(|| logprobs_json(&self.codec, logprobs));
         self.chunk(json!([{
             "index": choice, "delta": { "content": text }, "logprobs": lp, "finish_reason": null,

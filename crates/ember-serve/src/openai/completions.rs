@@ -45,6 +45,9 @@ struct CompletionChunks {
     answer: Answer,
     codec: std::sync::Arc<Codec>,
     logprobs: bool,
+    /// Per choice: where the next token's text starts (`text_offset` runs on across
+    /// chunks).
+    offsets: Vec<usize>,
 }
 
 impl CompletionChunks {
@@ -64,10 +67,15 @@ impl ChunkFormat for CompletionChunks {
         Vec::new()
     }
 
-    fn delta(&self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value {
+    fn delta(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value {
+        let offset = self.offsets[choice];
         let lp = self
             .logprobs
-            .then(|| logprobs_json(&self.codec, logprobs, 0));
+            .then(|| logprobs_json(&self.codec, logprobs, offset));
+        self.offsets[choice] += logprobs
+            .iter()
+            .map(|t| self.codec.token_text(t.token).len())
+            .sum::<usize>();
         self.chunk(json!([{
             "index": choice, "text": text, "logprobs": lp, "finish_reason": null,
         }]))
@@ -120,6 +128,20 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
             "best_of: only best_of equal to n is supported".into(),
         ));
     }
+    let count = match &request.prompt {
+        Prompt::Text(_) | Prompt::Ids(_) => 1,
+        Prompt::Texts(v) => v.len(),
+        Prompt::IdLists(v) => v.len(),
+    };
+    if count > app.options.limits.max_n {
+        return Err(invalid(
+            "prompt",
+            format!(
+                "prompt: at most {} prompts per request",
+                app.options.limits.max_n
+            ),
+        ));
+    }
     let prompts: Vec<Vec<u32>> = match &request.prompt {
         Prompt::Text(text) => vec![
             codec
@@ -138,15 +160,6 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
     };
     if prompts.is_empty() {
         return Err(invalid("prompt", "prompt: no prompt given".into()));
-    }
-    if prompts.len() > app.options.limits.max_n {
-        return Err(invalid(
-            "prompt",
-            format!(
-                "prompt: at most {} prompts per request",
-                app.options.limits.max_n
-            ),
-        ));
     }
     let sampling = request.sampling();
     let mut requests = Vec::new();
@@ -176,6 +189,7 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
             answer,
             codec,
             logprobs: want_logprobs,
+            offsets: vec![0; submitted.choices],
         };
         return Ok(sse(
             submitted.events,

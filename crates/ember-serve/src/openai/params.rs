@@ -16,6 +16,10 @@ pub struct RequestLimits {
     pub max_logprobs: usize,
     /// Stop strings per request at most.
     pub max_stops: usize,
+    /// Bytes per stop string at most.
+    pub max_stop_bytes: usize,
+    /// `logit_bias` entries (and `stop_token_ids`) at most (OpenAI's limit is 300).
+    pub max_logit_bias: usize,
 }
 
 impl Default for RequestLimits {
@@ -24,6 +28,8 @@ impl Default for RequestLimits {
             max_n: 16,
             max_logprobs: 20,
             max_stops: 16,
+            max_stop_bytes: 256,
+            max_logit_bias: 300,
         }
     }
 }
@@ -169,6 +175,33 @@ pub fn generation_params(
                 stop.len()
             ),
         ));
+    }
+    if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "stop: each stop string may be {} bytes at most, got one of {}",
+                limits.max_stop_bytes,
+                long.len()
+            ),
+        ));
+    }
+    for (name, entries) in [
+        ("logit_bias", s.logit_bias.as_ref().map_or(0, |b| b.len())),
+        (
+            "stop_token_ids",
+            s.stop_token_ids.as_ref().map_or(0, |v| v.len()),
+        ),
+    ] {
+        if entries > limits.max_logit_bias {
+            return Err(ApiError::invalid(
+                name,
+                format!(
+                    "{name}: at most {} entries, got {entries}",
+                    limits.max_logit_bias
+                ),
+            ));
+        }
     }
     let vocab = codec.vocab_size();
     let mut stop_token_ids = Vec::new();

@@ -65,7 +65,7 @@ pub trait ChunkFormat: Send + 'static {
     /// Chunks sent before any token (the chat endpoint's `role` deltas).
     fn opening(&self, choices: usize) -> Vec<Value>;
     /// New text of `choice`, with the log-probabilities of the tokens it came with.
-    fn delta(&self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value;
+    fn delta(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> Value;
     /// The last chunk of `choice`.
     fn finish(&self, choice: usize, text: &str, reason: FinishReason) -> Value;
     /// The usage chunk (`choices: []`).
@@ -85,7 +85,8 @@ struct StreamState<F: ChunkFormat> {
     events: UnboundedReceiver<Event>,
     format: F,
     queue: VecDeque<String>,
-    open: usize,
+    /// Choices not finished yet.
+    open: Vec<bool>,
     prompt_tokens: usize,
     completion_tokens: usize,
     include_usage: bool,
@@ -104,14 +105,14 @@ pub fn sse<F: ChunkFormat>(
 ) -> Response {
     let queue = format
         .opening(choices)
-        .iter()
-        .map(Value::to_string)
+        .into_iter()
+        .map(|chunk| with_usage(chunk, include_usage))
         .collect();
     let state = StreamState {
         events,
         format,
         queue,
-        open: choices,
+        open: vec![true; choices],
         prompt_tokens,
         completion_tokens: 0,
         include_usage,
@@ -120,6 +121,15 @@ pub fn sse<F: ChunkFormat>(
     Sse::new(chunks(state))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// A chunk as text; with `include_usage`, every chunk but the last carries `usage: null`,
+/// as OpenAI sends them.
+fn with_usage(mut chunk: Value, include_usage: bool) -> String {
+    if include_usage {
+        chunk["usage"] = Value::Null;
+    }
+    chunk.to_string()
 }
 
 fn chunks<F: ChunkFormat>(
@@ -133,7 +143,7 @@ fn chunks<F: ChunkFormat>(
             if st.done {
                 return None;
             }
-            if st.open == 0 {
+            if !st.open.contains(&true) {
                 if st.include_usage {
                     let usage = usage(st.prompt_tokens, st.completion_tokens);
                     st.queue.push_back(st.format.usage(usage).to_string());
@@ -152,7 +162,7 @@ fn chunks<F: ChunkFormat>(
                     let logprobs: Vec<TokenLogprob> = logprob.into_iter().collect();
                     if !text.is_empty() || !logprobs.is_empty() {
                         let chunk = st.format.delta(choice, &text, &logprobs);
-                        st.queue.push_back(chunk.to_string());
+                        st.queue.push_back(with_usage(chunk, st.include_usage));
                     }
                 }
                 Some(Event::Finished {
@@ -162,12 +172,19 @@ fn chunks<F: ChunkFormat>(
                     completion_tokens,
                 }) => {
                     st.completion_tokens += completion_tokens;
-                    st.open -= 1;
-                    st.queue
-                        .push_back(st.format.finish(choice, &text, reason).to_string());
+                    st.open[choice] = false;
+                    let chunk = st.format.finish(choice, &text, reason);
+                    st.queue.push_back(with_usage(chunk, st.include_usage));
                 }
-                // The engine stopped: end the stream where it is.
-                None => st.open = 0,
+                // The engine stopped: every open choice ends as aborted.
+                None => {
+                    for choice in 0..st.open.len() {
+                        if std::mem::take(&mut st.open[choice]) {
+                            let chunk = st.format.finish(choice, "", FinishReason::Abort);
+                            st.queue.push_back(with_usage(chunk, st.include_usage));
+                        }
+                    }
+                }
             }
         }
     })
