@@ -898,3 +898,49 @@ fn adapters_apply_to_logits_and_generate() {
         "{stderr}"
     );
 }
+
+/// `ember generate --num-beams` prints what `transformers`' beam search returns (the
+/// `b2_lp1_estrue_eos2` case of the beam fixture, whose end-of-sequence token is the
+/// model's own), and refuses impossible settings by flag.
+#[test]
+fn beam_search_from_the_command_line_matches_transformers() {
+    let model = fixture("beam/model");
+    let model = model.to_str().unwrap();
+    let out = ember(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1,44,27,8,51,13",
+        "--print-ids",
+        "--num-beams",
+        "2",
+        "--length-penalty",
+        "1",
+        "--early-stopping",
+        "true",
+        "--max-new-tokens",
+        "6",
+        "--num-return-sequences",
+        "2",
+    ]);
+    assert_eq!(stdout(&out), "48,33,48,33,44,29\n38,59,28,32,28,33\n");
+    for (flags, needle) in [
+        (
+            vec!["--num-beams", "2", "--num-return-sequences", "3"],
+            "--num-return-sequences",
+        ),
+        (vec!["--num-beams", "2", "--decoder", "burn"], "--num-beams"),
+        (
+            vec!["--num-beams", "2", "--max-new-tokens", "500"],
+            "--num-beams",
+        ),
+    ] {
+        let mut args = vec!["generate", "--model", model, "--ids", "1,44,27"];
+        args.extend(flags.iter().copied());
+        let out = ember(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(needle), "{flags:?}: {stderr}");
+    }
+}

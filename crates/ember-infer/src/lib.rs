@@ -2,6 +2,7 @@
 //! host kernels), KV-cached autoregressive generation (after prefix- or prompt-tuning
 //! virtual tokens too), token sampling and perplexity.
 
+pub mod beam;
 pub mod decoder;
 pub mod generate;
 pub mod host;
@@ -11,6 +12,7 @@ pub mod perplexity;
 pub mod prompted;
 pub mod sampling;
 
+pub use beam::{BeamSearchConfig, EarlyStopping, Hypothesis, beam_search};
 pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
 pub use ember_nn::{ContiguousKvCache, KvCache};
 pub use generate::{GenerateError, Generator};

@@ -56,6 +56,26 @@ pub struct GenerateArgs {
     /// before the prompt (burn decoder).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Beam search with this many beams (transformers' `num_beams`); 1 = no beam search.
+    /// Deterministic: sampling flags do not apply. Runs the host decoder.
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Beam search: hypotheses are ranked by summed log-probability / new_tokens^this.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Beam search: when to stop before --max-new-tokens (as transformers' `early_stopping`).
+    #[arg(long, value_enum, default_value_t = EarlyStoppingArg::False)]
+    pub early_stopping: EarlyStoppingArg,
+    /// Beam search: how many of the best hypotheses to print, best first.
+    #[arg(long, default_value_t = 1)]
+    pub num_return_sequences: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EarlyStoppingArg {
+    True,
+    False,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +131,15 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         ));
     }
     let model = adapted.model;
+    if args.num_beams > 1 || args.num_return_sequences > 1 {
+        if virtual_tokens.is_some() {
+            return Err(CliError::Usage(
+                "--num-beams: beam search does not take prefix- or prompt-tuning adapters yet"
+                    .into(),
+            ));
+        }
+        return beams(&dir, &model, &args, &prompt_ids, prompt_text);
+    }
     let mut sampler = Sampler::new(SamplingConfig {
         temperature,
         top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
@@ -187,6 +216,86 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     let _ = writeln!(stdout);
     if args.stats {
         eprintln!("{}", timer.report());
+    }
+    Ok(())
+}
+
+/// `--num-beams N`: beam search on the host decoder, each returned hypothesis on its
+/// own line, best first.
+fn beams<B: FusedBackend>(
+    dir: &ModelDir,
+    model: &ember_nn::Transformer<B>,
+    args: &GenerateArgs,
+    prompt_ids: &[u32],
+    prompt_text: Option<String>,
+) -> Result<(), CliError> {
+    if args.num_beams == 0 {
+        return Err(CliError::Usage("--num-beams: must be at least 1".into()));
+    }
+    if args.num_return_sequences == 0 || args.num_return_sequences > args.num_beams {
+        return Err(CliError::Usage(format!(
+            "--num-return-sequences: must be between 1 and --num-beams ({}), got {}",
+            args.num_beams, args.num_return_sequences
+        )));
+    }
+    if !args.length_penalty.is_finite() {
+        return Err(CliError::Usage(
+            "--length-penalty: must be a finite number".into(),
+        ));
+    }
+    if args.no_cache || args.decoder == DecoderArg::Burn {
+        return Err(CliError::Usage(
+            "--num-beams: beam search runs the host decoder over its paged KV cache; drop --no-cache / --decoder burn".into(),
+        ));
+    }
+    let weights = match args.decoder {
+        DecoderArg::HostInt8 => HostWeights::Int8,
+        _ => HostWeights::F32,
+    };
+    let host = ember_infer::HostDecoder::new(model, weights).map_err(|e| {
+        CliError::Usage(format!(
+            "--num-beams: beam search runs the host decoder: {e}"
+        ))
+    })?;
+    let defaults = dir.sample_defaults();
+    let config = ember_infer::BeamSearchConfig {
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        early_stopping: match args.early_stopping {
+            EarlyStoppingArg::True => ember_infer::EarlyStopping::True,
+            EarlyStoppingArg::False => ember_infer::EarlyStopping::False,
+            EarlyStoppingArg::Never => ember_infer::EarlyStopping::Never,
+        },
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        eos_token_ids: dir.stop_tokens(),
+        num_return_sequences: args.num_return_sequences,
+    };
+    let hyps = ember_infer::beam_search(&host, prompt_ids, &config)
+        .map_err(|e| CliError::Usage(format!("--num-beams: {e}")))?;
+    let mut stdout = std::io::stdout().lock();
+    for h in hyps {
+        if args.print_ids {
+            let ids: Vec<String> = h.tokens.iter().map(u32::to_string).collect();
+            let _ = writeln!(stdout, "{}", ids.join(","));
+        } else {
+            let shown = prompt_text
+                .clone()
+                .or_else(|| dir.decode(prompt_ids))
+                .unwrap_or_default();
+            let mut all = prompt_ids.to_vec();
+            all.extend(&h.tokens);
+            let full = dir.decode(&all).unwrap_or_default();
+            let decoded_prompt = dir.decode(prompt_ids).unwrap_or_default();
+            let continuation = full.get(decoded_prompt.len()..).unwrap_or(&full);
+            let _ = writeln!(stdout, "{shown}{continuation}");
+        }
+        if args.stats {
+            eprintln!(
+                "beam score {:.6} ({})",
+                h.score,
+                if h.finished { "finished" } else { "length" }
+            );
+        }
     }
     Ok(())
 }
