@@ -944,3 +944,45 @@ fn beam_search_from_the_command_line_matches_transformers() {
         assert!(stderr.contains(needle), "{flags:?}: {stderr}");
     }
 }
+
+/// `ember generate --draft-model`: greedy output identical to the model alone (the GPT-2
+/// fixture drafting for itself keeps every draft), and a draft with another vocabulary is
+/// refused by flag.
+#[test]
+fn speculative_decoding_from_the_command_line_keeps_greedy_output() {
+    let model = fixture("gpt2");
+    let model = model.to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Hello there",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+        "--print-ids",
+        "--decoder",
+        "host",
+    ];
+    let alone = stdout(&ember(&base));
+    let mut args = base.to_vec();
+    args.extend([
+        "--draft-model",
+        model,
+        "--num-speculative-tokens",
+        "3",
+        "--stats",
+    ]);
+    let out = ember(&args);
+    assert_eq!(stdout(&out), alone);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("acceptance 100.0%"), "{stderr}");
+    let other = fixture("beam/model");
+    args.truncate(base.len());
+    args.extend(["--draft-model", other.to_str().unwrap()]);
+    let out = ember(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--draft-model"));
+}

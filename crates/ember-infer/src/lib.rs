@@ -11,6 +11,7 @@ pub mod penalties;
 pub mod perplexity;
 pub mod prompted;
 pub mod sampling;
+pub mod speculative;
 
 pub use beam::{BeamSearchConfig, EarlyStopping, Hypothesis, beam_search};
 pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
@@ -22,3 +23,4 @@ pub use penalties::Penalties;
 pub use perplexity::{Perplexity, PerplexityError, perplexity};
 pub use prompted::{PromptedDecoder, VirtualTokens};
 pub use sampling::{Sampler, SamplingConfig, argmax, log_softmax, top_logprobs};
+pub use speculative::{SpeculativeConfig, SpeculativeStats, speculative_generate};

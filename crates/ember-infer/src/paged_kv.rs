@@ -241,6 +241,18 @@ impl PagedKv {
         }
     }
 
+    /// Keeps the first `len` positions of `table` (rejected draft tokens) and returns the
+    /// blocks it no longer needs.
+    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
+        let len = len.min(table.len);
+        let keep = self.blocks_for(len);
+        for block in table.blocks.drain(keep..) {
+            self.drop_hold(block);
+        }
+        table.len = len;
+        table.indexed = table.indexed.min(len / self.block_size);
+    }
+
     /// A second table with `table`'s positions: full blocks shared, the partial last one
     /// copied (the two sequences will write different tokens there).
     pub fn fork(&mut self, table: &BlockTable) -> Result<BlockTable, OutOfBlocks> {

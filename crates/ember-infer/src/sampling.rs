@@ -115,6 +115,34 @@ impl Sampler {
         Some(probs)
     }
 
+    /// Whether this sampler decodes greedily.
+    pub fn is_greedy(&self) -> bool {
+        self.config.temperature <= 0.0
+    }
+
+    /// A uniform draw from `[0, 1)` of this sampler's stream.
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random()
+    }
+
+    /// A token drawn from `probs` (summing to 1; the most likely on a rounding sliver).
+    pub fn sample_from(&mut self, probs: &[f64]) -> u32 {
+        let mut u = self.uniform();
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
+                return i as u32;
+            }
+            u -= p;
+        }
+        let mut best = 0;
+        for (i, p) in probs.iter().enumerate() {
+            if *p > probs[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
     /// The next token id.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         match self.distribution(logits) {

@@ -69,6 +69,14 @@ pub struct GenerateArgs {
     /// Beam search: how many of the best hypotheses to print, best first.
     #[arg(long, default_value_t = 1)]
     pub num_return_sequences: usize,
+    /// Speculative decoding: a smaller model with the same vocabulary drafts tokens that
+    /// the model checks in one pass (output follows the model's distribution exactly;
+    /// greedy output is identical). Runs the host decoder.
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// Speculative decoding: tokens the draft proposes per pass of the model.
+    #[arg(long, default_value_t = 4)]
+    pub num_speculative_tokens: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -139,6 +147,21 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
             ));
         }
         return beams(&dir, &model, &args, &prompt_ids, prompt_text);
+    }
+    if args.draft_model.is_some() {
+        if virtual_tokens.is_some() {
+            return Err(CliError::Usage(
+                "--draft-model: speculative decoding does not take prefix- or prompt-tuning adapters yet".into(),
+            ));
+        }
+        let sampling = SamplingConfig {
+            temperature,
+            top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
+            top_p: Some(top_p),
+            min_p: None,
+            seed: args.seed,
+        };
+        return speculative(on, &dir, &model, &args, &prompt_ids, prompt_text, sampling);
     }
     let mut sampler = Sampler::new(SamplingConfig {
         temperature,
@@ -296,6 +319,99 @@ fn beams<B: FusedBackend>(
                 if h.finished { "finished" } else { "length" }
             );
         }
+    }
+    Ok(())
+}
+
+/// `--draft-model DIR`: speculative decoding on the host decoder, printed as it comes.
+fn speculative<B: FusedBackend>(
+    on: &On<B>,
+    dir: &ModelDir,
+    model: &ember_nn::Transformer<B>,
+    args: &GenerateArgs,
+    prompt_ids: &[u32],
+    prompt_text: Option<String>,
+    sampling: SamplingConfig,
+) -> Result<(), CliError> {
+    let draft_path = args.draft_model.as_deref().expect("checked by the caller");
+    if args.num_speculative_tokens == 0 {
+        return Err(CliError::Usage(
+            "--num-speculative-tokens: must be at least 1".into(),
+        ));
+    }
+    if args.no_cache || args.decoder == DecoderArg::Burn {
+        return Err(CliError::Usage(
+            "--draft-model: speculative decoding runs the host decoder; drop --no-cache / --decoder burn".into(),
+        ));
+    }
+    let weights = match args.decoder {
+        DecoderArg::HostInt8 => HostWeights::Int8,
+        _ => HostWeights::F32,
+    };
+    let draft_dir = ModelDir::open(draft_path).map_err(|e| {
+        CliError::Usage(format!(
+            "--draft-model: {}",
+            e.to_string().replace("--model ", "")
+        ))
+    })?;
+    let draft_model = draft_dir.load::<B>(&on.device)?;
+    let target = ember_infer::HostDecoder::new(model, weights).map_err(|e| {
+        CliError::Usage(format!(
+            "--model: speculative decoding runs the host decoder: {e}"
+        ))
+    })?;
+    let draft = ember_infer::HostDecoder::new(&draft_model, weights).map_err(|e| {
+        CliError::Usage(format!(
+            "--draft-model: speculative decoding runs the host decoder: {e}"
+        ))
+    })?;
+    let defaults = dir.sample_defaults();
+    let config = ember_infer::SpeculativeConfig {
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        num_speculative_tokens: args.num_speculative_tokens,
+        stop_tokens: dir.stop_tokens(),
+    };
+    let mut sampler = Sampler::new(sampling);
+    let mut stdout = std::io::stdout().lock();
+    let mut timer = DecodeTimer::start(prompt_ids.len(), "host, speculative");
+    let (mut stream, prompt_decoded) =
+        StreamDecoder::new(|ids: &[u32]| dir.decode(ids), prompt_ids);
+    if !args.print_ids {
+        let _ = write!(stdout, "{}", prompt_text.unwrap_or(prompt_decoded));
+        let _ = stdout.flush();
+    }
+    let (new, stats) = ember_infer::speculative_generate(
+        &target,
+        &draft,
+        prompt_ids,
+        &config,
+        &mut sampler,
+        |id| {
+            timer.token();
+            if !args.print_ids
+                && let Some(text) = stream.push(id)
+            {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+        },
+    )
+    .map_err(|e| CliError::Usage(format!("--draft-model: {e}")))?;
+    if args.print_ids {
+        let ids: Vec<String> = new.iter().map(u32::to_string).collect();
+        let _ = writeln!(stdout, "{}", ids.join(","));
+    } else {
+        let _ = writeln!(stdout, "{}", stream.finish());
+    }
+    if args.stats {
+        eprintln!(
+            "{} | drafted {} accepted {} (acceptance {:.1}%) in {} passes of the model",
+            timer.report(),
+            stats.drafted,
+            stats.accepted,
+            100.0 * stats.acceptance_rate(),
+            stats.target_passes
+        );
     }
     Ok(())
 }

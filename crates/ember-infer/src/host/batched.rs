@@ -58,6 +58,16 @@ impl HostDecoder {
     /// Panics when a chunk is empty, runs past `max_seq_len`, lacks reserved blocks or
     /// holds a token outside the vocabulary (the caller checks these).
     pub fn forward_paged(&self, kv: &mut PagedKv, chunks: &mut [PagedChunk<'_>]) -> Vec<f32> {
+        self.run_paged(kv, chunks, false)
+    }
+
+    /// [`Self::forward_paged`] returning the logits after every token of every chunk,
+    /// `[tokens, vocab]` in chunk order (what a target model scores drafted tokens with).
+    pub fn forward_paged_all(&self, kv: &mut PagedKv, chunks: &mut [PagedChunk<'_>]) -> Vec<f32> {
+        self.run_paged(kv, chunks, true)
+    }
+
+    fn run_paged(&self, kv: &mut PagedKv, chunks: &mut [PagedChunk<'_>], all: bool) -> Vec<f32> {
         let c = &self.config;
         let (d, hd) = (c.d_model, c.head_dim());
         let (n_heads, n_kv) = (c.n_heads, c.n_kv_heads);
@@ -231,18 +241,22 @@ impl HostDecoder {
                 *x += o;
             }
         }
-        // Only each chunk's last token needs logits.
+        // Unless every token's logits are asked for, only each chunk's last needs them.
         let mut last = Vec::with_capacity(chunks.len() * d);
         let mut end = 0;
         for chunk in chunks.iter_mut() {
             end += chunk.tokens.len();
-            last.extend_from_slice(&x[(end - 1) * d..end * d]);
             chunk.table.len += chunk.tokens.len();
+            if !all {
+                last.extend_from_slice(&x[(end - 1) * d..end * d]);
+            }
         }
-        let mut normed = vec![0f32; last.len()];
-        self.final_norm.apply_rows(&last, &mut normed);
-        let mut logits = vec![0f32; chunks.len() * c.vocab_size];
-        self.lm_head.matmul(&normed, chunks.len(), &mut logits);
+        let rows = if all { x } else { last };
+        let count = rows.len() / d;
+        let mut normed = vec![0f32; rows.len()];
+        self.final_norm.apply_rows(&rows, &mut normed);
+        let mut logits = vec![0f32; count * c.vocab_size];
+        self.lm_head.matmul(&normed, count, &mut logits);
         logits
     }
 }
