@@ -45,7 +45,8 @@ pub struct GenerateArgs {
     pub no_cache: bool,
     /// Who decodes: `auto` (the host decoder on CPU backends when it supports the model,
     /// else burn), `burn`, `host` (f32 weights, the same numbers as burn) or `host-int8`
-    /// (int8 weights with block scales: faster, approximate).
+    /// (int8 weights with block scales: faster, approximate) or `host-int4` (4-bit weights
+    /// in groups of 32: fastest, more approximate).
     #[arg(long, value_enum, default_value_t = DecoderArg::Auto)]
     pub decoder: DecoderArg,
     /// Print prefill and decoding speed to stderr.
@@ -92,6 +93,7 @@ pub enum DecoderArg {
     Burn,
     Host,
     HostInt8,
+    HostInt4,
 }
 
 /// `ember generate` on backend `B`.
@@ -133,7 +135,12 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         PromptAdapter::Prefix(prefix) => VirtualTokens::Prefix(prefix.prefixes(1)),
         PromptAdapter::Prompt(soft) => VirtualTokens::Prompt(soft.embeddings.val()),
     });
-    if virtual_tokens.is_some() && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
+    if virtual_tokens.is_some()
+        && matches!(
+            args.decoder,
+            DecoderArg::Host | DecoderArg::HostInt8 | DecoderArg::HostInt4
+        )
+    {
         return Err(CliError::Usage(
             "--decoder: the host decoder takes no prefix- or prompt-tuning adapter; use --decoder burn (or auto)".into(),
         ));
@@ -178,6 +185,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         DecoderArg::Auto if !on.cpu || args.no_cache => None,
         DecoderArg::Auto | DecoderArg::Host => Some(HostWeights::F32),
         DecoderArg::HostInt8 => Some(HostWeights::Int8),
+        DecoderArg::HostInt4 => Some(HostWeights::Int4),
     };
     if let Some(weights) = host {
         generator = match generator.with_host_decoder(weights) {
@@ -193,7 +201,12 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     if let Some(tokens) = &virtual_tokens {
         generator = generator.with_virtual_tokens(tokens);
     }
-    if args.no_cache && matches!(args.decoder, DecoderArg::Host | DecoderArg::HostInt8) {
+    if args.no_cache
+        && matches!(
+            args.decoder,
+            DecoderArg::Host | DecoderArg::HostInt8 | DecoderArg::HostInt4
+        )
+    {
         return Err(CliError::Usage(
             "--decoder host needs the KV cache; drop --no-cache".into(),
         ));
@@ -203,6 +216,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     let decoder = if generator.uses_host_decoder() {
         match host {
             Some(HostWeights::Int8) => "host-int8",
+            Some(HostWeights::Int4) => "host-int4",
             _ => "host",
         }
     } else {
@@ -273,6 +287,7 @@ fn beams<B: FusedBackend>(
     }
     let weights = match args.decoder {
         DecoderArg::HostInt8 => HostWeights::Int8,
+        DecoderArg::HostInt4 => HostWeights::Int4,
         _ => HostWeights::F32,
     };
     let host = ember_infer::HostDecoder::new(model, weights).map_err(|e| {
@@ -346,6 +361,7 @@ fn speculative<B: FusedBackend>(
     }
     let weights = match args.decoder {
         DecoderArg::HostInt8 => HostWeights::Int8,
+        DecoderArg::HostInt4 => HostWeights::Int4,
         _ => HostWeights::F32,
     };
     let draft_dir = ModelDir::open(draft_path).map_err(|e| {

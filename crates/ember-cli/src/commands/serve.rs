@@ -39,8 +39,8 @@ pub struct ServeArgs {
     /// the EMBER_API_KEY environment variable).
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Weights of the decoder: `f32` (the model's numbers) or `int8` (block-scaled int8,
-    /// faster).
+    /// Weights of the decoder: `f32` (the model's numbers), `int8` (block-scaled int8,
+    /// faster) or `int4` (4-bit in groups of 32, smallest).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     pub weights: WeightsArg,
     /// Memory for the paged KV cache, in MiB.
@@ -73,6 +73,7 @@ pub struct ServeArgs {
 pub enum WeightsArg {
     F32,
     Int8,
+    Int4,
 }
 
 fn positive(flag: &str, value: usize) -> Result<usize, CliError> {
@@ -130,6 +131,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError>
     let weights = match args.weights {
         WeightsArg::F32 => HostWeights::F32,
         WeightsArg::Int8 => HostWeights::Int8,
+        WeightsArg::Int4 => HostWeights::Int4,
     };
     let decoder = HostDecoder::new(&adapted.model, weights).map_err(|e| {
         CliError::Usage(format!("--model: `ember serve` runs the host decoder: {e}"))

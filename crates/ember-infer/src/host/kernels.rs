@@ -1,5 +1,5 @@
-//! Vector kernels for the host decoder: f32 dot products and `axpy`, and the dot product
-//! of one int8 row with block scales (see [`super::Matrix`] for that layout).
+//! Vector kernels for the host decoder: f32 dot products and `axpy`, and the dot products
+//! of one int8 or 4-bit row with block scales (see [`super::Matrix`] for the layouts).
 //!
 //! The inner loops keep 16 independent accumulators, which LLVM turns into vector FMAs;
 //! they are compiled three times (AVX-512, AVX2 + FMA, and portable) and the best the
@@ -73,6 +73,44 @@ macro_rules! kernels {
                 sum
             }
 
+            /// `q`: `[blocks · Q8_BLOCK / 2]` bytes, block `b`'s byte `j` holding column
+            /// `b · 32 + j` in its low nibble and `b · 32 + 16 + j` in its high one, each
+            /// as `value + 8` (values −8 to 7; columns past `x.len()` are zero padding);
+            /// `scales`: `[blocks]`; `x`: `[cols]`.
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn dot_q4(q: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+                const HALF: usize = Q8_BLOCK / 2;
+                let full = x.len() / Q8_BLOCK;
+                let mut acc = [0f32; LANES];
+                for b in 0..full {
+                    let qb = &q[b * HALF..(b + 1) * HALF];
+                    let xb = &x[b * Q8_BLOCK..(b + 1) * Q8_BLOCK];
+                    let mut block = [0f32; LANES];
+                    for j in 0..HALF {
+                        let lo = (qb[j] & 0x0f) as i32 - 8;
+                        let hi = (qb[j] >> 4) as i32 - 8;
+                        block[j] += lo as f32 * xb[j] + hi as f32 * xb[HALF + j];
+                    }
+                    for j in 0..LANES {
+                        acc[j] += scales[b] * block[j];
+                    }
+                }
+                let mut sum: f32 = acc.iter().sum();
+                let rest = x.len() - full * Q8_BLOCK;
+                if rest > 0 {
+                    let qb = &q[full * HALF..(full + 1) * HALF];
+                    let xb = &x[full * Q8_BLOCK..];
+                    let mut tail = 0f32;
+                    for (i, &xv) in xb.iter().enumerate() {
+                        let byte = qb[i % HALF];
+                        let nibble = if i < HALF { byte & 0x0f } else { byte >> 4 };
+                        tail += (nibble as i32 - 8) as f32 * xv;
+                    }
+                    sum += scales[full] * tail;
+                }
+                sum
+            }
+
             $(#[target_feature(enable = $feature)])*
             pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
                 for (y, x) in y.iter_mut().zip(x) {
@@ -95,6 +133,7 @@ kernels!(portable,);
 pub(super) struct Kernels {
     pub dot: unsafe fn(&[f32], &[f32]) -> f32,
     pub dot_q8: unsafe fn(&[i8], &[f32], &[f32]) -> f32,
+    pub dot_q4: unsafe fn(&[u8], &[f32], &[f32]) -> f32,
     pub axpy: unsafe fn(&mut [f32], f32, &[f32]),
 }
 
@@ -110,6 +149,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
                 Kernels {
                     dot: avx512::dot,
                     dot_q8: avx512::dot_q8,
+                    dot_q4: avx512::dot_q4,
                     axpy: avx512::axpy,
                 },
             ));
@@ -120,6 +160,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
                 Kernels {
                     dot: avx2::dot,
                     dot_q8: avx2::dot_q8,
+                    dot_q4: avx2::dot_q4,
                     axpy: avx2::axpy,
                 },
             ));
@@ -130,6 +171,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
         Kernels {
             dot: portable::dot,
             dot_q8: portable::dot_q8,
+            dot_q4: portable::dot_q4,
             axpy: portable::axpy,
         },
     ));

@@ -35,6 +35,7 @@ fn matrix(
     match weights {
         HostWeights::F32 => Ok(Matrix::f32(rows, cols, data)),
         HostWeights::Int8 => Matrix::int8(rows, cols, data).map_err(|e| format!("`{name}`: {e}")),
+        HostWeights::Int4 => Matrix::int4(rows, cols, data).map_err(|e| format!("`{name}`: {e}")),
     }
 }
 

@@ -31,6 +31,18 @@ pub enum Matrix {
         q: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// Symmetric 4-bit in groups of [`Q8_BLOCK`] columns (llama.cpp's Q4_0): `w ≈ scale ·
+    /// v`, `v` in −8..=7. `q`: `[rows, groups · 16]` bytes, group `g`'s byte `j` holding
+    /// column `32g + j` in its low nibble and `32g + 16 + j` in its high one, as `v + 8`;
+    /// a row's last group is zero-padded when `cols` is not a multiple of 32. `scales`:
+    /// `[rows, groups]`, `scale = m / −8` for the group's weight `m` of largest magnitude
+    /// (so `m` itself is exact).
+    Q4 {
+        rows: usize,
+        cols: usize,
+        q: Vec<u8>,
+        scales: Vec<f32>,
+    },
 }
 
 impl Matrix {
@@ -80,6 +92,49 @@ impl Matrix {
         })
     }
 
+    /// From row-major `[rows, cols]` values, quantised to 4 bits per weight with one
+    /// scale per group of 32 columns of a row (any `cols`: the last group is padded).
+    /// `Err` when a weight is not finite.
+    pub fn int4(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, String> {
+        assert_eq!(data.len(), rows * cols);
+        let groups = cols.div_ceil(Q8_BLOCK);
+        let mut q = vec![0x88u8; rows * groups * Q8_BLOCK / 2];
+        let mut scales = Vec::with_capacity(rows * groups);
+        for (r, row) in data.chunks_exact(cols.max(1)).take(rows).enumerate() {
+            for (g, group) in row.chunks(Q8_BLOCK).enumerate() {
+                if let Some(i) = group.iter().position(|v| !v.is_finite()) {
+                    return Err(format!(
+                        "cannot quantise a {rows} x {cols} matrix to 4 bits: weight [{r}, {}] is {}",
+                        g * Q8_BLOCK + i,
+                        group[i]
+                    ));
+                }
+                let m = group
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let scale = m / -8.0;
+                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                scales.push(if scale != 0.0 { scale } else { 1.0 });
+                let bytes = &mut q[(r * groups + g) * Q8_BLOCK / 2..][..Q8_BLOCK / 2];
+                for (i, &v) in group.iter().enumerate() {
+                    let code = ((v * inv).round().clamp(-8.0, 7.0) as i32 + 8) as u8;
+                    let byte = &mut bytes[i % (Q8_BLOCK / 2)];
+                    *byte = if i < Q8_BLOCK / 2 {
+                        (*byte & 0xf0) | code
+                    } else {
+                        (*byte & 0x0f) | (code << 4)
+                    };
+                }
+            }
+        }
+        Ok(Matrix::Q4 {
+            rows,
+            cols,
+            q,
+            scales,
+        })
+    }
+
     /// [`Self::int8`] when `quantize` (panicking on a weight it cannot represent), else
     /// [`Self::f32`].
     pub fn new(rows: usize, cols: usize, data: Vec<f32>, quantize: bool) -> Self {
@@ -92,13 +147,13 @@ impl Matrix {
 
     pub fn rows(&self) -> usize {
         match self {
-            Matrix::F32 { rows, .. } | Matrix::Q8 { rows, .. } => *rows,
+            Matrix::F32 { rows, .. } | Matrix::Q8 { rows, .. } | Matrix::Q4 { rows, .. } => *rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
-            Matrix::F32 { cols, .. } | Matrix::Q8 { cols, .. } => *cols,
+            Matrix::F32 { cols, .. } | Matrix::Q8 { cols, .. } | Matrix::Q4 { cols, .. } => *cols,
         }
     }
 
@@ -107,11 +162,17 @@ impl Matrix {
         matches!(self, Matrix::Q8 { .. })
     }
 
+    /// Whether the weights are stored as 4-bit codes.
+    pub fn is_int4(&self) -> bool {
+        matches!(self, Matrix::Q4 { .. })
+    }
+
     /// Bytes of weight data.
     pub fn bytes(&self) -> usize {
         match self {
             Matrix::F32 { data, .. } => data.len() * 4,
             Matrix::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
+            Matrix::Q4 { q, scales, .. } => q.len() + scales.len() * 4,
         }
     }
 
@@ -131,6 +192,25 @@ impl Matrix {
                     })
                     .collect()
             }
+            Matrix::Q4 {
+                rows,
+                cols,
+                q,
+                scales,
+            } => {
+                let groups = cols.div_ceil(Q8_BLOCK);
+                let half = Q8_BLOCK / 2;
+                let mut out = Vec::with_capacity(rows * cols);
+                for r in 0..*rows {
+                    for c in 0..*cols {
+                        let (g, i) = (c / Q8_BLOCK, c % Q8_BLOCK);
+                        let byte = q[(r * groups + g) * half + i % half];
+                        let code = if i < half { byte & 0x0f } else { byte >> 4 };
+                        out.push(scales[r * groups + g] * (code as i32 - 8) as f32);
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -143,6 +223,13 @@ impl Matrix {
             } => {
                 let blocks = cols.div_ceil(Q8_BLOCK);
                 unsafe { (k.dot_q8)(&q[r * cols..][..*cols], &scales[r * blocks..][..blocks], x) }
+            }
+            Matrix::Q4 {
+                cols, q, scales, ..
+            } => {
+                let groups = cols.div_ceil(Q8_BLOCK);
+                let bytes = groups * Q8_BLOCK / 2;
+                unsafe { (k.dot_q4)(&q[r * bytes..][..bytes], &scales[r * groups..][..groups], x) }
             }
         }
     }
@@ -323,6 +410,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn int4_matvec_and_matmul_match_their_dequantised_weights_on_every_kernel_set() {
+        let sets = kernels::available();
+        for (rows, cols) in SHAPES {
+            let mut w = values(rows * cols, 3);
+            for (i, v) in w.iter_mut().enumerate() {
+                *v *= 1.0 + (i % cols.max(1) % 5) as f32;
+            }
+            let m = Matrix::int4(rows, cols, w.clone()).unwrap();
+            let Matrix::Q4 { q, scales, .. } = &m else {
+                panic!("{rows}x{cols} is not 4-bit");
+            };
+            let groups = cols.div_ceil(Q8_BLOCK);
+            assert_eq!((q.len(), scales.len()), (rows * groups * 16, rows * groups));
+            // Each group's weight of largest magnitude is exact (scale = m / -8), and
+            // every weight is within one step (half a step, but for the positive end of
+            // a group whose extreme is negative, clamped at 7).
+            let deq = m.dequantized();
+            assert_eq!(deq.len(), rows * cols);
+            for r in 0..rows {
+                for g in 0..groups {
+                    let span = r * cols + g * Q8_BLOCK..r * cols + ((g + 1) * Q8_BLOCK).min(cols);
+                    let extreme = w[span.clone()]
+                        .iter()
+                        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let scale = scales[r * groups + g];
+                    assert_eq!(scale, extreme / -8.0, "{rows}x{cols} row {r} group {g}");
+                    for i in span {
+                        let err = (deq[i] - w[i]).abs();
+                        assert!(err <= scale.abs() * 1.0001, "{rows}x{cols} [{i}]");
+                        if w[i] == extreme {
+                            assert!(err <= extreme.abs() * 1e-6);
+                        }
+                    }
+                }
+            }
+            for n in [1, 3] {
+                let x = values(n * cols, 4 + n as u64);
+                for (name, k) in &sets {
+                    let mut y = vec![f32::NAN; n * rows];
+                    m.matmul_with(*k, &x, n, &mut y);
+                    for t in 0..n {
+                        let want = naive(&deq, cols.max(1), &x[t * cols..(t + 1) * cols]);
+                        for r in 0..rows {
+                            let (sum, abs) = if cols == 0 { (0.0, 0.0) } else { want[r] };
+                            let rounding = (cols + 8) as f64 * f32::EPSILON as f64 * abs;
+                            let got = y[t * rows + r] as f64;
+                            assert!(
+                                (got - sum).abs() <= rounding + 1e-12,
+                                "{name} {rows}x{cols} n={n} row {r}: {got} vs {sum}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Non-finite weights have no 4-bit code.
+        let err = Matrix::int4(1, 3, vec![0.0, f32::NAN, 1.0]).unwrap_err();
+        assert!(err.contains("NaN"), "{err}");
     }
 
     #[test]

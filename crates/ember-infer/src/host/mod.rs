@@ -34,6 +34,10 @@ pub enum HostWeights {
     /// quarter of the memory traffic. Every projection and the LM head is int8; only the
     /// embeddings for lookup stay f32.
     Int8,
+    /// Symmetric 4-bit with an f32 scale per group of 32 inputs (llama.cpp's Q4_0; a
+    /// row's last group zero-padded): an eighth of f32's traffic, every projection and
+    /// the LM head.
+    Int4,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,8 @@ struct Layer {
 pub struct MatrixCounts {
     /// Matrices stored as int8 with block scales.
     pub int8: usize,
+    /// Matrices stored as 4-bit codes with group scales.
+    pub int4: usize,
     /// Matrices stored as f32.
     pub f32: usize,
 }
@@ -223,9 +229,11 @@ impl HostDecoder {
     /// How many of [`Self::matrices`] are stored in each format.
     pub fn matrix_counts(&self) -> MatrixCounts {
         let int8 = self.matrices().iter().filter(|(_, m)| m.is_int8()).count();
+        let int4 = self.matrices().iter().filter(|(_, m)| m.is_int4()).count();
         MatrixCounts {
             int8,
-            f32: self.matrices().len() - int8,
+            int4,
+            f32: self.matrices().len() - int8 - int4,
         }
     }
 
