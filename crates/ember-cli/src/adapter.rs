@@ -110,6 +110,12 @@ pub fn apply<B: FusedBackend>(
     }
     let arch = match dir {
         ModelDir::Hf(hf) => hf.arch(),
+        ModelDir::Quantized(q) => {
+            return Err(CliError::Usage(format!(
+                "--adapter: {} holds quantized weights; apply the adapter when quantizing (`ember quantize --adapter`)",
+                q.dir.display()
+            )));
+        }
         ModelDir::Ember(_) => export_arch(dir.config())
             .map_err(|e| CliError::Usage(format!("--adapter {}: {e}", path.display())))?,
     };

@@ -17,6 +17,7 @@ use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
 use crate::commands::merge::MergeArgs;
 use crate::commands::perplexity::PerplexityArgs;
+use crate::commands::quantize::QuantizeArgs;
 use crate::commands::serve::ServeArgs;
 use crate::commands::train::TrainArgs;
 
@@ -54,6 +55,8 @@ enum Command {
     Merge(MergeArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).
     Serve(ServeArgs),
+    /// Store a model's weights as int8 or 4-bit for the host decoder (what `generate` and `serve` load).
+    Quantize(QuantizeArgs),
     /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Export(args) => runner.export(args),
         Command::Merge(args) => runner.export(args.into()),
         Command::Serve(args) => runner.serve(args),
+        Command::Quantize(args) => runner.quantize(args),
         Command::Info(args) => commands::info::run(args),
     });
     match result {

@@ -930,7 +930,7 @@ fn beam_search_from_the_command_line_matches_transformers() {
             vec!["--num-beams", "2", "--num-return-sequences", "3"],
             "--num-return-sequences",
         ),
-        (vec!["--num-beams", "2", "--decoder", "burn"], "--num-beams"),
+        (vec!["--num-beams", "2", "--decoder", "burn"], "--decoder"),
         (
             vec!["--num-beams", "2", "--max-new-tokens", "500"],
             "--num-beams",

@@ -21,10 +21,14 @@ fn ember(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The server, and the address it printed.
+/// The server on the GPT-2 fixture, and the address it printed.
 fn start(extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    start_on(&gpt2(), extra, env)
+}
+
+fn start_on(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["serve", "--model", gpt2().to_str().unwrap(), "--port", "0"])
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
         .args(extra)
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -199,4 +203,170 @@ fn bad_flags_exit_2_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&port), "{stderr}");
+}
+
+/// `ember quantize` writes a directory `generate` and `serve` run as stored: the same
+/// greedy ids as quantizing on the fly (`--decoder host-int4` / `host-int8`), served over
+/// HTTP, refused by the commands that need f32 weights, replaced atomically.
+#[test]
+fn quantized_models_are_written_once_and_run_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = gpt2();
+    let model = model.to_str().unwrap();
+    for (bits, decoder) in [("4", "host-int4"), ("8", "host-int8")] {
+        let out = tmp.path().join(format!("q{bits}"));
+        let out_s = out.to_str().unwrap();
+        let made = ember(&["quantize", "--model", model, "--bits", bits, "--out", out_s]);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        assert!(out.join("host_decoder.safetensors").is_file());
+        assert!(out.join("tokenizer.json").is_file());
+        let ids = |m: &str, extra: &[&str]| {
+            let mut args = vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "Hello there",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "16",
+                "--print-ids",
+            ];
+            args.extend(extra);
+            let out = ember(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        // The same weights quantized in the library, decoded alone on the host.
+        let hf = ember_hf::HfModel::open(&gpt2()).unwrap();
+        let f32_model = hf
+            .load_model::<burn::backend::Flex>(&Default::default())
+            .unwrap();
+        let weights = if bits == "4" {
+            ember_infer::HostWeights::Int4
+        } else {
+            ember_infer::HostWeights::Int8
+        };
+        let host = ember_infer::HostDecoder::new(&f32_model, weights).unwrap();
+        let prompt = hf
+            .tokenizer
+            .as_ref()
+            .unwrap()
+            .encode_with_special("Hello there")
+            .unwrap();
+        let mut state = host.new_state();
+        let mut logits = host.prefill(&mut state, &prompt).to_vec();
+        let mut want = Vec::new();
+        for _ in 0..16 {
+            let t = ember_infer::argmax(&logits);
+            want.push(t.to_string());
+            if hf.generation.eos_token_ids.contains(&t) {
+                break;
+            }
+            logits = host.step(&mut state, t).to_vec();
+        }
+        assert_eq!(
+            ids(out_s, &[]),
+            format!("{}\n", want.join(",")),
+            "{bits} bits"
+        );
+        // Quantizing on the fly runs the same weights (its prompt goes through burn in f32).
+        assert!(!ids(model, &["--decoder", decoder]).is_empty());
+        let info = ember(&["info", "--model", out_s]);
+        assert!(String::from_utf8_lossy(&info.stdout).contains(&format!("weights: int{bits}")));
+        // Quantizing again replaces the earlier output.
+        let again = ember(&["quantize", "--model", model, "--bits", bits, "--out", out_s]);
+        assert!(again.status.success());
+    }
+    let q4 = tmp.path().join("q4");
+    let (child, addr) = start_on(&q4, &["--served-model-name", "q4"], &[]);
+    let request =
+        json!({"model": "q4", "prompt": "Hello there", "max_tokens": 8, "temperature": 0});
+    let (status, body) = http(&addr, "POST", "/v1/completions", Some(&request), None);
+    assert_eq!(status, 200, "{body}");
+    terminate(child);
+    let q4 = q4.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec![
+                "quantize",
+                "--model",
+                model,
+                "--bits",
+                "3",
+                "--out",
+                "/tmp/never",
+            ],
+            "--bits",
+        ),
+        (
+            vec![
+                "quantize",
+                "--model",
+                q4,
+                "--bits",
+                "4",
+                "--out",
+                "/tmp/never",
+            ],
+            "already quantized",
+        ),
+        (
+            vec![
+                "logits",
+                "--model",
+                q4,
+                "--ids",
+                "1,2",
+                "--out",
+                "/tmp/never.safetensors",
+            ],
+            "ember generate",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                q4,
+                "--prompt",
+                "x",
+                "--decoder",
+                "burn",
+            ],
+            "--decoder",
+        ),
+        (
+            vec!["serve", "--model", q4, "--weights", "int8"],
+            "--weights",
+        ),
+    ] {
+        let out = ember(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // A directory of something else is not replaced without --force.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep me").unwrap();
+    let out = ember(&[
+        "quantize",
+        "--model",
+        model,
+        "--bits",
+        "4",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(other.join("notes.txt").is_file());
 }

@@ -191,7 +191,10 @@ fn remove(path: &Path) -> Result<(), HfError> {
 /// Builds directory `out` through `fill` in a temporary sibling, flushes it to disk, then
 /// renames it into place (replacing an old `out`, which [`check_export_target`] allowed),
 /// so an interrupted write leaves nothing half written.
-fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<(), HfError>) -> Result<(), HfError> {
+pub fn write_dir(
+    out: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), HfError>,
+) -> Result<(), HfError> {
     let name = out
         .file_name()
         .ok_or_else(|| HfError::new(out, "not a directory name"))?

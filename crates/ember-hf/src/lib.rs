@@ -26,7 +26,7 @@ pub mod safetensors_io;
 
 pub use config::{CONFIG_FILE, HfArch, HfConfig, export_arch, parse_config, read_config};
 pub use error::HfError;
-pub use export::{check_export_target, export};
+pub use export::{check_export_target, export, write_dir};
 pub use generation::{GENERATION_FILE, GenerationConfig};
 pub use import::{HfModel, is_hf_dir};
 pub use safetensors_io::{WeightDType, WeightFiles};

@@ -117,50 +117,69 @@ impl<'a, B: FusedBackend> Generator<'a, B> {
         Ok(new_tokens)
     }
 
-    /// The decode loop, for any [`Decoder`]: prefill the context, then one token per
-    /// step. A decoder whose cache fills up is reset and prefilled again with the most
-    /// recent half window.
     fn run<D: Decoder>(
         &self,
         decoder: &D,
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: &mut Sampler,
-        mut on_token: impl FnMut(u32),
+        on_token: impl FnMut(u32),
     ) -> Vec<u32> {
-        let window = decoder.config().max_seq_len;
-        let mut cache = decoder.new_cache();
-        let mut tokens = prompt.to_vec();
-        // Reserve no more than a window up front: `max_new_tokens` is a user's number.
-        let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
-        for _ in 0..max_new_tokens {
-            if decoder.rows(&cache) > 0
-                && decoder
-                    .capacity()
-                    .is_some_and(|cap| decoder.len(&cache, 0) >= cap)
-            {
-                decoder.reset(&mut cache);
-            }
-            if decoder.rows(&cache) == 0 {
-                // A decoder without a capacity crops its own context (the last window).
-                let context = match decoder.capacity() {
-                    Some(_) => context(&tokens, window),
-                    None => &tokens,
-                };
-                decoder.prefill(&mut cache, &[context]);
-            } else {
-                decoder.step(&mut cache, &[*tokens.last().expect("a prompt")]);
-            }
-            let next = sampler.sample(decoder.logits(&cache, 0));
-            tokens.push(next);
-            new_tokens.push(next);
-            on_token(next);
-            if self.stop_tokens.contains(&next) {
-                break;
-            }
-        }
-        new_tokens
+        decode_loop(
+            decoder,
+            prompt,
+            max_new_tokens,
+            sampler,
+            &self.stop_tokens,
+            on_token,
+        )
     }
+}
+
+/// The decode loop, for any [`Decoder`]: prefill the context, then one token per step,
+/// until `max_new_tokens` or a token of `stop`. A decoder whose cache fills up is reset
+/// and prefilled again with the most recent half window. The prompt must be non-empty
+/// and inside the vocabulary (checked by [`Generator::generate`]).
+pub fn decode_loop<D: Decoder>(
+    decoder: &D,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Vec<u32> {
+    let window = decoder.config().max_seq_len;
+    let mut cache = decoder.new_cache();
+    let mut tokens = prompt.to_vec();
+    // Reserve no more than a window up front: `max_new_tokens` is a user's number.
+    let mut new_tokens = Vec::with_capacity(max_new_tokens.min(window));
+    for _ in 0..max_new_tokens {
+        if decoder.rows(&cache) > 0
+            && decoder
+                .capacity()
+                .is_some_and(|cap| decoder.len(&cache, 0) >= cap)
+        {
+            decoder.reset(&mut cache);
+        }
+        if decoder.rows(&cache) == 0 {
+            // A decoder without a capacity crops its own context (the last window).
+            let context = match decoder.capacity() {
+                Some(_) => context(&tokens, window),
+                None => &tokens,
+            };
+            decoder.prefill(&mut cache, &[context]);
+        } else {
+            decoder.step(&mut cache, &[*tokens.last().expect("a prompt")]);
+        }
+        let next = sampler.sample(decoder.logits(&cache, 0));
+        tokens.push(next);
+        new_tokens.push(next);
+        on_token(next);
+        if stop.contains(&next) {
+            break;
+        }
+    }
+    new_tokens
 }
 
 /// What a prefill with an empty cache feeds the model: the whole sequence, or the last

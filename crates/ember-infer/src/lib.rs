@@ -16,7 +16,7 @@ pub mod speculative;
 pub use beam::{BeamSearchConfig, EarlyStopping, Hypothesis, beam_search};
 pub use decoder::{BurnDecoder, Decoder, UncachedDecoder};
 pub use ember_nn::{ContiguousKvCache, KvCache};
-pub use generate::{GenerateError, Generator};
+pub use generate::{GenerateError, Generator, decode_loop};
 pub use host::{BurnPrefilledHost, DecodeState, HostDecoder, HostWeights, PagedChunk};
 pub use paged_kv::{BlockTable, OutOfBlocks, PagedKv};
 pub use penalties::Penalties;

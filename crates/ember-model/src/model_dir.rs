@@ -8,11 +8,14 @@ use ember_hf::{GenerationConfig, HfError, HfModel};
 use ember_nn::{FusedBackend, Transformer, TransformerConfig};
 
 use crate::checkpoint::{CheckpointDir, CheckpointError, is_checkpoint};
+use crate::quantized_dir::{QuantizedDir, is_quantized_dir};
 
 /// Where a model's weights and metadata come from.
 pub enum ModelDir {
     Ember(Box<CheckpointDir>),
     Hf(Box<HfModel>),
+    /// Host-decoder weights written by `ember quantize`.
+    Quantized(Box<QuantizedDir>),
 }
 
 /// A model directory that cannot be used.
@@ -53,6 +56,9 @@ impl ModelDir {
             }
             return Ok(Self::Ember(Box::new(CheckpointDir::open(dir)?)));
         }
+        if is_quantized_dir(dir) {
+            return Ok(Self::Quantized(Box::new(QuantizedDir::open(dir)?)));
+        }
         if !dir.is_dir() {
             return Err(ModelError::NotAModel(format!(
                 "--model {}: no such directory",
@@ -72,6 +78,7 @@ impl ModelDir {
         match self {
             Self::Ember(c) => &c.model,
             Self::Hf(h) => &h.config.model,
+            Self::Quantized(q) => &q.config,
         }
     }
 
@@ -79,6 +86,7 @@ impl ModelDir {
         match self {
             Self::Ember(c) => Some(&c.tokenizer),
             Self::Hf(h) => h.tokenizer.as_ref(),
+            Self::Quantized(q) => q.tokenizer.as_ref(),
         }
     }
 
@@ -87,6 +95,11 @@ impl ModelDir {
         match self {
             Self::Ember(c) => Ok(c.load_model(device)?),
             Self::Hf(h) => Ok(h.load_model(device)?),
+            Self::Quantized(q) => Err(ModelError::BadInput(format!(
+                "--model {}: holds {} weights for the host decoder (`ember quantize`); only `ember generate` and `ember serve` run it",
+                q.dir.display(),
+                q.weights
+            ))),
         }
     }
 
@@ -116,6 +129,7 @@ impl ModelDir {
         match self {
             Self::Ember(_) => Vec::new(),
             Self::Hf(h) => h.generation.eos_token_ids.clone(),
+            Self::Quantized(q) => q.generation.eos_token_ids.clone(),
         }
     }
 
@@ -131,9 +145,13 @@ impl ModelDir {
                     top_p: s.top_p,
                 }
             }
-            Self::Hf(h) => {
+            Self::Hf(_) | Self::Quantized(_) => {
                 // transformers decodes greedily unless `do_sample` is set.
-                let g = &h.generation;
+                let g = match self {
+                    Self::Hf(h) => &h.generation,
+                    Self::Quantized(q) => &q.generation,
+                    Self::Ember(_) => unreachable!(),
+                };
                 SampleDefaults {
                     prompt: None,
                     max_new_tokens: g.max_new_tokens.unwrap_or(100),
@@ -157,6 +175,7 @@ impl ModelDir {
     pub fn generation_config(&self) -> GenerationConfig {
         match self {
             Self::Hf(h) => h.generation.clone(),
+            Self::Quantized(q) => q.generation.clone(),
             Self::Ember(c) => {
                 let s = &c.sample;
                 let sampled = s.temperature > 0.0;

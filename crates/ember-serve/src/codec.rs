@@ -37,10 +37,14 @@ impl Codec {
     /// The tokenizer, chat template (`tokenizer_config.json`'s, else Ember's built-in
     /// ChatML) and end-of-sequence tokens of a model directory.
     pub fn of(dir: &ModelDir) -> Result<Self, String> {
-        let template = match dir {
-            ModelDir::Hf(hf) if hf.dir.join("tokenizer_config.json").exists() => {
-                ChatTemplate::from_tokenizer_config(&hf.dir.join("tokenizer_config.json"))
-                    .map_err(|e| e.to_string())?
+        let config_dir = match dir {
+            ModelDir::Hf(hf) => Some(&hf.dir),
+            ModelDir::Quantized(q) => Some(&q.dir),
+            ModelDir::Ember(_) => None,
+        };
+        let template = match config_dir.map(|d| d.join("tokenizer_config.json")) {
+            Some(path) if path.exists() => {
+                ChatTemplate::from_tokenizer_config(&path).map_err(|e| e.to_string())?
             }
             _ => None,
         }

@@ -8,7 +8,7 @@ use ember_hf::peft::PromptAdapter;
 use ember_infer::{Generator, HostWeights, Sampler, SamplingConfig, VirtualTokens};
 use ember_nn::FusedBackend;
 
-use crate::commands::On;
+use crate::commands::{On, host_generate};
 use crate::error::CliError;
 use crate::ids::parse_ids;
 use ember_model::{ModelDir, StreamDecoder};
@@ -127,6 +127,24 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
             "--top-p: must be in (0, 1], got {top_p}"
         )));
     }
+    let sampling = SamplingConfig {
+        temperature,
+        top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
+        top_p: Some(top_p),
+        min_p: None,
+        seed: args.seed,
+    };
+    if let ModelDir::Quantized(quantized) = &dir {
+        return host_generate::quantized(
+            on,
+            &dir,
+            quantized,
+            &args,
+            &prompt_ids,
+            prompt_text,
+            sampling,
+        );
+    }
     let model = dir.load::<B>(&on.device)?;
     let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?
         .without_bottleneck("`ember generate`")?;
@@ -153,7 +171,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
                     .into(),
             ));
         }
-        return beams(&dir, &model, &args, &prompt_ids, prompt_text);
+        let host = host_generate::host_of(&model, &args)?;
+        return host_generate::beams(&dir, &host, &args, &prompt_ids, prompt_text);
     }
     if args.draft_model.is_some() {
         if virtual_tokens.is_some() {
@@ -161,22 +180,18 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
                 "--draft-model: speculative decoding does not take prefix- or prompt-tuning adapters yet".into(),
             ));
         }
-        let sampling = SamplingConfig {
-            temperature,
-            top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
-            top_p: Some(top_p),
-            min_p: None,
-            seed: args.seed,
-        };
-        return speculative(on, &dir, &model, &args, &prompt_ids, prompt_text, sampling);
+        let target = host_generate::host_of(&model, &args)?;
+        return host_generate::speculative(
+            on,
+            &dir,
+            &target,
+            &args,
+            &prompt_ids,
+            prompt_text,
+            sampling,
+        );
     }
-    let mut sampler = Sampler::new(SamplingConfig {
-        temperature,
-        top_k: Some(args.top_k.unwrap_or(defaults.top_k)),
-        top_p: Some(top_p),
-        min_p: None,
-        seed: args.seed,
-    });
+    let mut sampler = Sampler::new(sampling);
     let mut generator =
         Generator::new(&model, &on.device, !args.no_cache).with_stop_tokens(&dir.stop_tokens());
     let host = match args.decoder {
@@ -257,183 +272,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
     Ok(())
 }
 
-/// `--num-beams N`: beam search on the host decoder, each returned hypothesis on its
-/// own line, best first.
-fn beams<B: FusedBackend>(
-    dir: &ModelDir,
-    model: &ember_nn::Transformer<B>,
-    args: &GenerateArgs,
-    prompt_ids: &[u32],
-    prompt_text: Option<String>,
-) -> Result<(), CliError> {
-    if args.num_beams == 0 {
-        return Err(CliError::Usage("--num-beams: must be at least 1".into()));
-    }
-    if args.num_return_sequences == 0 || args.num_return_sequences > args.num_beams {
-        return Err(CliError::Usage(format!(
-            "--num-return-sequences: must be between 1 and --num-beams ({}), got {}",
-            args.num_beams, args.num_return_sequences
-        )));
-    }
-    if !args.length_penalty.is_finite() {
-        return Err(CliError::Usage(
-            "--length-penalty: must be a finite number".into(),
-        ));
-    }
-    if args.no_cache || args.decoder == DecoderArg::Burn {
-        return Err(CliError::Usage(
-            "--num-beams: beam search runs the host decoder over its paged KV cache; drop --no-cache / --decoder burn".into(),
-        ));
-    }
-    let weights = match args.decoder {
-        DecoderArg::HostInt8 => HostWeights::Int8,
-        DecoderArg::HostInt4 => HostWeights::Int4,
-        _ => HostWeights::F32,
-    };
-    let host = ember_infer::HostDecoder::new(model, weights).map_err(|e| {
-        CliError::Usage(format!(
-            "--num-beams: beam search runs the host decoder: {e}"
-        ))
-    })?;
-    let defaults = dir.sample_defaults();
-    let config = ember_infer::BeamSearchConfig {
-        num_beams: args.num_beams,
-        length_penalty: args.length_penalty,
-        early_stopping: match args.early_stopping {
-            EarlyStoppingArg::True => ember_infer::EarlyStopping::True,
-            EarlyStoppingArg::False => ember_infer::EarlyStopping::False,
-            EarlyStoppingArg::Never => ember_infer::EarlyStopping::Never,
-        },
-        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
-        eos_token_ids: dir.stop_tokens(),
-        num_return_sequences: args.num_return_sequences,
-    };
-    let hyps = ember_infer::beam_search(&host, prompt_ids, &config)
-        .map_err(|e| CliError::Usage(format!("--num-beams: {e}")))?;
-    let mut stdout = std::io::stdout().lock();
-    for h in hyps {
-        if args.print_ids {
-            let ids: Vec<String> = h.tokens.iter().map(u32::to_string).collect();
-            let _ = writeln!(stdout, "{}", ids.join(","));
-        } else {
-            let shown = prompt_text
-                .clone()
-                .or_else(|| dir.decode(prompt_ids))
-                .unwrap_or_default();
-            let mut all = prompt_ids.to_vec();
-            all.extend(&h.tokens);
-            let full = dir.decode(&all).unwrap_or_default();
-            let decoded_prompt = dir.decode(prompt_ids).unwrap_or_default();
-            let continuation = full.get(decoded_prompt.len()..).unwrap_or(&full);
-            let _ = writeln!(stdout, "{shown}{continuation}");
-        }
-        if args.stats {
-            eprintln!(
-                "beam score {:.6} ({})",
-                h.score,
-                if h.finished { "finished" } else { "length" }
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `--draft-model DIR`: speculative decoding on the host decoder, printed as it comes.
-fn speculative<B: FusedBackend>(
-    on: &On<B>,
-    dir: &ModelDir,
-    model: &ember_nn::Transformer<B>,
-    args: &GenerateArgs,
-    prompt_ids: &[u32],
-    prompt_text: Option<String>,
-    sampling: SamplingConfig,
-) -> Result<(), CliError> {
-    let draft_path = args.draft_model.as_deref().expect("checked by the caller");
-    if args.num_speculative_tokens == 0 {
-        return Err(CliError::Usage(
-            "--num-speculative-tokens: must be at least 1".into(),
-        ));
-    }
-    if args.no_cache || args.decoder == DecoderArg::Burn {
-        return Err(CliError::Usage(
-            "--draft-model: speculative decoding runs the host decoder; drop --no-cache / --decoder burn".into(),
-        ));
-    }
-    let weights = match args.decoder {
-        DecoderArg::HostInt8 => HostWeights::Int8,
-        DecoderArg::HostInt4 => HostWeights::Int4,
-        _ => HostWeights::F32,
-    };
-    let draft_dir = ModelDir::open(draft_path).map_err(|e| {
-        CliError::Usage(format!(
-            "--draft-model: {}",
-            e.to_string().replace("--model ", "")
-        ))
-    })?;
-    let draft_model = draft_dir.load::<B>(&on.device)?;
-    let target = ember_infer::HostDecoder::new(model, weights).map_err(|e| {
-        CliError::Usage(format!(
-            "--model: speculative decoding runs the host decoder: {e}"
-        ))
-    })?;
-    let draft = ember_infer::HostDecoder::new(&draft_model, weights).map_err(|e| {
-        CliError::Usage(format!(
-            "--draft-model: speculative decoding runs the host decoder: {e}"
-        ))
-    })?;
-    let defaults = dir.sample_defaults();
-    let config = ember_infer::SpeculativeConfig {
-        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
-        num_speculative_tokens: args.num_speculative_tokens,
-        stop_tokens: dir.stop_tokens(),
-    };
-    let mut sampler = Sampler::new(sampling);
-    let mut stdout = std::io::stdout().lock();
-    let mut timer = DecodeTimer::start(prompt_ids.len(), "host, speculative");
-    let (mut stream, prompt_decoded) =
-        StreamDecoder::new(|ids: &[u32]| dir.decode(ids), prompt_ids);
-    if !args.print_ids {
-        let _ = write!(stdout, "{}", prompt_text.unwrap_or(prompt_decoded));
-        let _ = stdout.flush();
-    }
-    let (new, stats) = ember_infer::speculative_generate(
-        &target,
-        &draft,
-        prompt_ids,
-        &config,
-        &mut sampler,
-        |id| {
-            timer.token();
-            if !args.print_ids
-                && let Some(text) = stream.push(id)
-            {
-                let _ = write!(stdout, "{text}");
-                let _ = stdout.flush();
-            }
-        },
-    )
-    .map_err(|e| CliError::Usage(format!("--draft-model: {e}")))?;
-    if args.print_ids {
-        let ids: Vec<String> = new.iter().map(u32::to_string).collect();
-        let _ = writeln!(stdout, "{}", ids.join(","));
-    } else {
-        let _ = writeln!(stdout, "{}", stream.finish());
-    }
-    if args.stats {
-        eprintln!(
-            "{} | drafted {} accepted {} (acceptance {:.1}%) in {} passes of the model",
-            timer.report(),
-            stats.drafted,
-            stats.accepted,
-            100.0 * stats.acceptance_rate(),
-            stats.target_passes
-        );
-    }
-    Ok(())
-}
-
 /// Time to the first token (prompt processing plus one token) and the rate after it.
-struct DecodeTimer {
+pub(crate) struct DecodeTimer {
     start: std::time::Instant,
     first: Option<std::time::Instant>,
     last: std::time::Instant,
@@ -443,7 +283,7 @@ struct DecodeTimer {
 }
 
 impl DecodeTimer {
-    fn start(prompt: usize, decoder: &'static str) -> Self {
+    pub(crate) fn start(prompt: usize, decoder: &'static str) -> Self {
         let now = std::time::Instant::now();
         Self {
             start: now,
@@ -455,14 +295,14 @@ impl DecodeTimer {
         }
     }
 
-    fn token(&mut self) {
+    pub(crate) fn token(&mut self) {
         let now = std::time::Instant::now();
         self.first.get_or_insert(now);
         self.last = now;
         self.tokens += 1;
     }
 
-    fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         let first = self.first.unwrap_or(self.last);
         let ttft = (first - self.start).as_secs_f64();
         let rest = (self.last - first).as_secs_f64();

@@ -54,6 +54,14 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
             println!("eos token ids: {:?}", hf.generation.eos_token_ids);
             println!("\n[model]\n{}", toml_model(model));
         }
+        ModelDir::Quantized(q) => {
+            println!("quantized model: {}", q.dir.display());
+            println!("weights: {} (host decoder)", q.weights);
+            println!("parameters: {}", model.num_params());
+            println!("tokenizer: {tokenizer}");
+            println!("eos token ids: {:?}", q.generation.eos_token_ids);
+            println!("\n[model]\n{}", toml_model(model));
+        }
     }
     Ok(())
 }

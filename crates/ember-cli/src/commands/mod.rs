@@ -3,10 +3,12 @@
 pub mod export;
 pub mod finetune;
 pub mod generate;
+pub mod host_generate;
 pub mod info;
 pub mod logits;
 pub mod merge;
 pub mod perplexity;
+pub mod quantize;
 mod runner;
 pub mod serve;
 pub mod train;

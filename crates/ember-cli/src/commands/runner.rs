@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
-use super::{export, finetune, generate, logits, perplexity, serve, train};
+use super::{export, finetune, generate, logits, perplexity, quantize, serve, train};
 use crate::error::CliError;
 
 /// The backend-specific commands.
@@ -17,6 +17,7 @@ pub trait Runner {
     fn perplexity(&self, args: perplexity::PerplexityArgs) -> Result<(), CliError>;
     fn export(&self, args: export::ExportArgs) -> Result<(), CliError>;
     fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError>;
+    fn quantize(&self, args: quantize::QuantizeArgs) -> Result<(), CliError>;
 }
 
 /// A [`Runner`] on backend `B`.
@@ -64,5 +65,9 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError> {
         serve::run(self, args)
+    }
+
+    fn quantize(&self, args: quantize::QuantizeArgs) -> Result<(), CliError> {
+        quantize::run(self, args)
     }
 }

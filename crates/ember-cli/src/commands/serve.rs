@@ -39,10 +39,11 @@ pub struct ServeArgs {
     /// the EMBER_API_KEY environment variable).
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Weights of the decoder: `f32` (the model's numbers), `int8` (block-scaled int8,
-    /// faster) or `int4` (4-bit in groups of 32, smallest).
-    #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
-    pub weights: WeightsArg,
+    /// Weights of the decoder: `f32` (the model's numbers; the default), `int8`
+    /// (block-scaled int8, faster) or `int4` (4-bit in groups of 32, smallest). A model
+    /// `ember quantize` wrote runs as stored.
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
     /// Memory for the paged KV cache, in MiB.
     #[arg(long, default_value_t = 256.0)]
     pub kv_cache_mb: f64,
@@ -83,6 +84,47 @@ fn positive(flag: &str, value: usize) -> Result<usize, CliError> {
     Ok(value)
 }
 
+/// The host decoder `serve` runs: a quantized directory as stored, any other model
+/// loaded on backend `B`, its adapter merged, in the weights `--weights` asks for.
+fn load_decoder<B: FusedBackend>(
+    on: &On<B>,
+    dir: &ModelDir,
+    args: &ServeArgs,
+) -> Result<HostDecoder, CliError> {
+    if let ModelDir::Quantized(q) = dir {
+        if args.adapter.is_some() {
+            return Err(CliError::Usage(format!(
+                "--adapter: {} holds quantized weights; apply the adapter when quantizing (`ember quantize --adapter`)",
+                q.dir.display()
+            )));
+        }
+        if args.weights.is_some() {
+            return Err(CliError::Usage(format!(
+                "--weights: {} is already quantized ({}); it runs as stored",
+                q.dir.display(),
+                q.weights
+            )));
+        }
+        return HostDecoder::load(&q.weights_path())
+            .map_err(|e| CliError::Runtime(format!("--model: {e}")));
+    }
+    let model = dir.load::<B>(&on.device)?;
+    let adapted = crate::adapter::apply(dir, model, args.adapter.as_deref(), &on.device)?
+        .without_bottleneck("`ember serve`")?;
+    if adapted.prompt.is_some() {
+        return Err(CliError::Usage(
+            "--adapter: prefix- and prompt-tuning adapters are not served yet; merge-able adapters (LoRA, DoRA, IA3) are".into(),
+        ));
+    }
+    let weights = match args.weights.unwrap_or(WeightsArg::F32) {
+        WeightsArg::F32 => HostWeights::F32,
+        WeightsArg::Int8 => HostWeights::Int8,
+        WeightsArg::Int4 => HostWeights::Int4,
+    };
+    HostDecoder::new(&adapted.model, weights)
+        .map_err(|e| CliError::Usage(format!("--model: `ember serve` runs the host decoder: {e}")))
+}
+
 /// `ember serve` on backend `B` (which loads the weights; the host decoder runs them).
 pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError> {
     let block_size = positive("--block-size", args.block_size)?;
@@ -120,23 +162,8 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError>
             args.kv_cache_mb, config.max_seq_len
         )));
     }
-    let model = dir.load::<B>(&on.device)?;
-    let adapted = crate::adapter::apply(&dir, model, args.adapter.as_deref(), &on.device)?
-        .without_bottleneck("`ember serve`")?;
-    if adapted.prompt.is_some() {
-        return Err(CliError::Usage(
-            "--adapter: prefix- and prompt-tuning adapters are not served yet; merge-able adapters (LoRA, DoRA, IA3) are".into(),
-        ));
-    }
-    let weights = match args.weights {
-        WeightsArg::F32 => HostWeights::F32,
-        WeightsArg::Int8 => HostWeights::Int8,
-        WeightsArg::Int4 => HostWeights::Int4,
-    };
-    let decoder = HostDecoder::new(&adapted.model, weights).map_err(|e| {
-        CliError::Usage(format!("--model: `ember serve` runs the host decoder: {e}"))
-    })?;
-    drop(adapted);
+    let decoder = load_decoder(on, &dir, &args)?;
+    let weights = decoder.weights();
     let codec = Arc::new(Codec::of(&dir).map_err(|e| CliError::Usage(format!("--model: {e}")))?);
     let model_name = args.served_model_name.clone().unwrap_or_else(|| {
         args.model

@@ -169,7 +169,7 @@ fn plain_weights<B: FusedBackend>(
     Ok(out)
 }
 
-fn check(c: &TransformerConfig) -> Result<(), String> {
+pub(super) fn check(c: &TransformerConfig) -> Result<(), String> {
     let unsupported = |what: String| Err(format!("the host decoder does not implement {what}"));
     if c.moe.is_some() {
         return unsupported("Mixture-of-Experts layers".into());

@@ -15,6 +15,7 @@ mod decoding;
 pub mod kernels;
 mod load;
 mod matrix;
+pub mod store;
 
 pub use batched::PagedChunk;
 pub use decoding::BurnPrefilledHost;

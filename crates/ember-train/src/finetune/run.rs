@@ -164,6 +164,13 @@ where
         let model_dir = ModelDir::open(&options.model)?;
         let arch = match &model_dir {
             ModelDir::Hf(hf) => hf.arch(),
+            ModelDir::Quantized(q) => {
+                return Err(ConfigError(format!(
+                    "--model {}: holds quantized host-decoder weights (`ember quantize`); fine-tune the model they came from",
+                    q.dir.display()
+                ))
+                .into());
+            }
             ModelDir::Ember(_) => ember_hf::export_arch(model_dir.config()).map_err(|e| {
                 ConfigError(format!(
                     "--model {}: the adapter is saved in peft's format, which names Hugging Face modules: {e}",
