@@ -14,6 +14,7 @@ mod decode;
 mod finetune;
 mod gpt_wide;
 mod micro;
+mod serve;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -335,6 +336,9 @@ fn bench(args: &[String]) -> Result<()> {
     if flag("--suite") == Some("decode") {
         return decode::bench(&data, steps);
     }
+    if flag("--suite") == Some("serve") {
+        return serve::bench(&data);
+    }
     if !data.exists() {
         bail!(
             "{}: benchmark data not found (pass --data FILE)",
@@ -356,7 +360,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide)"
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, serve)"
             )
         }
     }

@@ -7,10 +7,11 @@
 //! both models), and greedy decoding keeps a draft only when it is the target's argmax,
 //! so its output is the target's own.
 //!
-//! Both models run on the host decoder over paged caches; rejected positions are cut
-//! off with [`PagedKv::truncate`].
+//! Both models run on the host decoder: the draft one token at a time on its batch-1
+//! state, the target over a paged cache in one batched pass per round; rejected
+//! positions are cut off ([`PagedKv::truncate`], [`DecodeState::truncate`]).
 
-use crate::host::{HostDecoder, PagedChunk};
+use crate::host::{DecodeState, HostDecoder, PagedChunk};
 use crate::paged_kv::{BlockTable, PagedKv};
 use crate::sampling::{Sampler, argmax};
 
@@ -32,7 +33,8 @@ impl SpeculativeStats {
     }
 }
 
-/// One model and its cache over a single sequence.
+/// The target and its paged cache over a single sequence: it scores a token and every
+/// draft in one batched pass.
 struct Lane<'a> {
     model: &'a HostDecoder,
     kv: PagedKv,
@@ -70,6 +72,23 @@ impl<'a> Lane<'a> {
 
     fn truncate(&mut self, len: usize) {
         self.kv.truncate(&mut self.table, len);
+    }
+}
+
+/// The draft with its batch-1 state: one token at a time, no allocation per token.
+struct DraftLane<'a> {
+    model: &'a HostDecoder,
+    state: DecodeState,
+}
+
+impl DraftLane<'_> {
+    /// Runs `tokens` (at least one) after the cache; the logits after the last.
+    fn run(&mut self, tokens: &[u32]) -> Vec<f32> {
+        let mut logits = Vec::new();
+        for &t in tokens {
+            logits = self.model.step(&mut self.state, t).to_vec();
+        }
+        logits
     }
 }
 
@@ -135,7 +154,11 @@ pub fn speculative_generate(
     let vocab = target.config().vocab_size;
     let context = target.config().max_seq_len.min(draft.config().max_seq_len);
     let mut stats = SpeculativeStats::default();
-    let (mut t, mut d) = (Lane::new(target), Lane::new(draft));
+    let mut t = Lane::new(target);
+    let mut d = DraftLane {
+        model: draft,
+        state: draft.new_state(),
+    };
     // Invariant at each round: the target has cached every token but the last; the
     // draft has cached a prefix of them.
     let mut tokens = prompt.to_vec();
@@ -150,8 +173,8 @@ pub fn speculative_generate(
         let mut drafts = Vec::with_capacity(k);
         let mut q_dists = Vec::with_capacity(k);
         if k > 0 {
-            let pending = tokens[d.table.len..].to_vec();
-            let mut q = d.run(&pending, false);
+            let pending = tokens[d.state.len()..].to_vec();
+            let mut q = d.run(&pending);
             for i in 0..k {
                 let dist = sampler.distribution(&q);
                 let token = match &dist {
@@ -161,7 +184,7 @@ pub fn speculative_generate(
                 drafts.push(token);
                 q_dists.push(dist);
                 if i + 1 < k {
-                    q = d.run(&[token], false);
+                    q = d.run(&[token]);
                 }
             }
             stats.drafted += k;
@@ -225,8 +248,7 @@ pub fn speculative_generate(
         // Cut both caches back to the kept tokens (the target keeps all but the last).
         let m = kept.len() - 1;
         t.truncate(n + m);
-        let draft_len = d.table.len;
-        d.truncate(draft_len.min(n + m));
+        d.state.truncate(n + m);
         for token in kept {
             tokens.push(token);
             out.push(token);

@@ -24,7 +24,8 @@ use crate::openai::{ApiError, RequestLimits, chat, completions};
 pub struct ServeOptions {
     /// The name clients put in `model` (the model directory's name unless set).
     pub model_name: String,
-    /// When set, every endpoint but `/health` requires `Authorization: Bearer <key>`.
+    /// When set, the API (`/v1/...`) requires `Authorization: Bearer <key>`; `/health`
+    /// and `/metrics` stay open, as in vLLM.
     pub api_key: Option<String>,
     pub limits: RequestLimits,
     /// Request bodies larger than this are refused (413).

@@ -739,7 +739,7 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_key_guards_everything_but_health() {
+async fn an_api_key_guards_the_api_but_not_health_or_metrics() {
     let server = Server::start(Setup {
         api_key: Some("sesame".into()),
         ..Setup::default()

@@ -164,6 +164,9 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: GenerateArgs) -> Result<(), CliErr
         ));
     }
     let model = adapted.model;
+    if args.num_beams == 0 {
+        return Err(CliError::Usage("--num-beams: must be at least 1".into()));
+    }
     if args.num_beams > 1 || args.num_return_sequences > 1 {
         if virtual_tokens.is_some() {
             return Err(CliError::Usage(

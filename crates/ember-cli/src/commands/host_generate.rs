@@ -75,6 +75,13 @@ pub fn quantized<B: FusedBackend>(
             quantized.dir.display()
         )));
     }
+    if matches!(args.decoder, DecoderArg::HostInt8 | DecoderArg::HostInt4) {
+        return Err(CliError::Usage(format!(
+            "--decoder: {} is already quantized ({}); it runs as stored (drop --decoder)",
+            quantized.dir.display(),
+            quantized.weights
+        )));
+    }
     weights(args)?;
     let host = HostDecoder::load(&quantized.weights_path())
         .map_err(|e| CliError::Runtime(format!("--model: {e}")))?;

@@ -85,10 +85,11 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: QuantizeArgs) -> Result<(), CliErr
             .map_err(|e| err(e.to_string()))?;
         // The chat template travels with the model.
         if let Some(hf) = &hf_dir {
-            let config = hf.join("tokenizer_config.json");
-            if config.is_file() {
-                std::fs::copy(&config, tmp.join("tokenizer_config.json"))
-                    .map_err(|e| err(e.to_string()))?;
+            for name in ["tokenizer_config.json", "chat_template.jinja"] {
+                let file = hf.join(name);
+                if file.is_file() {
+                    std::fs::copy(&file, tmp.join(name)).map_err(|e| err(e.to_string()))?;
+                }
             }
         }
         let record = json!({

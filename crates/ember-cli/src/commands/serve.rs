@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// The name clients send as `model` (default: the model directory's name).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health (also read from
+    /// Require `Authorization: Bearer KEY` on the API (`/v1/...`; `/health` and
+    /// `/metrics` stay open, as in vLLM) (also read from
     /// the EMBER_API_KEY environment variable).
     #[arg(long)]
     pub api_key: Option<String>,

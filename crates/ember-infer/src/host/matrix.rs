@@ -273,6 +273,9 @@ impl Matrix {
         if n == 1 {
             return self.matvec_with(k, x, y);
         }
+        if n >= GEMM_MIN_INPUTS && cols > 0 && rows > 0 {
+            return self.matmul_gemm(x, n, y);
+        }
         let inputs: Vec<&[f32]> = x.chunks_exact(cols.max(1)).take(n).collect();
         // `[rows, n]`: each weight row's products with every input, then transposed.
         let mut by_row = vec![0f32; rows * n];
@@ -296,6 +299,143 @@ impl Matrix {
         for (r, products) in by_row.chunks_exact(n).enumerate() {
             for (t, p) in products.iter().enumerate() {
                 y[t * rows + r] = *p;
+            }
+        }
+    }
+}
+
+/// From this many inputs on, a batched product goes through the register-blocked GEMM
+/// (quantized matrices dequantize a band of rows at a time for it): row-by-row dot
+/// products load two operands per multiply-add and stop scaling with the batch.
+const GEMM_MIN_INPUTS: usize = 4;
+
+/// Rows of a quantized matrix dequantized per GEMM band.
+const GEMM_BAND: usize = 64;
+
+/// `y[t, ..rows] = x[t] · wᵀ` for `x`: `[n, cols]` and `w`: `[rows, cols]` row-major;
+/// `y`'s rows are `y_stride` apart.
+fn gemm_band(
+    x: &[f32],
+    n: usize,
+    w: &[f32],
+    rows: usize,
+    y: *mut f32,
+    y_stride: usize,
+    parallelism: gemm::Parallelism,
+) {
+    let cols = w.len() / rows;
+    // SAFETY: `x` is `[n, cols]`, `w` is `[rows, cols]`, and `y` points at a writable
+    // `[n, y_stride]` block whose first `rows` columns this band owns; the strides below
+    // describe exactly those layouts.
+    unsafe {
+        gemm::gemm(
+            n,
+            rows,
+            cols,
+            y,
+            1,
+            y_stride as isize,
+            false,
+            x.as_ptr(),
+            1,
+            cols as isize,
+            w.as_ptr(),
+            cols as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A raw pointer that may cross to rayon's threads (each writes disjoint columns).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer `offset` elements on (a method, so closures capture the whole
+    /// `SendPtr`, not its raw field).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+// SAFETY: the bands written through it are disjoint (see `matmul_gemm`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl Matrix {
+    /// [`Self::matmul`] through the GEMM: f32 weights in one call; int8 and 4-bit weights
+    /// dequantized [`GEMM_BAND`] rows at a time, bands spread over the thread pool.
+    fn matmul_gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        let threads = rayon::current_num_threads();
+        let big = self.bytes() * n >= PARALLEL_MIN_BYTES && threads > 1;
+        if let Matrix::F32 { data, .. } = self {
+            let parallelism = if big {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            return gemm_band(x, n, data, rows, y.as_mut_ptr(), rows, parallelism);
+        }
+        let out = SendPtr(y.as_mut_ptr());
+        let band = |b: usize, scratch: &mut Vec<f32>| {
+            let r0 = b * GEMM_BAND;
+            let r1 = (r0 + GEMM_BAND).min(rows);
+            scratch.resize((r1 - r0) * cols, 0.0);
+            self.dequantize_rows(r0, r1, scratch);
+            // Band `b` writes only columns `r0..r1` of `y`.
+            let dst = out.at(r0);
+            gemm_band(x, n, scratch, r1 - r0, dst, rows, gemm::Parallelism::None);
+        };
+        let bands = rows.div_ceil(GEMM_BAND);
+        if big {
+            (0..bands)
+                .into_par_iter()
+                .for_each_init(Vec::new, |scratch, b| band(b, scratch));
+        } else {
+            let mut scratch = Vec::new();
+            (0..bands).for_each(|b| band(b, &mut scratch));
+        }
+    }
+
+    /// Rows `r0..r1` as f32 into `out` (`[r1 - r0, cols]`).
+    fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        match self {
+            Matrix::F32 { cols, data, .. } => {
+                out.copy_from_slice(&data[r0 * cols..r1 * cols]);
+            }
+            Matrix::Q8 {
+                cols, q, scales, ..
+            } => {
+                let blocks = cols.div_ceil(Q8_BLOCK);
+                for (i, r) in (r0..r1).enumerate() {
+                    let row = &q[r * cols..(r + 1) * cols];
+                    let dst = &mut out[i * cols..(i + 1) * cols];
+                    for (c, (d, &v)) in dst.iter_mut().zip(row).enumerate() {
+                        *d = scales[r * blocks + c / Q8_BLOCK] * v as f32;
+                    }
+                }
+            }
+            Matrix::Q4 {
+                cols, q, scales, ..
+            } => {
+                let groups = cols.div_ceil(Q8_BLOCK);
+                let half = Q8_BLOCK / 2;
+                for (i, r) in (r0..r1).enumerate() {
+                    let dst = &mut out[i * cols..(i + 1) * cols];
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        let (g, j) = (c / Q8_BLOCK, c % Q8_BLOCK);
+                        let byte = q[(r * groups + g) * half + j % half];
+                        let code = if j < half { byte & 0x0f } else { byte >> 4 };
+                        *d = scales[r * groups + g] * (code as i32 - 8) as f32;
+                    }
+                }
             }
         }
     }
@@ -448,7 +588,7 @@ mod tests {
                     }
                 }
             }
-            for n in [1, 3] {
+            for n in [1, 3, 8] {
                 let x = values(n * cols, 4 + n as u64);
                 for (name, k) in &sets {
                     let mut y = vec![f32::NAN; n * rows];
@@ -464,6 +604,32 @@ mod tests {
                                 "{name} {rows}x{cols} n={n} row {r}: {got} vs {sum}"
                             );
                         }
+                    }
+                }
+            }
+        }
+        // The batched (GEMM) path of f32 and int8 weights too.
+        for (rows, cols) in SHAPES {
+            let w = values(rows * cols, 9);
+            for m in [
+                Matrix::f32(rows, cols, w.clone()),
+                Matrix::int8(rows, cols, w.clone()).unwrap(),
+            ] {
+                let deq = m.dequantized();
+                let n = 8;
+                let x = values(n * cols, 10);
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut y);
+                for t in 0..n {
+                    let want = naive(&deq, cols.max(1), &x[t * cols..(t + 1) * cols]);
+                    for r in 0..rows {
+                        let (sum, abs) = if cols == 0 { (0.0, 0.0) } else { want[r] };
+                        let rounding = (cols + 8) as f64 * f32::EPSILON as f64 * abs;
+                        let got = y[t * rows + r] as f64;
+                        assert!(
+                            (got - sum).abs() <= rounding + 1e-12,
+                            "{rows}x{cols} t={t} r={r}"
+                        );
                     }
                 }
             }

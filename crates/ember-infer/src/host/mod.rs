@@ -161,6 +161,11 @@ impl DecodeState {
         self.pos = 0;
     }
 
+    /// Keeps the first `len` positions (rejected draft tokens).
+    pub fn truncate(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
+
     /// Replaces the cache with `len` positions computed elsewhere (a batched forward pass
     /// of the same model): per layer, keys and values `[n_kv_heads, len, head_dim]`.
     pub fn load(&mut self, layers: &[(Vec<f32>, Vec<f32>)], len: usize, n_kv: usize) {

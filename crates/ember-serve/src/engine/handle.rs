@@ -309,6 +309,7 @@ fn run(
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.step()));
         let Ok(ran) = step else {
             shared.failed.store(true, Ordering::Release);
+            shared.idle.store(true, Ordering::Release);
             eprintln!("ember serve: the engine failed; every request in flight was dropped");
             return;
         };

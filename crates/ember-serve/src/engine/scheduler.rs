@@ -292,6 +292,14 @@ impl Scheduler {
             if self.prefix_caching {
                 seq.table = self.kv.share_prefix(0, &seq.tokens);
             }
+            let take = seq.pending().min(*budget);
+            let want = seq.table.len + take;
+            if self.kv.reserve(&mut seq.table, want).is_err() {
+                self.kv.release(&mut seq.table);
+                self.waiting.insert(i, seq);
+                break;
+            }
+            // Counted once it really starts (not when it only tried to).
             if !seq.started {
                 seq.started = true;
                 let prompt = seq.request.prompt.len() as u64;
@@ -303,13 +311,6 @@ impl Scheduler {
                     self.metrics.prompt_tokens.inc_by(prompt);
                     self.queued.fetch_sub(1, Ordering::AcqRel);
                 }
-            }
-            let take = seq.pending().min(*budget);
-            let want = seq.table.len + take;
-            if self.kv.reserve(&mut seq.table, want).is_err() {
-                self.kv.release(&mut seq.table);
-                self.waiting.insert(i, seq);
-                break;
             }
             *budget -= take;
             scheduled.push((seq, take));

@@ -122,6 +122,12 @@ fn messages_of(request: &ChatRequest) -> Result<Vec<Message>, ApiError> {
                     for (j, part) in parts.iter().enumerate() {
                         match (part.kind.as_str(), &part.text) {
                             ("text", Some(t)) => text += t,
+                            ("text", None) => {
+                                return Err(ApiError::invalid(
+                                    "messages",
+                                    format!("messages[{i}].content[{j}]: a text part needs `text`"),
+                                ));
+                            }
                             (kind, _) => {
                                 return Err(ApiError::invalid(
                                     "messages",
