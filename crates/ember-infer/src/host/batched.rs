@@ -164,22 +164,22 @@ impl HostDecoder {
             let kv_ref = &*kv;
             let chunks_ref = &*chunks;
             let q_ref = &q;
-            let attend = |(t, out): (usize, &mut [f32]), scores: &mut Vec<f32>| {
+            let attend = |(t, out): (usize, &mut [f32]), scratch: &mut (Vec<f32>, Vec<usize>)| {
+                let (scores, offsets) = scratch;
                 let slot = slots[t];
                 let table = &*chunks_ref[slot.seq].table;
                 let first = match c.sliding_window {
                     Some(w) if slot.pos + 1 > w => slot.pos + 1 - w,
                     _ => 0,
                 };
-                let offsets: Vec<usize> = (first..=slot.pos)
-                    .map(|p| kv_ref.offset(table, p))
-                    .collect();
+                offsets.clear();
+                offsets.extend((first..=slot.pos).map(|p| kv_ref.offset(table, p)));
                 for h in 0..n_heads {
                     let kvh = (h / group) * hd;
                     let qh = &q_ref[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
                     scores.clear();
                     let mut max = f32::NEG_INFINITY;
-                    for &at in &offsets {
+                    for &at in offsets.iter() {
                         let s = kernels::dot(qh, &keys[at + kvh..at + kvh + hd]) * scale;
                         max = max.max(s);
                         scores.push(s);
@@ -199,12 +199,12 @@ impl HostDecoder {
             if n > 1 && rayon::current_num_threads() > 1 {
                 attn.par_chunks_exact_mut(n_heads * hd)
                     .enumerate()
-                    .for_each_init(Vec::new, |scores, item| attend(item, scores));
+                    .for_each_init(Default::default, |scratch, item| attend(item, scratch));
             } else {
-                let mut scores = Vec::new();
+                let mut scratch = Default::default();
                 attn.chunks_exact_mut(n_heads * hd)
                     .enumerate()
-                    .for_each(|item| attend(item, &mut scores));
+                    .for_each(|item| attend(item, &mut scratch));
             }
             layer.o.forward_rows(&attn, n, &mut xb);
             for (x, o) in x.iter_mut().zip(&xb) {

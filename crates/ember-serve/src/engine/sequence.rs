@@ -44,6 +44,13 @@ pub(crate) enum Outcome {
     Finished(FinishReason),
 }
 
+/// `log softmax(logits)[token]`, in f64.
+fn chosen_logprob(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    (logits[token as usize] as f64 - max - total.ln()) as f32
+}
+
 impl Sequence {
     pub fn new(request: Arc<RequestState>, choice: usize, detokenize: &Detokenize) -> Self {
         let params = &request.params;
@@ -93,7 +100,13 @@ impl Sequence {
     /// what it released.
     pub fn advance(&mut self, logits: &[f32], now: Instant) -> Outcome {
         let params = &self.request.params;
-        let logprob = params.logprobs.map(|_| log_softmax(logits));
+        // With no alternatives asked for, only the chosen token's log-probability is
+        // needed: its logit minus the log-sum-exp, without a vocabulary-sized vector.
+        let logprob = match params.logprobs {
+            Some(k) if k > 0 => Some(Some(log_softmax(logits))),
+            Some(_) => Some(None),
+            None => None,
+        };
         let mut adjusted;
         let mut scores = logits;
         if !params.penalties.is_neutral() || !params.logit_bias.is_empty() {
@@ -110,10 +123,17 @@ impl Sequence {
             scores = &adjusted;
         }
         let token = self.sampler.sample(scores);
-        let logprob = logprob.map(|lp| TokenLogprob {
-            token,
-            logprob: lp[token as usize],
-            top: top_logprobs(&lp, params.logprobs.unwrap_or(0)),
+        let logprob = logprob.map(|full| match full {
+            Some(lp) => TokenLogprob {
+                token,
+                logprob: lp[token as usize],
+                top: top_logprobs(&lp, params.logprobs.unwrap_or(0)),
+            },
+            None => TokenLogprob {
+                token,
+                logprob: chosen_logprob(logits, token),
+                top: Vec::new(),
+            },
         });
         self.tokens.push(token);
         self.first_token_at.get_or_insert(now);
@@ -165,5 +185,19 @@ impl Sequence {
             completion_tokens: self.generated().len(),
         });
         self.request.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chosen_tokens_logprob_alone_equals_the_full_log_softmax() {
+        let logits = [2.5f32, -1.0, 0.25, 7.0, 3.5];
+        let full = log_softmax(&logits);
+        for t in 0..logits.len() {
+            assert!((chosen_logprob(&logits, t as u32) - full[t]).abs() < 1e-6);
+        }
     }
 }
