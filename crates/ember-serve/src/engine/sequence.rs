@@ -196,8 +196,8 @@ mod tests {
     fn the_chosen_tokens_logprob_alone_equals_the_full_log_softmax() {
         let logits = [2.5f32, -1.0, 0.25, 7.0, 3.5];
         let full = log_softmax(&logits);
-        for t in 0..logits.len() {
-            assert!((chosen_logprob(&logits, t as u32) - full[t]).abs() < 1e-6);
+        for (t, want) in full.iter().enumerate() {
+            assert!((chosen_logprob(&logits, t as u32) - want).abs() < 1e-6);
         }
     }
 }

@@ -40,19 +40,11 @@ struct ChatChunks {
     logprobs: bool,
 }
 
-impl ChatChunks {
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.answer.id,
-            "object": "chat.completion.chunk",
-            "created": self.answer.created,
-            "model": self.answer.model,
-            "choices": choices,
-        })
-    }
-}
-
 impl ChunkFormat for ChatChunks {
+    fn chunk(&self, choices: Value) -> Value {
+        self.answer.body("chat.completion.chunk", choices)
+    }
+
     fn opening(&self, choices: usize) -> Vec<Value> {
         (0..choices)
             .map(|i| {
@@ -82,12 +74,6 @@ impl ChunkFormat for ChatChunks {
         self.chunk(json!([{
             "index": choice, "delta": delta, "logprobs": null, "finish_reason": reason.as_str(),
         }]))
-    }
-
-    fn usage(&self, usage: Value) -> Value {
-        let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = usage;
-        chunk
     }
 }
 
@@ -226,13 +212,7 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
             })
         })
         .collect();
-    Ok(axum::Json(json!({
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.model,
-        "choices": choices,
-        "usage": usage(submitted.prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    let mut body = answer.body("chat.completion", choices.into());
+    body["usage"] = usage(submitted.prompt_tokens, completion_tokens);
+    Ok(axum::Json(body).into_response())
 }

@@ -50,19 +50,11 @@ struct CompletionChunks {
     offsets: Vec<usize>,
 }
 
-impl CompletionChunks {
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.answer.id,
-            "object": "text_completion",
-            "created": self.answer.created,
-            "model": self.answer.model,
-            "choices": choices,
-        })
-    }
-}
-
 impl ChunkFormat for CompletionChunks {
+    fn chunk(&self, choices: Value) -> Value {
+        self.answer.body("text_completion", choices)
+    }
+
     fn opening(&self, _choices: usize) -> Vec<Value> {
         Vec::new()
     }
@@ -85,12 +77,6 @@ impl ChunkFormat for CompletionChunks {
         self.chunk(json!([{
             "index": choice, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
         }]))
-    }
-
-    fn usage(&self, usage: Value) -> Value {
-        let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = usage;
-        chunk
     }
 }
 
@@ -213,15 +199,9 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
             })
         })
         .collect();
-    Ok(axum::Json(json!({
-        "id": answer.id,
-        "object": "text_completion",
-        "created": answer.created,
-        "model": answer.model,
-        "choices": choices,
-        "usage": usage(submitted.prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    let mut body = answer.body("text_completion", choices.into());
+    body["usage"] = usage(submitted.prompt_tokens, completion_tokens);
+    Ok(axum::Json(body).into_response())
 }
 
 fn ids_of(ids: &[i64], codec: &Codec) -> Result<Vec<u32>, ApiError> {

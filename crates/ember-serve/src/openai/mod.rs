@@ -36,6 +36,18 @@ impl Answer {
             model: model.to_string(),
         }
     }
+
+    /// An answer or stream chunk of kind `object` (`text_completion`, `chat.completion`,
+    /// `chat.completion.chunk`) holding `choices`.
+    pub fn body(&self, object: &str, choices: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
 }
 
 /// The request body, or the error for one too large or unreadable.

@@ -62,6 +62,8 @@ pub async fn collect(mut events: UnboundedReceiver<Event>, choices: usize) -> Ve
 
 /// How one endpoint writes its stream chunks (each a whole JSON object).
 pub trait ChunkFormat: Send + 'static {
+    /// A chunk holding `choices` (the endpoint's `id`, `object`, `created`, `model`).
+    fn chunk(&self, choices: Value) -> Value;
     /// Chunks sent before any token (the chat endpoint's `role` deltas).
     fn opening(&self, choices: usize) -> Vec<Value>;
     /// New text of `choice`, with the log-probabilities of the tokens it came with.
@@ -69,7 +71,11 @@ pub trait ChunkFormat: Send + 'static {
     /// The last chunk of `choice`.
     fn finish(&self, choice: usize, text: &str, reason: FinishReason) -> Value;
     /// The usage chunk (`choices: []`).
-    fn usage(&self, usage: Value) -> Value;
+    fn usage(&self, usage: Value) -> Value {
+        let mut chunk = self.chunk(json!([]));
+        chunk["usage"] = usage;
+        chunk
+    }
 }
 
 /// OpenAI's `usage` object.
