@@ -1,7 +1,7 @@
 //! The batched host pass over a paged KV cache against references that share none of its
 //! code paths: each sequence alone through the batch-1 host decoder (contiguous cache,
 //! matrix-vector kernels), fed the same chunks; and burn's forward pass with its
-//! contiguous cache. Sequences of different lengths are prefilled in chunks and decoded
+//! contiguous cache (f32, int8 and 4-bit weights). Sequences of different lengths are prefilled in chunks and decoded
 //! together in 4-position blocks, one of them forked and one sharing another's prefix.
 
 use burn::backend::Flex;
@@ -140,7 +140,7 @@ fn host_alone(host: &HostDecoder, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>
 fn batched_paged_passes_match_each_sequence_alone() {
     for (name, config) in configs() {
         let model = model(&config);
-        for weights in [HostWeights::F32, HostWeights::Int8] {
+        for weights in [HostWeights::F32, HostWeights::Int8, HostWeights::Int4] {
             let host = HostDecoder::new(&model, weights).unwrap();
             let prompts = vec![sequence(1, 13), sequence(2, 5), sequence(3, 9)];
             let steps: Vec<Vec<u32>> = (0..3).map(|s| sequence(10 + s, 6)).collect();
