@@ -1,8 +1,9 @@
 //! The batched host pass over a paged KV cache against references that share none of its
 //! code paths: each sequence alone through the batch-1 host decoder (contiguous cache,
-//! matrix-vector kernels), fed the same chunks; and burn's forward pass with its
-//! contiguous cache (f32, int8 and 4-bit weights). Sequences of different lengths are prefilled in chunks and decoded
-//! together in 4-position blocks, one of them forked and one sharing another's prefix.
+//! matrix-vector kernels; f32, int8 and 4-bit weights), fed the same chunks; and burn's
+//! forward pass with its contiguous cache. Sequences of different lengths are prefilled
+//! in chunks and decoded together in 4-position blocks, one of them forked and one
+//! sharing another's prefix.
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
