@@ -177,23 +177,8 @@ impl HostDecoder {
                 for h in 0..n_heads {
                     let kvh = (h / group) * hd;
                     let qh = &q_ref[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for &at in offsets.iter() {
-                        let s = kernels::dot(qh, &keys[at + kvh..at + kvh + hd]) * scale;
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    let mut total = 0.0;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
                     let out = &mut out[h * hd..(h + 1) * hd];
-                    out.fill(0.0);
-                    for (&at, s) in offsets.iter().zip(scores.iter()) {
-                        kernels::axpy(out, s / total, &values[at + kvh..at + kvh + hd]);
-                    }
+                    kernels::attend(qh, keys, values, offsets, kvh, scale, scores, out);
                 }
             };
             if n > 1 && rayon::current_num_threads() > 1 {

@@ -117,6 +117,44 @@ macro_rules! kernels {
                     *y += a * x;
                 }
             }
+
+            /// One query head against the keys and values at `offsets` (+ `head`, the
+            /// head's column): `out = softmax(scale · q·k) · v`, in one call so the
+            /// per-position dot and `axpy` inline. `scores` is scratch.
+            #[allow(clippy::too_many_arguments)]
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn attend(
+                q: &[f32],
+                keys: &[f32],
+                values: &[f32],
+                offsets: &[usize],
+                head: usize,
+                scale: f32,
+                scores: &mut Vec<f32>,
+                out: &mut [f32],
+            ) {
+                let hd = q.len();
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for &at in offsets {
+                    let at = at + head;
+                    // SAFETY: same features as this function.
+                    let s = unsafe { dot(q, &keys[at..at + hd]) } * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut total = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                out.fill(0.0);
+                for (&at, s) in offsets.iter().zip(scores.iter()) {
+                    let at = at + head;
+                    // SAFETY: as above.
+                    unsafe { axpy(out, s / total, &values[at..at + hd]) };
+                }
+            }
         }
     };
 }
@@ -135,6 +173,8 @@ pub(super) struct Kernels {
     pub dot_q8: unsafe fn(&[i8], &[f32], &[f32]) -> f32,
     pub dot_q4: unsafe fn(&[u8], &[f32], &[f32]) -> f32,
     pub axpy: unsafe fn(&mut [f32], f32, &[f32]),
+    #[allow(clippy::type_complexity)]
+    pub attend: unsafe fn(&[f32], &[f32], &[f32], &[usize], usize, f32, &mut Vec<f32>, &mut [f32]),
 }
 
 /// The kernel sets this CPU can run, named `"avx512"`, `"avx2"` or `"portable"`, fastest
@@ -151,6 +191,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
                     dot_q8: avx512::dot_q8,
                     dot_q4: avx512::dot_q4,
                     axpy: avx512::axpy,
+                    attend: avx512::attend,
                 },
             ));
         }
@@ -162,6 +203,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
                     dot_q8: avx2::dot_q8,
                     dot_q4: avx2::dot_q4,
                     axpy: avx2::axpy,
+                    attend: avx2::attend,
                 },
             ));
         }
@@ -173,6 +215,7 @@ pub(super) fn available() -> Vec<(&'static str, Kernels)> {
             dot_q8: portable::dot_q8,
             dot_q4: portable::dot_q4,
             axpy: portable::axpy,
+            attend: portable::attend,
         },
     ));
     sets
@@ -189,6 +232,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     // SAFETY: the kernel was chosen for features this CPU has.
     unsafe { (kernels().dot)(a, b) }
+}
+
+/// One head's attention over the positions at `offsets` (each `+ head`) of `keys` and
+/// `values`: `out = softmax(scale · q·kᵀ) · v` (`q`, `out`: `[head_dim]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offsets: &[usize],
+    head: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert_eq!(q.len(), out.len());
+    // SAFETY: the kernel was chosen for features this CPU has; slices are bounds-checked.
+    unsafe { (kernels().attend)(q, keys, values, offsets, head, scale, scores, out) }
 }
 
 /// `y += a · x`.
@@ -219,6 +280,61 @@ mod tests {
                 for i in 0..n {
                     assert!((y[i] - (a[i] + 0.5 * b[i])).abs() < 1e-6, "{name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attend_matches_a_naive_softmax_on_every_kernel_set() {
+        let values =
+            |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * seed).sin()).collect() };
+        // Rows of 40 floats; the head lives at column 8, 24 wide.
+        let (width, head, hd) = (40, 8, 24);
+        let (keys, vals) = (values(10 * width, 0.37), values(10 * width, 0.91));
+        let q = values(hd, 1.7);
+        let offsets: Vec<usize> = [0, 3, 4, 9].iter().map(|p| p * width).collect();
+        let scale = 0.3f32;
+        let scores: Vec<f64> = offsets
+            .iter()
+            .map(|&at| {
+                let k = &keys[at + head..at + head + hd];
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let want: Vec<f64> = (0..hd)
+            .map(|i| {
+                offsets
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&at, w)| w / total * vals[at + head + i] as f64)
+                    .sum()
+            })
+            .collect();
+        for (name, k) in available() {
+            let mut out = vec![f32::NAN; hd];
+            let mut scratch = Vec::new();
+            // SAFETY: `available` lists only sets this CPU runs.
+            unsafe {
+                (k.attend)(
+                    &q,
+                    &keys,
+                    &vals,
+                    &offsets,
+                    head,
+                    scale,
+                    &mut scratch,
+                    &mut out,
+                )
+            };
+            for (g, w) in out.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{name}: {g} vs {w}");
             }
         }
     }
