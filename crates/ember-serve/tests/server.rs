@@ -784,12 +784,16 @@ async fn a_full_queue_answers_503_with_retry_after() {
         })
         .await,
     );
-    // One running, one waiting; a third is refused.
+    // One running (16 choices of 120 tokens, one at a time: it stays busy), one waiting;
+    // a third is refused. The first is known to run once its first chunk arrives.
     let mut streams = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let mut request = greedy("the fox", 120);
         request["stream"] = json!(true);
-        let response = server
+        if i == 0 {
+            request["n"] = json!(16);
+        }
+        let mut response = server
             .client
             .post(format!("{}/v1/completions", server.base))
             .json(&request)
@@ -797,6 +801,9 @@ async fn a_full_queue_answers_503_with_retry_after() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
+        if i == 0 {
+            assert!(response.chunk().await.unwrap().is_some());
+        }
         streams.push(response);
     }
     let response = server

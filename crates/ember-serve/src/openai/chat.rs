@@ -180,23 +180,12 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
     let answer = Answer::new("chatcmpl", &request.model);
     let want_logprobs = logprobs.is_some();
     if sampling.stream.unwrap_or(false) {
-        let include_usage = sampling
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
         let format = ChatChunks {
             answer,
             codec,
             logprobs: want_logprobs,
         };
-        return Ok(sse(
-            submitted.events,
-            format,
-            submitted.choices,
-            submitted.prompt_tokens,
-            include_usage,
-        ));
+        return Ok(sse(submitted, format, sampling.include_usage()));
     }
     let outputs = collect(submitted.events, submitted.choices).await;
     let completion_tokens: usize = outputs.iter().map(|o| o.completion_tokens).sum();

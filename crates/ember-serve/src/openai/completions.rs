@@ -166,24 +166,13 @@ async fn handle(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
     let answer = Answer::new("cmpl", &request.model);
     let want_logprobs = request.logprobs.is_some();
     if sampling.stream.unwrap_or(false) {
-        let include_usage = sampling
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
         let format = CompletionChunks {
             answer,
             codec,
             logprobs: want_logprobs,
             offsets: vec![0; submitted.choices],
         };
-        return Ok(sse(
-            submitted.events,
-            format,
-            submitted.choices,
-            submitted.prompt_tokens,
-            include_usage,
-        ));
+        return Ok(sse(submitted, format, sampling.include_usage()));
     }
     let outputs = collect(submitted.events, submitted.choices).await;
     let completion_tokens: usize = outputs.iter().map(|o| o.completion_tokens).sum();

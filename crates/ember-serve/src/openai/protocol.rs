@@ -168,6 +168,16 @@ macro_rules! sampling_of {
     };
 }
 
+impl Sampling {
+    /// Whether `stream_options.include_usage` asks for the usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
 impl CompletionRequest {
     pub fn sampling(&self) -> Sampling {
         sampling_of!(self)

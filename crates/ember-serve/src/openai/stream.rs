@@ -12,7 +12,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::engine::{Event, FinishReason, TokenLogprob};
+use crate::engine::{Event, FinishReason, Submitted, TokenLogprob};
 
 /// Everything one choice produced.
 #[derive(Debug, Clone, Default)]
@@ -99,16 +99,16 @@ struct StreamState<F: ChunkFormat> {
     done: bool,
 }
 
-/// The server-sent-event answer: chunks as `format` writes them, until every one of
-/// `choices` has finished. Dropping it (the client went away) drops `events`, which
-/// cancels the request in the engine.
-pub fn sse<F: ChunkFormat>(
-    events: UnboundedReceiver<Event>,
-    format: F,
-    choices: usize,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Response {
+/// The server-sent-event answer to `submitted`: chunks as `format` writes them, until
+/// every choice has finished. Dropping it (the client went away) drops the events'
+/// receiver, which cancels the request in the engine.
+pub fn sse<F: ChunkFormat>(submitted: Submitted, format: F, include_usage: bool) -> Response {
+    let Submitted {
+        events,
+        choices,
+        prompt_tokens,
+        ..
+    } = submitted;
     let queue = format
         .opening(choices)
         .into_iter()
