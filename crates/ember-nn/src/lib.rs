@@ -16,6 +16,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod checkpoint;
 pub mod config;
 pub mod context;
 pub mod init;
@@ -31,6 +32,7 @@ pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
+pub use checkpoint::{ActivationCheckpointing, BlockCheckpoints};
 pub use config::{
     ConfigError, DTypeName, InitScheme, MlpKind, MoeConfig, NormKind, NormPlacement, PositionKind,
     TransformerConfig,

@@ -10,6 +10,7 @@ use crate::context::{ForwardHooks, LayerContext, Positions};
 
 use crate::attention::KvPrefix;
 use crate::block::Block;
+use crate::checkpoint::BlockCheckpoints;
 use crate::config::{ConfigError, PositionKind, TransformerConfig};
 use crate::init::{Init, Role};
 use crate::kv_cache::KvCache;
@@ -56,6 +57,9 @@ pub struct ForwardOptions<'a, B: Backend> {
     /// that are not in the cache (prefix tuning's virtual tokens, which `transformers`
     /// counts as cached positions).
     pub position_offset: usize,
+    /// Activation checkpointing: the blocks its policy chooses run without autodiff
+    /// records and are recorded here to run again in [`BlockCheckpoints::backward`].
+    pub checkpoints: Option<&'a mut BlockCheckpoints<B>>,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
@@ -67,6 +71,7 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
             moe: None,
             hooks: None,
             position_offset: 0,
+            checkpoints: None,
         }
     }
 }
@@ -158,6 +163,7 @@ impl<B: FusedBackend> Transformer<B> {
             mut moe,
             mut hooks,
             position_offset: options_offset,
+            mut checkpoints,
         } = options;
         let positions = Self::positions(cache.as_deref()).shifted(options_offset);
         let mut x = self.dropout.forward(x);
@@ -179,10 +185,23 @@ impl<B: FusedBackend> Transformer<B> {
                     None => None,
                 },
             };
-            x = block.forward(x, &mut ctx);
+            x = match checkpoints.as_deref_mut() {
+                Some(checkpoints) => {
+                    let seed = checkpoints.before_block(layer, &x.device());
+                    if checkpoints.recomputes(&ctx) {
+                        checkpoints.forward(block, x, &mut ctx, seed)
+                    } else {
+                        checkpoints.plain(block, x, &mut ctx, self.layers.len())
+                    }
+                }
+                None => block.forward(x, &mut ctx),
+            };
             if let Some(hooks) = &mut hooks {
                 x = hooks.block_output(layer, x);
             }
+        }
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.after_blocks(self.layers.len(), &x.device());
         }
         self.final_norm.forward(x)
     }

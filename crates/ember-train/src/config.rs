@@ -96,6 +96,13 @@ pub struct LoopConfig {
     /// `model.moe.z_loss_coef`. [`crate::train_with`] can supply any other objective.
     #[serde(default)]
     pub objective: crate::objective::ObjectiveKind,
+    /// What the backward pass recomputes instead of keeping (see
+    /// [`ember_nn::checkpoint`]): `"none"` (default), `"blocks"` (each block keeps only
+    /// its input and runs again in the backward pass), `"every:N"` (so do blocks 0, N,
+    /// 2N, …) or `"selective"` (norms, activations and reshapes run again; matrix
+    /// products' outputs are kept). The gradients are the same with every setting.
+    #[serde(default)]
+    pub activation_checkpointing: ember_nn::ActivationCheckpointing,
 }
 
 fn one() -> usize {
@@ -216,6 +223,20 @@ impl TrainConfig {
                 )));
             }
         }
+        if let Some(value) = table
+            .get("train")
+            .and_then(|t| t.get("activation_checkpointing"))
+        {
+            let valid = value
+                .as_str()
+                .is_some_and(|v| v.parse::<ember_nn::ActivationCheckpointing>().is_ok());
+            if !valid {
+                return Err(ConfigError(format!(
+                    "{origin}: train.activation_checkpointing = {value}: expected {}",
+                    ember_nn::ActivationCheckpointing::EXPECTED
+                )));
+            }
+        }
         let config: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;
@@ -277,6 +298,18 @@ impl TrainConfig {
                 format!(
                     "{} shards cannot split train.batch_size = {} rows (0 picks one per core)",
                     t.batch_shards, t.batch_size
+                ),
+            );
+        }
+        if t.activation_checkpointing.recomputes_block(0)
+            && self.model.dropout > 0.0
+            && t.batch_shards > 1
+        {
+            return fail(
+                "train.activation_checkpointing",
+                format!(
+                    "\"{}\" with model.dropout > 0 needs train.batch_shards = 1: shards share one random generator, so a block run again would draw other dropout masks",
+                    t.activation_checkpointing
                 ),
             );
         }

@@ -10,7 +10,7 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_data::Batch;
-use ember_nn::{ForwardOptions, FusedBackend, MoeLosses, Transformer};
+use ember_nn::{BlockCheckpoints, ForwardOptions, FusedBackend, MoeLosses, Transformer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -25,6 +25,9 @@ pub struct ObjectiveBatch<'a, B: Backend> {
     /// The rows drawn, as host data.
     pub batch: &'a Batch,
     pub device: &'a B::Device,
+    /// Activation checkpointing: pass it on in the model's [`ForwardOptions`]; the trainer
+    /// differentiates the loss through it.
+    pub checkpoints: Option<&'a mut BlockCheckpoints<B>>,
 }
 
 /// A micro-batch's MoE auxiliary losses (unweighted) and routing counts.
@@ -117,6 +120,7 @@ impl<B: AutodiffBackend + FusedBackend> Objective<B> for CausalLm {
         let mut moe_losses = MoeLosses::default();
         let options = ForwardOptions {
             moe: self.moe_coefs.is_some().then_some(&mut moe_losses),
+            checkpoints: batch.checkpoints,
             ..Default::default()
         };
         let logits = model.forward(batch.inputs, options);

@@ -578,3 +578,90 @@ fn config_errors_name_the_key_or_flag() {
         (1.0, 0.0, 250, 20)
     );
 }
+
+/// `train.activation_checkpointing` changes what the backward pass keeps, not what it
+/// computes: every setting trains like `"none"` (losses, gradient norms and weights), with
+/// dropout (the same masks), gradient accumulation, batch shards and MoE.
+#[test]
+fn activation_checkpointing_trains_like_none() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let run = |name: &str, setting: &str, dropout: f64, shards: usize, moe: bool| {
+        let out = tmp.path().join(format!("{name}-{}", setting.replace(':', "")));
+        let options = quiet_options(out.clone(), &data, None);
+        let mut config = small_config(3);
+        config.model.n_layers = 3;
+        config.model.dropout = dropout;
+        config.train.batch_shards = shards;
+        config.train.eval_every = 0;
+        config.train.activation_checkpointing = setting.parse().unwrap();
+        if moe {
+            config.model.moe = Some(ember_nn::MoeConfig {
+                n_experts: 4,
+                top_k: 2,
+                renormalize: true,
+                capacity_factor: None,
+                aux_loss_coef: 0.01,
+                z_loss_coef: 0.001,
+            });
+        }
+        train::<B>(config, &options, &Default::default()).unwrap();
+        out
+    };
+    for (name, dropout, shards, moe) in [
+        ("dropout", 0.1, 1, false),
+        ("sharded", 0.0, 2, false),
+        ("moe", 0.0, 1, true),
+    ] {
+        let plain = run(name, "none", dropout, shards, moe);
+        let plain_metrics = loss_and_grad_norm(&plain);
+        for setting in ["blocks", "every:2"] {
+            let what = format!("{name}, {setting}");
+            let checkpointed = run(name, setting, dropout, shards, moe);
+            let metrics = loss_and_grad_norm(&checkpointed);
+            assert_eq!(metrics.len(), 3, "{what}");
+            for (step, (a, b)) in plain_metrics.iter().zip(&metrics).enumerate() {
+                assert!(
+                    (a.0 - b.0).abs() <= 1e-6 * a.0 && (a.1 - b.1).abs() <= 1e-6 * a.1,
+                    "{what}, step {step}: loss {} vs {}, grad norm {} vs {}",
+                    a.0,
+                    b.0,
+                    a.1,
+                    b.1
+                );
+            }
+            let (param, worst) = worst_weight_diff(&plain, &checkpointed);
+            assert!(worst <= 1e-6, "{what}: {param} differs by {worst}");
+        }
+    }
+}
+
+#[test]
+fn activation_checkpointing_settings_are_checked() {
+    let resolve = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        TrainConfig::resolve(Some("tiny"), None, &sets)
+    };
+    let err = resolve(&["train.activation_checkpointing=every:0"]).unwrap_err();
+    assert!(
+        err.0.contains("train.activation_checkpointing") && err.0.contains("every:N"),
+        "{err}"
+    );
+    let err = resolve(&[
+        "train.activation_checkpointing=blocks",
+        "model.dropout=0.1",
+        "train.batch_size=4",
+        "train.batch_shards=2",
+    ])
+    .unwrap_err();
+    assert!(
+        err.0.starts_with("train.activation_checkpointing") && err.0.contains("batch_shards"),
+        "{err}"
+    );
+    let ok = resolve(&["train.activation_checkpointing=every:3"]).unwrap();
+    assert_eq!(
+        ok.train.activation_checkpointing,
+        ember_nn::ActivationCheckpointing::Every(3)
+    );
+}

@@ -10,7 +10,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::Batch;
-use ember_nn::{FusedBackend, Transformer};
+use ember_nn::{BlockCheckpoints, FusedBackend, Transformer};
 use ember_optim::clip_global_norm;
 
 use super::error::TrainError;
@@ -52,6 +52,7 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     batch: &Batch,
     weight: f64,
     device: &B::Device,
+    mut checkpoints: BlockCheckpoints<B>,
 ) -> MicroBatch {
     let (inputs, targets) = batch_tensors::<B>(batch, device);
     let out = objective.loss(
@@ -61,6 +62,7 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
             targets,
             batch,
             device,
+            checkpoints: Some(&mut checkpoints),
         },
     );
     let loss = if weight != 1.0 {
@@ -68,7 +70,7 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     } else {
         out.loss
     };
-    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let grads = checkpoints.backward(loss, model);
     MicroBatch {
         grads,
         weight,
@@ -134,13 +136,28 @@ where
         let mut train_loss = 0.0;
         let mut metrics = BTreeMap::new();
         self.tally.start_step();
-        for _ in 0..t.grad_accum {
+        // Dropout masks come from per-block seeds (the same whether or not a block runs
+        // again in the backward pass); sharded runs draw from the shared generator.
+        let dropout_seeds = self.config.model.dropout > 0.0 && self.n_shards == 1;
+        for micro in 0..t.grad_accum {
             let batch = self
                 .state
                 .sampler
                 .sample(&self.splits.train, t.batch_size, block);
+            let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
             let parts = self.shards.run(model, &batch, |model, rows, weight| {
-                micro_batch(model, objective, rows, weight / t.grad_accum as f64, device)
+                let mut checkpoints = BlockCheckpoints::new(t.activation_checkpointing);
+                if dropout_seeds {
+                    checkpoints = checkpoints.with_dropout_seed(seed);
+                }
+                micro_batch(
+                    model,
+                    objective,
+                    rows,
+                    weight / t.grad_accum as f64,
+                    device,
+                    checkpoints,
+                )
             });
             for part in parts {
                 train_loss += part.train_loss * part.weight;
