@@ -13,6 +13,7 @@ mod attention_memory;
 mod decode;
 mod finetune;
 mod gpt_wide;
+mod memory;
 mod micro;
 mod serve;
 
@@ -339,6 +340,9 @@ fn bench(args: &[String]) -> Result<()> {
     if flag("--suite") == Some("serve") {
         return serve::bench(&data);
     }
+    if flag("--suite") == Some("memory") {
+        return memory::bench(&data, number("--steps", 6)?);
+    }
     if !data.exists() {
         bail!(
             "{}: benchmark data not found (pass --data FILE)",
@@ -360,7 +364,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, serve)"
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, memory, serve)"
             )
         }
     }

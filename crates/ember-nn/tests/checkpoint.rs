@@ -1,14 +1,15 @@
 //! Activation checkpointing: the gradients of a pass whose blocks run again in the backward
 //! pass equal those of the plain pass, for every architecture option.
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use ember_nn::{
-    ActivationCheckpointing, BlockCheckpoints, ForwardOptions, MlpKind, MoeLosses, NormKind,
-    NormPlacement, PositionKind, Transformer, TransformerConfig,
+    ActivationCheckpointing, BlockCheckpoints, ForwardOptions, FusedBackend, MlpKind, MoeLosses,
+    NormKind, NormPlacement, PositionKind, Transformer, TransformerConfig,
 };
 
 type B = Autodiff<Flex>;
@@ -56,13 +57,16 @@ fn configs() -> Vec<(&'static str, TransformerConfig)> {
 }
 
 /// Every parameter's gradient, by parameter id, as `f32` vectors in model order.
-fn gradients(model: &Transformer<B>, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+fn gradients<A: AutodiffBackend<InnerBackend = Flex>>(
+    model: &Transformer<A>,
+    grads: &GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
     struct Collect<'a> {
         grads: &'a GradientsParams,
         out: Vec<(String, Vec<f32>)>,
     }
-    impl ModuleVisitor<B> for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+    impl<A: AutodiffBackend<InnerBackend = Flex>> ModuleVisitor<A> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
             let grad = self
                 .grads
                 .get::<Flex, D>(param.id)
@@ -81,16 +85,16 @@ fn gradients(model: &Transformer<B>, grads: &GradientsParams) -> Vec<(String, Ve
 
 /// The loss a test differentiates: logits against fixed random weights, plus the MoE
 /// auxiliary losses.
-fn gradients_with(
-    model: &Transformer<B>,
-    tokens: &Tensor<B, 2, Int>,
-    weights: &Tensor<B, 3>,
+fn gradients_with<A: AutodiffBackend<InnerBackend = Flex> + FusedBackend>(
+    model: &Transformer<A>,
+    tokens: &Tensor<A, 2, Int>,
+    weights: &Tensor<A, 3>,
     policy: ActivationCheckpointing,
     dropout_seed: u64,
 ) -> Vec<(String, Vec<f32>)> {
     let n_layers = model.layers.len();
     let device = Default::default();
-    B::seed(&device, 99); // the embedding dropout, drawn before the blocks
+    A::seed(&device, 99); // the embedding dropout, drawn before the blocks
     let mut checkpoints = BlockCheckpoints::new(policy).with_dropout_seed(dropout_seed);
     let mut moe = MoeLosses::default();
     let logits = model.forward(
@@ -151,6 +155,50 @@ fn checkpointed_gradients_equal_the_plain_ones() {
             // The masks depend on the seed: another seed gives other gradients.
             let other = gradients_with(&model, &tokens, &weights, ActivationCheckpointing::None, 8);
             assert_ne!(plain, other, "dropout draws from the per-block seeds");
+        }
+    }
+}
+
+/// `selective`: burn's balanced strategy runs the fused norms and GELU (and burn's
+/// memory-bound ops) again in the backward pass; the gradients do not change.
+#[test]
+fn selective_recomputation_gives_the_plain_gradients() {
+    type Selective = Autodiff<Flex, BalancedCheckpointing>;
+    assert!(Selective::recomputes_memory_bound_ops() && !B::recomputes_memory_bound_ops());
+    let device = Default::default();
+    for (name, config) in configs() {
+        let _draw = RNG.lock().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<i64> = (0..2 * 10).map(|i| (i * 5 + 1) % 13).collect();
+        let data = TensorData::new(ids, [2, 10]);
+        let plain = {
+            B::seed(&device, 5);
+            let model = Transformer::<B>::new(&config, &device).unwrap();
+            let weights =
+                Tensor::<B, 3>::random([2, 10, 13], Distribution::Normal(0.0, 1.0), &device);
+            let tokens = Tensor::from_data(data.clone(), &device);
+            gradients_with(&model, &tokens, &weights, ActivationCheckpointing::None, 3)
+        };
+        let selective = {
+            Selective::seed(&device, 5);
+            let model = Transformer::<Selective>::new(&config, &device).unwrap();
+            let weights = Tensor::<Selective, 3>::random(
+                [2, 10, 13],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let tokens = Tensor::from_data(data.clone(), &device);
+            gradients_with(
+                &model,
+                &tokens,
+                &weights,
+                ActivationCheckpointing::Selective,
+                3,
+            )
+        };
+        assert_eq!(plain.len(), selective.len());
+        for ((id, a), (_, b)) in plain.iter().zip(&selective) {
+            assert!(!a.is_empty(), "{name}: parameter {id} has no gradient");
+            assert_eq!(a, b, "{name}: parameter {id}");
         }
     }
 }

@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{exclusive, quiet_options, weights};
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -588,7 +589,9 @@ fn activation_checkpointing_trains_like_none() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
     let run = |name: &str, setting: &str, dropout: f64, shards: usize, moe: bool| {
-        let out = tmp.path().join(format!("{name}-{}", setting.replace(':', "")));
+        let out = tmp
+            .path()
+            .join(format!("{name}-{}", setting.replace(':', "")));
         let options = quiet_options(out.clone(), &data, None);
         let mut config = small_config(3);
         config.model.n_layers = 3;
@@ -606,7 +609,12 @@ fn activation_checkpointing_trains_like_none() {
                 z_loss_coef: 0.001,
             });
         }
-        train::<B>(config, &options, &Default::default()).unwrap();
+        if setting == "selective" {
+            train::<Autodiff<Flex, BalancedCheckpointing>>(config, &options, &Default::default())
+                .unwrap();
+        } else {
+            train::<B>(config, &options, &Default::default()).unwrap();
+        }
         out
     };
     for (name, dropout, shards, moe) in [
@@ -616,7 +624,7 @@ fn activation_checkpointing_trains_like_none() {
     ] {
         let plain = run(name, "none", dropout, shards, moe);
         let plain_metrics = loss_and_grad_norm(&plain);
-        for setting in ["blocks", "every:2"] {
+        for setting in ["blocks", "every:2", "selective"] {
             let what = format!("{name}, {setting}");
             let checkpointed = run(name, setting, dropout, shards, moe);
             let metrics = loss_and_grad_norm(&checkpointed);
@@ -657,6 +665,19 @@ fn activation_checkpointing_settings_are_checked() {
     .unwrap_err();
     assert!(
         err.0.starts_with("train.activation_checkpointing") && err.0.contains("batch_shards"),
+        "{err}"
+    );
+    // "selective" is a property of the autodiff backend: one that keeps every output
+    // refuses it.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let options = quiet_options(tmp.path().join("out"), &data, None);
+    let mut config = small_config(1);
+    config.train.activation_checkpointing = ember_nn::ActivationCheckpointing::Selective;
+    let err = train::<B>(config, &options, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("train.activation_checkpointing = \"selective\""),
         "{err}"
     );
     let ok = resolve(&["train.activation_checkpointing=every:3"]).unwrap();

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use clap::Args;
-use ember_nn::FusedBackend;
+use ember_nn::{ActivationCheckpointing, FusedBackend};
 use ember_train::{TrainConfig, TrainOptions};
 
 use crate::commands::On;
@@ -55,7 +56,13 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: TrainArgs) -> Result<(), CliError>
         verbose: !args.quiet,
         cpu_backend: on.cpu,
     };
-    let summary = ember_train::train::<Autodiff<B>>(config, &options, &on.device)?;
+    // `selective` checkpointing is burn's balanced strategy: memory-bound ops run again in
+    // the backward pass.
+    let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
+        ember_train::train::<Autodiff<B, BalancedCheckpointing>>(config, &options, &on.device)?
+    } else {
+        ember_train::train::<Autodiff<B>>(config, &options, &on.device)?
+    };
     let speed = if summary.median_step_ms > 0.0 {
         format!(
             "median {:.1} ms/step ({:.0} tokens/s)",

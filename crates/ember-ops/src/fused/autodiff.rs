@@ -8,6 +8,10 @@
 //! K/V heads in the backward pass: the `n_heads / n_kv_heads` queries that share a K/V
 //! head are stacked along the rows of one matmul.
 //!
+//! The norms and GELU are marked memory bound, with the recipe to run them again
+//! ([`super::retro`]): under burn's `BalancedCheckpointing` their outputs are recomputed
+//! for the backward pass instead of kept.
+//!
 //! The product with a block-quantized weight keeps the packed codes and scales, not the
 //! dequantized weight, and dequantizes again in its backward pass
 //! ([`QuantizedMatmulBackward`], [`QuantizedMatmulState`]).
@@ -16,10 +20,13 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 
+use std::marker::PhantomData;
+
+use super::retro::{NormKind, RetroGelu, RetroNorm};
 use super::{FusedBackend, MatmulPrecision, composed};
 use crate::quant::QuantSpec;
 
@@ -166,6 +173,10 @@ impl<B: FusedBackend> Backward<B, 1> for QuantizedMatmulBackward {
 }
 
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    fn recomputes_memory_bound_ops() -> bool {
+        std::any::TypeId::of::<C>() == std::any::TypeId::of::<BalancedCheckpointing>()
+    }
+
     /// The dequantized weight as a constant (no gradient reaches codes or scales).
     fn fused_dequantize(
         codes: IntTensor<Self>,
@@ -227,9 +238,15 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let retro = RetroGelu::<B> {
+            x: x.node.id,
+            _backend: PhantomData,
+        };
         match GeluBackward
             .prepare::<C>([x.node.clone()])
-            .compute_bound()
+            .memory_bound()
+            .retro_forward(retro)
+            .parents([&x])
             .stateful()
         {
             OpsKind::Tracked(prep) => {
@@ -249,9 +266,19 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         let Some(bias) = bias else {
             return norm_no_bias::<B, C>(x, weight, eps, false);
         };
+        let retro = RetroNorm::<B> {
+            kind: NormKind::Layer,
+            x: x.node.id,
+            weight: weight.node.id,
+            bias: Some(bias.node.id),
+            eps,
+            _backend: PhantomData,
+        };
         match LayerNormBackward
             .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
+            .memory_bound()
+            .retro_forward(retro)
+            .parents([&x, &weight, &bias])
             .stateful()
         {
             OpsKind::Tracked(prep) => {
@@ -348,9 +375,19 @@ fn norm_no_bias<B: FusedBackend, C: CheckpointStrategy>(
             B::fused_layer_norm(x, weight, None, eps)
         }
     };
+    let retro = RetroNorm::<B> {
+        kind: if rms { NormKind::Rms } else { NormKind::Layer },
+        x: x.node.id,
+        weight: weight.node.id,
+        bias: None,
+        eps,
+        _backend: PhantomData,
+    };
     match (NormNoBiasBackward { rms })
         .prepare::<C>([x.node.clone(), weight.node.clone()])
-        .compute_bound()
+        .memory_bound()
+        .retro_forward(retro)
+        .parents([&x, &weight])
         .stateful()
     {
         OpsKind::Tracked(prep) => {

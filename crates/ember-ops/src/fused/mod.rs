@@ -22,6 +22,7 @@ mod backends;
 pub mod composed;
 pub mod math;
 pub mod precision;
+mod retro;
 
 pub use precision::{MatmulPrecision, matmul_precision, set_matmul_precision};
 
@@ -39,6 +40,13 @@ use crate::quant::QuantSpec;
 /// attention takes `q: [batch, n_heads, seq_q, head_dim]`,
 /// `k, v: [batch, n_kv_heads, seq_kv, head_dim]`.
 pub trait FusedBackend: Backend {
+    /// Whether the backward pass runs memory-bound ops (norms, activations, reshapes)
+    /// again instead of keeping their outputs: `Autodiff<_, BalancedCheckpointing>`,
+    /// Ember's `selective` activation checkpointing.
+    fn recomputes_memory_bound_ops() -> bool {
+        false
+    }
+
     /// Exact (erf) GELU: `x · Φ(x)`.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::gelu::<Self>(x)

@@ -68,6 +68,20 @@ where
         device: &'a B::Device,
     ) -> Result<Self, TrainError> {
         config.validate()?;
+        let selective =
+            config.train.activation_checkpointing == ember_nn::ActivationCheckpointing::Selective;
+        if selective != B::recomputes_memory_bound_ops() {
+            return Err(ConfigError(format!(
+                "train.activation_checkpointing = \"{}\": {}",
+                config.train.activation_checkpointing,
+                if selective {
+                    "this backend keeps every op's output (train on `Autodiff<_, BalancedCheckpointing>`, as `ember train` does for this setting)"
+                } else {
+                    "this backend recomputes memory-bound ops, which is the setting \"selective\""
+                }
+            ))
+            .into());
+        }
         let TrainExtras { objective, hooks } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
