@@ -10,7 +10,8 @@
 //! differentiated against the gradient its output received, and hands its input's
 //! gradient on to whatever produced that input (the previous checkpointed block directly,
 //! or a backward pass through the blocks and embeddings in between). Peak memory holds
-//! every chosen block's input and one block's activations at a time.
+//! every chosen block's input and one block's activations at a time. The last block is
+//! never run again: the backward pass starts with it, so its activations are kept.
 //!
 //! burn's own checkpointing ([`burn_autodiff`]'s `BalancedCheckpointing`) works per op,
 //! not per block: it recomputes memory-bound ops whose outputs a later op needs. The
@@ -196,10 +197,17 @@ impl<B: Backend> BlockCheckpoints<B> {
         }
     }
 
-    /// Whether block `layer` of a pass with `ctx` runs checkpointed: the policy chooses
-    /// it, and the pass has no cache, prefix or hooks (state a second run would repeat).
-    pub(crate) fn recomputes(&self, ctx: &LayerContext<'_, B>) -> bool {
-        self.policy.recomputes_block(ctx.layer)
+    /// Whether the policy runs block `layer` of `n_layers` again. Never the last: the
+    /// backward pass starts with it, so keeping its activations costs no more memory
+    /// than running it again would, and saves the time.
+    fn chosen(&self, layer: usize, n_layers: usize) -> bool {
+        self.policy.recomputes_block(layer) && layer + 1 < n_layers
+    }
+
+    /// Whether block `ctx.layer` of `n_layers` runs checkpointed: the policy chooses it,
+    /// and the pass has no cache, prefix or hooks (state a second run would repeat).
+    pub(crate) fn recomputes(&self, ctx: &LayerContext<'_, B>, n_layers: usize) -> bool {
+        self.chosen(ctx.layer, n_layers)
             && ctx.cache.is_none()
             && ctx.prefix.is_none()
             && ctx.hooks.is_none()
@@ -223,7 +231,9 @@ impl<B: FusedBackend> BlockCheckpoints<B> {
             let mut inner = LayerContext::plain(ctx.layer, ctx.positions, ctx.rope);
             inner.documents = ctx.documents;
             inner.moe = moe.as_mut();
-            untracked.forward(x.clone().detach(), &mut inner)
+            // `detach` keeps a leaf's `require_grad` (the previous block's output is one):
+            // drop it too, or this pass would record a graph after all.
+            untracked.forward(x.clone().detach().set_require_grad(false), &mut inner)
         };
         let output = y.detach().require_grad();
         let aux = report_as_leaves(moe, ctx).map(|[(_, balance), (_, z)]| (balance, z));
@@ -250,7 +260,7 @@ impl<B: FusedBackend> BlockCheckpoints<B> {
         ctx: &mut LayerContext<'_, B>,
         n_layers: usize,
     ) -> Tensor<B, 3> {
-        let later = (ctx.layer + 1..n_layers).any(|l| self.policy.recomputes_block(l));
+        let later = (ctx.layer + 1..n_layers).any(|l| self.chosen(l, n_layers));
         if !later || ctx.moe.is_none() {
             return block.forward(x, ctx);
         }

@@ -188,7 +188,7 @@ impl<B: FusedBackend> Transformer<B> {
             x = match checkpoints.as_deref_mut() {
                 Some(checkpoints) => {
                     let seed = checkpoints.before_block(layer, &x.device());
-                    if checkpoints.recomputes(&ctx) {
+                    if checkpoints.recomputes(&ctx, self.layers.len()) {
                         checkpoints.forward(block, x, &mut ctx, seed)
                     } else {
                         checkpoints.plain(block, x, &mut ctx, self.layers.len())

@@ -594,7 +594,7 @@ fn activation_checkpointing_trains_like_none() {
             .join(format!("{name}-{}", setting.replace(':', "")));
         let options = quiet_options(out.clone(), &data, None);
         let mut config = small_config(3);
-        config.model.n_layers = 3;
+        config.model.n_layers = 4;
         config.model.dropout = dropout;
         config.train.batch_shards = shards;
         config.train.eval_every = 0;
