@@ -1,7 +1,7 @@
 //! `cargo xtask bench --suite memory`: peak memory and time per step of training with each
 //! activation-checkpointing setting, on nanoGPT's GPU shape (6 layers, d 384, block 256,
-//! batch 16) and a 24-layer variant, each run in a fresh process; then the largest batch
-//! that fits a memory budget with and without checkpointing.
+//! batch 16) and a 24-layer variant, each run in a fresh process; the largest batch that
+//! fits a memory budget with and without checkpointing; then each `train.precision`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +25,8 @@ fn shape_sets(n_layers: usize, batch: usize) -> Vec<String> {
         "model.max_seq_len=256".into(),
         "model.dropout=0.0".into(),
         format!("train.batch_size={batch}"),
+        // One shard: two running at once make the peak depend on their timing.
+        "train.batch_shards=1".into(),
         "train.eval_every=0".into(),
         "train.log_every=1".into(),
     ]
@@ -170,11 +172,51 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
         checkpointing[format!("{key}_max_batch_rss_mb")] = fitted.map(|(_, r)| r).into();
     }
 
-    println!("{}", summary_line(&checkpointing));
-    let json_path = root.join("target/bench/memory-checkpointing.json");
-    let mut full = checkpointing.clone();
-    full["table"] = Value::Array(table);
-    std::fs::write(&json_path, serde_json::to_string_pretty(&full)?)?;
-    println!("xtask: wrote {}", json_path.display());
+    // Mixed precision: peak RSS at batch 16, and the activation memory per row (the
+    // slope of peak RSS between batches 4 and 16, which leaves out weights, gradients
+    // and optimizer state).
+    let mut precision = json!({ "bench": "memory-precision", "steps": steps, "n_layers": 6 });
+    for mixed in ["f32", "bf16-mixed", "f16-mixed"] {
+        let sets = |batch| with(shape_sets(6, batch), &[format!("train.precision={mixed}")]);
+        let m = measure(&ember, data, &out, &sets(16), steps)?;
+        let small = measure(&ember, data, &out, &sets(4), 1)?.peak_rss_mb;
+        let per_row = (m.peak_rss_mb - small) / 12.0;
+        println!(
+            "xtask: 6 layers, batch 16, {mixed}: peak RSS {:.0} MiB, {:.0} ms/step, {per_row:.1} MiB of activations per row",
+            m.peak_rss_mb, m.ms_per_step
+        );
+        table.push(json!({
+            "n_layers": 6, "batch": 16, "activation_checkpointing": "none",
+            "precision": mixed, "peak_rss_mb": m.peak_rss_mb, "ms_per_step": m.ms_per_step,
+            "activation_mb_per_row": per_row,
+        }));
+        let key = mixed.trim_end_matches("-mixed");
+        precision[format!("{key}_peak_rss_mb")] = m.peak_rss_mb.into();
+        precision[format!("{key}_ms_per_step")] = m.ms_per_step.into();
+        precision[format!("{key}_act_mb_per_row")] = per_row.into();
+    }
+    for (key, a, b) in [
+        ("rss_ratio", "bf16_peak_rss_mb", "f32_peak_rss_mb"),
+        ("act_ratio", "bf16_act_mb_per_row", "f32_act_mb_per_row"),
+        ("time_ratio", "bf16_ms_per_step", "f32_ms_per_step"),
+        ("f16_rss_ratio", "f16_peak_rss_mb", "f32_peak_rss_mb"),
+        ("f16_act_ratio", "f16_act_mb_per_row", "f32_act_mb_per_row"),
+        ("f16_time_ratio", "f16_ms_per_step", "f32_ms_per_step"),
+    ] {
+        precision[key] = ratio(&precision, a, b);
+    }
+
+    let dir = root.join("target/bench");
+    for (summary, name) in [
+        (&checkpointing, "memory-checkpointing"),
+        (&precision, "memory-precision"),
+    ] {
+        println!("{}", summary_line(summary));
+        let mut full = summary.clone();
+        full["table"] = Value::Array(table.clone());
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&full)?)?;
+        println!("xtask: wrote {}", path.display());
+    }
     Ok(())
 }

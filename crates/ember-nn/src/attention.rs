@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::nn::Initializer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use ember_ops::fused::autocast;
 use ember_ops::{
     FlexOptions, FusedBackend, MaskMod, RopeTables, ScoreMod, alibi_slopes, flex_attention,
 };
@@ -132,8 +133,10 @@ impl<B: FusedBackend> Attention<B> {
         let mut k = split(self.k_proj.forward(x.clone()), self.n_kv_heads);
         let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = ember_ops::fused::rms_norm(q, qn.gamma.val(), qn.epsilon);
-            k = ember_ops::fused::rms_norm(k, kn.gamma.val(), kn.epsilon);
+            // In f32 under mixed precision, as every norm.
+            let (qf, kf) = (autocast::to_f32(q), autocast::to_f32(k));
+            q = ember_ops::fused::rms_norm(qf, qn.gamma.val(), qn.epsilon);
+            k = ember_ops::fused::rms_norm(kf, kn.gamma.val(), kn.epsilon);
         }
         if let Some(rope) = ctx.rope {
             q = rotate_rows(rope, q, ctx.positions);

@@ -6,6 +6,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_ops::FusedBackend;
+use ember_ops::fused::autocast;
 
 use crate::attention::Attention;
 use crate::config::{NormPlacement, TransformerConfig};
@@ -77,6 +78,7 @@ impl<B: FusedBackend> Block<B> {
     /// The feed-forward network on `[batch, seq, d_model]`; MoE layers report their
     /// auxiliary losses to `ctx.moe`; the output passes through `ctx`'s hooks.
     fn ffn(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
+        let residual_dtype = x.dtype();
         let out = match (&self.mlp, &self.moe) {
             (Some(mlp), _) => mlp.forward(x),
             (None, Some(moe)) => {
@@ -89,16 +91,19 @@ impl<B: FusedBackend> Block<B> {
             }
             (None, None) => unreachable!("a block has a dense or an MoE feed-forward network"),
         };
-        ctx.hook_ffn(out)
+        ctx.hook_ffn(autocast::cast_to(out, residual_dtype.into()))
     }
 
     /// The attention branch on `[batch, seq, d_model]`, through `ctx`'s hooks.
     fn attn(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
+        let residual_dtype = x.dtype();
         let out = self.attn.forward(x, ctx);
-        ctx.hook_attention(out)
+        ctx.hook_attention(autocast::cast_to(out, residual_dtype.into()))
     }
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`; see [`Attention::forward`].
+    /// The residual stream keeps its dtype (f32 under mixed precision): the branches'
+    /// outputs are cast to it before they are added.
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
         let maybe_norm = |norm: &Option<Norm<B>>, y: Tensor<B, 3>| match norm {
             Some(norm) => norm.forward(y),

@@ -173,6 +173,7 @@ impl<B: FusedBackend> Moe<B> {
             let slot_weight =
                 weights.select(0, index(routing.order.iter().map(|&a| a as i64).collect()));
             // Gather once, run each expert on its contiguous slice, scatter back.
+            let x_dtype = x.dtype();
             let grouped = x.select(0, token_of.clone());
             let mut outputs = Vec::with_capacity(n_experts);
             let mut start = 0;
@@ -182,7 +183,10 @@ impl<B: FusedBackend> Moe<B> {
                 }
                 start += n;
             }
-            let expert_out = Tensor::cat(outputs, 0) * slot_weight.unsqueeze_dim(1);
+            // Expert outputs in f32 (low precision under autocast), weighted in f32.
+            let expert_out =
+                ember_ops::fused::autocast::cast_to(Tensor::cat(outputs, 0), x_dtype.into())
+                    * slot_weight.unsqueeze_dim(1);
             out = out.select_assign(0, token_of, expert_out, IndexingUpdateOp::Add);
         }
 

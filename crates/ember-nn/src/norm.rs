@@ -96,6 +96,8 @@ impl<B: FusedBackend> Norm<B> {
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Norms compute in f32 under mixed precision (their statistics need it).
+        let x = ember_ops::fused::autocast::to_f32(x);
         match self {
             Norm::LayerNorm(norm) => ember_ops::fused::layer_norm(
                 x,

@@ -201,7 +201,10 @@ impl<B: FusedBackend> Projection<B> {
         let base = |x: Tensor<B, 2>| {
             let y = self.base_product(x, custom);
             match &self.bias {
-                Some(bias) => y + bias.val().unsqueeze(),
+                Some(bias) => {
+                    let bias = ember_ops::fused::autocast::cast_like(bias.val(), &y);
+                    y + bias.unsqueeze()
+                }
                 None => y,
             }
         };

@@ -252,7 +252,8 @@ impl<B: FusedBackend> Transformer<B> {
             Some(head) => head.forward(hidden),
             None => ember_ops::fused::matmul(hidden, self.tok_embeddings.weight.val().transpose()),
         };
-        logits.reshape([batch, seq, self.config.vocab_size])
+        // f32 logits under mixed precision: the loss is computed in f32.
+        ember_ops::fused::autocast::to_f32(logits).reshape([batch, seq, self.config.vocab_size])
     }
 
     /// Logits for every position.

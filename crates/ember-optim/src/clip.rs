@@ -39,6 +39,16 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
+/// Multiplies every gradient of `module`'s parameters by `factor` (unscaling after loss
+/// scaling).
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
+    module.visit(&mut Scale { grads, factor });
+}
+
 /// The L2 norm of every gradient of `module`'s parameters taken together.
 pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,

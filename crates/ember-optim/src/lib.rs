@@ -5,6 +5,6 @@ pub mod clip;
 pub mod groups;
 pub mod schedule;
 
-pub use clip::{clip_global_norm, global_grad_norm};
+pub use clip::{clip_global_norm, global_grad_norm, scale_grads};
 pub use groups::{AdamWGroups, AdamWSettings, DecayRule, decay_matrices};
 pub use schedule::{LrSchedule, ScheduleKind, WarmupConstant, WarmupCosine, WarmupLinear};

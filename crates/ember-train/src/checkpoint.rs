@@ -35,6 +35,9 @@ pub struct TrainState {
     pub last_val_loss: Option<f64>,
     /// Wall-clock seconds of training so far.
     pub elapsed_s: f64,
+    /// `train.precision = "f16-mixed"`: the dynamic loss scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::LossScale>,
 }
 
 /// Writes a complete checkpoint to `dir` atomically (see [`ember_model::checkpoint::write`]).

@@ -103,10 +103,49 @@ pub struct LoopConfig {
     /// products' outputs are kept). The gradients are the same with every setting.
     #[serde(default)]
     pub activation_checkpointing: ember_nn::ActivationCheckpointing,
+    /// Mixed precision (see `ember_ops::fused::autocast`): `"f32"` (default),
+    /// `"bf16-mixed"` or `"f16-mixed"`: activations and matrix products in the low
+    /// precision; weights, gradients, norms, softmax, the loss and the optimizer state in
+    /// f32. `"f16-mixed"` scales the loss dynamically ([`crate::LossScale`]).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `train.precision`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    #[serde(rename = "f16-mixed")]
+    F16Mixed,
+}
+
+impl Precision {
+    pub const EXPECTED: &'static str = "\"f32\", \"bf16-mixed\" or \"f16-mixed\"";
+
+    /// The dtype layers compute in (`None`: f32).
+    pub fn autocast(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16Mixed => Some(burn::tensor::FloatDType::BF16),
+            Precision::F16Mixed => Some(burn::tensor::FloatDType::F16),
+        }
+    }
 }
 
 fn one() -> usize {
     1
+}
+
+/// A unit enum's serde name.
+fn serde_plain<T: Serialize>(value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(toml::Value::String(s)) => s,
+        _ => String::new(),
+    }
 }
 
 /// The `[sample]` section: what `ember generate` does by default with the trained model.
@@ -223,6 +262,14 @@ impl TrainConfig {
                 )));
             }
         }
+        if let Some(value) = table.get("train").and_then(|t| t.get("precision"))
+            && value.clone().try_into::<Precision>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "{origin}: train.precision = {value}: expected {}",
+                Precision::EXPECTED
+            )));
+        }
         if let Some(value) = table
             .get("train")
             .and_then(|t| t.get("activation_checkpointing"))
@@ -310,6 +357,17 @@ impl TrainConfig {
                 format!(
                     "\"{}\" with model.dropout > 0 needs train.batch_shards = 1: shards share one random generator, so a block run again would draw other dropout masks",
                     t.activation_checkpointing
+                ),
+            );
+        }
+        if t.precision != Precision::F32
+            && t.matmul_precision != ember_ops::fused::MatmulPrecision::F32
+        {
+            return fail(
+                "train.matmul_precision",
+                format!(
+                    "\"bf16\" rounds the inputs of f32 products; with train.precision = \"{}\" the products are in low precision already: set one of the two",
+                    serde_plain(&t.precision)
                 ),
             );
         }

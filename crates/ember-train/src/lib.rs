@@ -18,10 +18,12 @@ mod shards;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TrainState};
-pub use config::{ConfigError, PRESETS, TrainConfig};
+pub use config::{ConfigError, PRESETS, Precision, TrainConfig};
 pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune};
 pub use hooks::{HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::StepMetrics;
 pub use objective::{CausalLm, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
-pub use trainer::{TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with};
+pub use trainer::{
+    LossScale, TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with,
+};

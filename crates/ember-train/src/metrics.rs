@@ -11,7 +11,9 @@ pub struct StepMetrics {
     /// Mean validation loss, on the steps that evaluated.
     pub val_loss: Option<f64>,
     pub lr: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (`null` in JSON when not finite: a step
+    /// skipped under loss scaling).
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Training tokens per second over this step (evaluation excluded).
     pub tokens_per_s: f64,
@@ -36,8 +38,20 @@ pub struct StepMetrics {
     /// MoE models: assignments dropped by the capacity limit since the previous record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe_dropped: Option<usize>,
+    /// `train.precision = "f16-mixed"`: the loss scale this step ran with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// The step's gradients were not finite under loss scaling: the optimizer skipped it
+    /// (and the scale was halved).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_step: bool,
     /// The objective's own named metrics of this step (row-weighted means over its
     /// micro-batches; see [`crate::objective::ObjectiveOutput::metrics`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objective: BTreeMap<String, f64>,
+}
+
+/// A number, or NaN where JSON holds `null` (serde_json writes non-finite floats so).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }

@@ -686,3 +686,23 @@ fn activation_checkpointing_settings_are_checked() {
         ember_nn::ActivationCheckpointing::Every(3)
     );
 }
+
+#[test]
+fn precision_settings_are_checked() {
+    let resolve = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        TrainConfig::resolve(Some("tiny"), None, &sets)
+    };
+    let err = resolve(&["train.precision=bf16"]).unwrap_err();
+    assert!(
+        err.0.contains("train.precision = \"bf16\"") && err.0.contains("\"bf16-mixed\""),
+        "{err}"
+    );
+    let err = resolve(&["train.precision=f16-mixed", "train.matmul_precision=bf16"]).unwrap_err();
+    assert!(
+        err.0.starts_with("train.matmul_precision") && err.0.contains("f16-mixed"),
+        "{err}"
+    );
+    let ok = resolve(&["train.precision=bf16-mixed"]).unwrap();
+    assert_eq!(ok.train.precision, ember_train::Precision::Bf16Mixed);
+}

@@ -118,6 +118,13 @@ pub fn flex_attention<B: FusedBackend>(
         },
         path => path,
     };
+    // The other paths compute in the inputs' dtype: f32 (mixed precision's low-precision
+    // q, k, v are cast here; the fused path above computes in f32 by itself).
+    let (q, k, v) = (
+        crate::fused::autocast::to_f32(q),
+        crate::fused::autocast::to_f32(k),
+        crate::fused::autocast::to_f32(v),
+    );
     match path {
         AttentionPath::Fused => {
             let form = score_mod.fused_form().unwrap_or_else(|| {

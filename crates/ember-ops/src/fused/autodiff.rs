@@ -8,6 +8,9 @@
 //! K/V heads in the backward pass: the `n_heads / n_kv_heads` queries that share a K/V
 //! head are stacked along the rows of one matmul.
 //!
+//! Under mixed precision ([`super::autocast`]) GELU, RoPE and attention keep their
+//! low-precision inputs and compute (both passes) in f32.
+//!
 //! The norms and GELU are marked memory bound, with the recipe to run them again
 //! ([`super::retro`]): under burn's `BalancedCheckpointing` their outputs are recomputed
 //! for the backward pass instead of kept.
@@ -26,6 +29,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 
 use std::marker::PhantomData;
 
+use super::autocast::{attention_in_f32, gelu_in_f32, prim_back, prim_to_f32, rope_in_f32};
 use super::retro::{NormKind, RetroGelu, RetroNorm};
 use super::{FusedBackend, MatmulPrecision, composed};
 use crate::quant::QuantSpec;
@@ -34,12 +38,14 @@ use crate::quant::QuantSpec;
 struct GeluBackward;
 
 impl<B: FusedBackend> Backward<B, 1> for GeluBackward {
+    /// The input, in its own dtype (low precision under autocast; computed in f32).
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
+        let (x, low) = prim_to_f32::<B>(ops.state);
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            B::fused_gelu_backward(x, dy)
+            let (dy, _) = prim_to_f32::<B>(dy);
+            prim_back::<B>(B::fused_gelu_backward(x, dy), low)
         });
     }
 }
@@ -55,7 +61,7 @@ impl<B: FusedBackend> Backward<B, 1> for RopeBackward {
         let (cos, sin, interleaved, inverse) = ops.state;
         // The rotation is orthogonal: its gradient is the opposite rotation.
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            B::fused_rope(dy, cos, sin, interleaved, !inverse)
+            rope_in_f32::<B>(dy, cos, sin, interleaved, !inverse)
         });
     }
 }
@@ -115,9 +121,20 @@ impl<B: FusedBackend> Backward<B, 3> for AttentionBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, bool);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_out = grads.consume::<B>(&ops.node);
+        let (d_out, _) = prim_to_f32::<B>(grads.consume::<B>(&ops.node));
+        // Inputs kept in their own dtype; the gradients computed in f32 and returned in it.
         let (q, k, v, causal) = ops.state;
+        let ((q, q_low), (k, k_low), (v, v_low)) = (
+            prim_to_f32::<B>(q),
+            prim_to_f32::<B>(k),
+            prim_to_f32::<B>(v),
+        );
         let (dq, dk, dv) = B::fused_attention_backward(q, k, v, causal, d_out);
+        let (dq, dk, dv) = (
+            prim_back::<B>(dq, q_low),
+            prim_back::<B>(dk, k_low),
+            prim_back::<B>(dv, v_low),
+        );
         let [q_node, k_node, v_node] = ops.parents;
         for (node, grad) in [(q_node, dq), (k_node, dk), (v_node, dv)] {
             if let Some(node) = node {
@@ -250,10 +267,10 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::fused_gelu(x.primitive.clone());
+                let out = gelu_in_f32::<B>(x.primitive.clone());
                 prep.finish(x.primitive, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.primitive)),
+            OpsKind::UnTracked(prep) => prep.finish(gelu_in_f32::<B>(x.primitive)),
         }
     }
 
@@ -323,12 +340,16 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let out =
-                    B::fused_rope(x.primitive, cos.clone(), sin.clone(), interleaved, inverse);
+                    rope_in_f32::<B>(x.primitive, cos.clone(), sin.clone(), interleaved, inverse);
                 prep.finish((cos, sin, interleaved, inverse), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::fused_rope(x.primitive, cos, sin, interleaved, inverse))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(rope_in_f32::<B>(
+                x.primitive,
+                cos,
+                sin,
+                interleaved,
+                inverse,
+            )),
         }
     }
 
@@ -344,7 +365,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::fused_attention(
+                let out = attention_in_f32::<B>(
                     q.primitive.clone(),
                     k.primitive.clone(),
                     v.primitive.clone(),
@@ -352,7 +373,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
                 );
                 prep.finish((q.primitive, k.primitive, v.primitive, causal), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(
+            OpsKind::UnTracked(prep) => prep.finish(attention_in_f32::<B>(
                 q.primitive,
                 k.primitive,
                 v.primitive,

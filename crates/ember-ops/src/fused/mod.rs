@@ -17,6 +17,7 @@
 //! block-quantized weights (`fused_dequantize`, `fused_quantized_matmul`) are in
 //! [`crate::quant`].
 
+pub mod autocast;
 pub mod autodiff;
 mod backends;
 pub mod composed;
@@ -24,6 +25,7 @@ pub mod math;
 pub mod precision;
 mod retro;
 
+pub use autocast::{autocast, set_autocast};
 pub use precision::{MatmulPrecision, matmul_precision, set_matmul_precision};
 
 use burn::tensor::backend::Backend;
@@ -261,8 +263,12 @@ pub fn rope<B: FusedBackend>(
 }
 
 /// `a · b` at the process's [`matmul_precision`]: burn's f32 matmul, or
-/// [`matmul_bf16`]. `a: [m, k]`, `b: [k, n]` → `[m, n]`.
+/// [`matmul_bf16`]; under [`autocast`], burn's matmul on both inputs cast to the autocast
+/// dtype, the product in it. `a: [m, k]`, `b: [k, n]` → `[m, n]`.
 pub fn matmul<B: FusedBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    if let Some(dtype) = autocast() {
+        return autocast::cast_to(a, dtype).matmul(autocast::cast_to(b, dtype));
+    }
     match matmul_precision() {
         MatmulPrecision::F32 => a.matmul(b),
         MatmulPrecision::Bf16 => matmul_bf16(a, b),

@@ -25,7 +25,7 @@ pub(super) struct RetroGelu<B> {
 impl<B: FusedBackend> RetroForward for RetroGelu<B> {
     fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
         let x = states.get_state::<B::FloatTensorPrimitive>(&self.x);
-        states.save(out_node, B::fused_gelu(x));
+        states.save(out_node, super::autocast::gelu_in_f32::<B>(x));
     }
 }
 

@@ -155,7 +155,11 @@ where
         if let Some(ckpt) = &resume {
             same_setup(&ckpt.config, &config, &ckpt.dir.display().to_string())?;
         }
-        let precision = PrecisionScope::set(config.train.matmul_precision);
+        let precision = PrecisionScope::set(
+            config.train.matmul_precision,
+            crate::config::Precision::F32,
+            false,
+        );
         let lock = run_dir::lock(&options.out_dir)?;
         let resume_dir = resume.as_ref().map(|c| c.dir.as_path());
         run_dir::check(&options.out_dir, resume_dir, options.force)?;

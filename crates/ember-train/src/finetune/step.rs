@@ -120,6 +120,7 @@ where
             train_loss,
             step,
             self.config.optim.grad_clip,
+            1.0,
         )?;
         let lr = self.schedule.lr_at(step);
         // AdaLoRA sees the gradients the optimizer applies (peft's `global_step` counts

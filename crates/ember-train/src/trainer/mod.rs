@@ -24,6 +24,7 @@
 
 mod error;
 mod evaluate;
+pub mod loss_scale;
 mod options;
 pub(crate) mod precision;
 pub(crate) mod report;
@@ -33,6 +34,7 @@ mod step;
 
 pub use error::TrainError;
 pub use evaluate::evaluate;
+pub use loss_scale::LossScale;
 pub use options::{TrainExtras, TrainOptions, TrainSummary};
 pub use run::{train, train_with};
 pub(crate) use step::step_gradients;

@@ -79,15 +79,17 @@ where
         let done = step == t.steps;
         let mut val_loss = None;
         if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
-            let loss = evaluate(
-                &self.model().valid(),
-                &self.eval_loss,
-                &self.splits.val,
-                t.eval_batches,
-                t.batch_size,
-                t.seed ^ 0x5eed_5eed_5eed_5eed,
-                self.device,
-            );
+            let loss = super::precision::in_f32(|| {
+                evaluate(
+                    &self.model().valid(),
+                    &self.eval_loss,
+                    &self.splits.val,
+                    t.eval_batches,
+                    t.batch_size,
+                    t.seed ^ 0x5eed_5eed_5eed_5eed,
+                    self.device,
+                )
+            });
             self.state.last_val_loss = Some(loss);
             val_loss = Some(loss);
         }
@@ -105,6 +107,8 @@ where
                 step_ms: out.step_ms,
                 elapsed_s: self.state.elapsed_s,
                 batch_shards: self.n_shards,
+                loss_scale: out.loss_scale,
+                skipped_step: out.skipped,
                 objective: out.metrics,
                 ..Default::default()
             };

@@ -85,7 +85,11 @@ where
         let TrainExtras { objective, hooks } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
-        let precision = PrecisionScope::set(config.train.matmul_precision);
+        let precision = PrecisionScope::set(
+            config.train.matmul_precision,
+            config.train.precision,
+            options.cpu_backend,
+        );
         let resume = options
             .resume
             .as_deref()
@@ -244,6 +248,7 @@ fn model_and_state<B: AutodiffBackend + FusedBackend>(
                 last_train_loss: None,
                 last_val_loss: None,
                 elapsed_s: 0.0,
+                loss_scale: None,
             },
         ),
     })

@@ -15,6 +15,7 @@ use ember_optim::clip_global_norm;
 
 use super::error::TrainError;
 use super::evaluate::batch_tensors;
+use super::loss_scale::LossScale;
 use super::setup::Run;
 use crate::objective::{MoeStats, Objective, ObjectiveBatch};
 
@@ -30,6 +31,10 @@ pub(super) struct StepOutcome {
     pub(super) metrics: BTreeMap<String, f64>,
     /// Duration of the step, ms.
     pub(super) step_ms: f64,
+    /// Loss scaling: the scale the step ran with.
+    pub(super) loss_scale: Option<f64>,
+    /// Loss scaling: the gradients were not finite and the optimizer skipped the step.
+    pub(super) skipped: bool,
 }
 
 /// What one micro-batch (or one shard of it) contributes to a step.
@@ -51,6 +56,7 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     objective: &dyn Objective<B>,
     batch: &Batch,
     weight: f64,
+    loss_scale: f64,
     device: &B::Device,
     mut checkpoints: BlockCheckpoints<B>,
 ) -> MicroBatch {
@@ -65,8 +71,8 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
             checkpoints: Some(&mut checkpoints),
         },
     );
-    let loss = if weight != 1.0 {
-        out.loss.mul_scalar(weight)
+    let loss = if weight * loss_scale != 1.0 {
+        out.loss.mul_scalar(weight * loss_scale)
     } else {
         out.loss
     };
@@ -84,15 +90,17 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     }
 }
 
-/// The step's gradients from `accumulator`, clipped to a global norm of `grad_clip`
-/// (0: no clipping), and their norm before clipping; `Err` when `train_loss` is not
-/// finite (the run diverged at `step`).
+/// The step's gradients from `accumulator`, multiplied by `unscale` (the inverse of a
+/// loss scale; 1 without one), clipped to a global norm of `grad_clip` (0: no clipping),
+/// and their norm before clipping; `Err` when `train_loss` is not finite (the run
+/// diverged at `step`).
 pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     mut accumulator: GradientsAccumulator<M>,
     train_loss: f64,
     step: usize,
     grad_clip: f64,
+    unscale: f64,
 ) -> Result<(GradientsParams, f64), TrainError> {
     if !train_loss.is_finite() {
         return Err(TrainError::Diverged {
@@ -101,6 +109,9 @@ pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         });
     }
     let mut grads = accumulator.grads();
+    if unscale != 1.0 {
+        ember_optim::scale_grads(model, &mut grads, unscale);
+    }
     let norm = if grad_clip > 0.0 {
         clip_global_norm(model, &mut grads, grad_clip)
     } else {
@@ -139,6 +150,11 @@ where
         // Dropout masks come from per-block seeds (the same whether or not a block runs
         // again in the backward pass); sharded runs draw from the shared generator.
         let dropout_seeds = self.config.model.dropout > 0.0 && self.n_shards == 1;
+        // f16-mixed: the loss is scaled for the backward pass, the gradients unscaled.
+        if self.config.train.precision == crate::config::Precision::F16Mixed {
+            self.state.loss_scale.get_or_insert_with(LossScale::default);
+        }
+        let scale = self.state.loss_scale.map_or(1.0, |s| s.scale);
         for micro in 0..t.grad_accum {
             let batch = self
                 .state
@@ -155,6 +171,7 @@ where
                     objective,
                     rows,
                     weight / t.grad_accum as f64,
+                    scale,
                     device,
                     checkpoints,
                 )
@@ -176,13 +193,21 @@ where
             train_loss,
             step,
             self.config.optim.grad_clip,
+            1.0 / scale,
         )?;
         let lr = self.schedule.lr_at(step);
-        let model = self
-            .model
-            .take()
-            .expect("the model is in place between steps");
-        self.model = Some(self.optim.step(lr, model, grads));
+        let loss_scale = self.state.loss_scale.map(|s| s.scale);
+        let apply = match self.state.loss_scale.as_mut() {
+            Some(scaler) => scaler.update(grad_norm.is_finite()),
+            None => true,
+        };
+        if apply {
+            let model = self
+                .model
+                .take()
+                .expect("the model is in place between steps");
+            self.model = Some(self.optim.step(lr, model, grads));
+        }
         let step_ms = step_start.elapsed().as_secs_f64() * 1e3;
         self.step_times.push(step_ms);
 
@@ -198,6 +223,8 @@ where
             train_loss,
             metrics,
             step_ms,
+            loss_scale,
+            skipped: !apply,
         })
     }
 }
