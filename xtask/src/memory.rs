@@ -179,8 +179,10 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
     for mixed in ["f32", "bf16-mixed", "f16-mixed"] {
         let sets = |batch| with(shape_sets(6, batch), &[format!("train.precision={mixed}")]);
         let m = measure(&ember, data, &out, &sets(16), steps)?;
+        // One step at each size: the peaks then differ by the activations alone.
         let small = measure(&ember, data, &out, &sets(4), 1)?.peak_rss_mb;
-        let per_row = (m.peak_rss_mb - small) / 12.0;
+        let large = measure(&ember, data, &out, &sets(16), 1)?.peak_rss_mb;
+        let per_row = (large - small) / 12.0;
         println!(
             "xtask: 6 layers, batch 16, {mixed}: peak RSS {:.0} MiB, {:.0} ms/step, {per_row:.1} MiB of activations per row",
             m.peak_rss_mb, m.ms_per_step

@@ -1,6 +1,7 @@
 //! `ember`: train, sample from and inspect Ember language models.
 
 mod adapter;
+mod allocator;
 mod backend;
 mod commands;
 mod error;

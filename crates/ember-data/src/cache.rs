@@ -29,6 +29,9 @@ struct CacheMeta {
 pub struct TokenCache {
     pub tokenizer: Tokenizer,
     pub tokens: Vec<u32>,
+    /// Where each document starts in `tokens` (ascending, the first at 0); a document's
+    /// separator (the newline between documents, BPE's end-of-text) is its last token.
+    pub documents: Vec<usize>,
     /// `true` when the token file was reused rather than rebuilt.
     pub reused: bool,
     pub dir: PathBuf,
@@ -46,16 +49,27 @@ impl TokenCache {
         let corpus = Corpus::read(paths)?;
         let meta_path = dir.join("tokens.json");
         let tokens_path = dir.join("tokens.bin");
-        if let Some(cached) =
-            Self::try_reuse(dir, &meta_path, &tokens_path, &corpus.fingerprint, kind)
-        {
+        let documents_path = dir.join("documents.bin");
+        if let Some(cached) = Self::try_reuse(
+            dir,
+            [&meta_path, &tokens_path, &documents_path],
+            &corpus.fingerprint,
+            kind,
+        ) {
             return Ok(cached);
         }
+        let mut documents = Vec::with_capacity(corpus.documents.len());
         let (tokenizer, tokens) = match kind {
             TokenizerKind::Char => {
                 let text = corpus.joined();
                 let tokenizer = CharTokenizer::from_text(&text);
                 let tokens = tokenizer.encode(&text)?;
+                // One token per character; documents joined by one newline.
+                let mut start = 0;
+                for doc in &corpus.documents {
+                    documents.push(start);
+                    start += doc.chars().count() + 1;
+                }
                 (Tokenizer::Char(tokenizer), tokens)
             }
             TokenizerKind::Bpe { vocab_size } => {
@@ -63,16 +77,23 @@ impl TokenCache {
                 let eot = tokenizer.end_of_text();
                 let mut tokens = Vec::new();
                 for doc in &corpus.documents {
+                    documents.push(tokens.len());
                     tokens.extend(tokenizer.encode(doc)?);
                     tokens.extend(eot);
                 }
                 (Tokenizer::Bpe(Box::new(tokenizer)), tokens)
             }
         };
+        documents.retain(|&s| s < tokens.len().max(1));
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         tokenizer.save(dir)?;
         let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
         write_atomic(&tokens_path, &bytes)?;
+        let starts: Vec<u8> = documents
+            .iter()
+            .flat_map(|&s| (s as u64).to_le_bytes())
+            .collect();
+        write_atomic(&documents_path, &starts)?;
         let meta = CacheMeta {
             fingerprint: corpus.fingerprint,
             tokenizer: kind,
@@ -85,6 +106,7 @@ impl TokenCache {
         Ok(Self {
             tokenizer,
             tokens,
+            documents,
             reused: false,
             dir: dir.to_path_buf(),
         })
@@ -92,8 +114,7 @@ impl TokenCache {
 
     fn try_reuse(
         dir: &Path,
-        meta_path: &Path,
-        tokens_path: &Path,
+        [meta_path, tokens_path, documents_path]: [&Path; 3],
         fingerprint: &str,
         kind: TokenizerKind,
     ) -> Option<Self> {
@@ -117,9 +138,20 @@ impl TokenCache {
         if tokens.iter().any(|&t| t as usize >= vocab) {
             return None;
         }
+        // Document starts: ascending from 0, inside the stream (else rebuilt).
+        let starts: Vec<usize> = crate::files::read_regular(documents_path)
+            .ok()?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+            .collect();
+        let ordered = starts.first() == Some(&0) && starts.windows(2).all(|w| w[0] < w[1]);
+        if !ordered || starts.last().is_some_and(|&s| s >= tokens.len()) {
+            return None;
+        }
         Some(Self {
             tokenizer,
             tokens,
+            documents: starts,
             reused: true,
             dir: dir.to_path_buf(),
         })

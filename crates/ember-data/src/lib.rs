@@ -17,7 +17,7 @@ pub mod rng;
 pub mod sft;
 pub mod tokenizer;
 
-pub use batch::{Batch, BatchSampler, TokenSplits, row_groups};
+pub use batch::{Batch, BatchSampler, TokenSplits, packed_waste, padded_waste, row_groups};
 pub use cache::{TokenCache, TokenizerKind};
 pub use corpus::Corpus;
 pub use error::DataError;

@@ -260,3 +260,104 @@ fn special_files_and_symlink_loops() {
     let err = Corpus::read(&[tree]).unwrap_err();
     assert!(err.to_string().contains("pipe.txt"), "{err}");
 }
+
+/// Packed windows: the plain windows (same generator state), with each position's
+/// document within its row and its place within that document, checked against a direct
+/// walk over the document starts; boundary targets are ignored.
+#[test]
+fn packed_windows_carry_documents_positions_and_ignored_boundaries() {
+    // Token t is t: a window's first input is its offset.
+    let tokens: Vec<u32> = (0..300).collect();
+    // Documents of varied lengths: 1, 4, 9, 16, … tokens, then one long tail.
+    let mut starts = vec![0usize];
+    let mut len = 1;
+    while starts.last().unwrap() + len < 250 {
+        starts.push(starts.last().unwrap() + len);
+        len += 2;
+    }
+    let (block, rows) = (12, 40);
+    let packed = BatchSampler::new(3).sample_packed(&tokens, &starts, rows, block);
+    let plain = BatchSampler::new(3).sample(&tokens, rows, block);
+    assert_eq!(packed.inputs, plain.inputs);
+    let documents = packed.documents.as_ref().unwrap();
+    let positions = packed.positions.as_ref().unwrap();
+    let mut boundaries = 0;
+    for row in 0..rows {
+        let at = plain.inputs[row * block] as usize;
+        let doc_of = |t: usize| starts.iter().rposition(|&s| s <= t).unwrap();
+        for j in 0..block {
+            let (t, i) = (at + j, row * block + j);
+            assert_eq!(
+                documents[i] as usize,
+                doc_of(t) - doc_of(at),
+                "row {row}, {j}"
+            );
+            assert_eq!(positions[i] as usize, t - starts[doc_of(t)].max(at));
+            if starts.contains(&(t + 1)) {
+                assert_eq!(packed.targets[i], ember_data::sft::IGNORE);
+                boundaries += 1;
+            } else {
+                assert_eq!(packed.targets[i], plain.targets[i]);
+            }
+        }
+    }
+    assert!(boundaries > 10, "the windows cross documents");
+    let waste = ember_data::packed_waste(&packed);
+    assert!((waste - boundaries as f64 / (rows * block) as f64).abs() < 1e-12);
+    // Split into shards, every field follows its rows.
+    let halves = packed.split(2);
+    assert_eq!(
+        halves[1].positions.as_deref(),
+        Some(&positions[20 * block..])
+    );
+    // One document per padded row: 3 tokens (2 targets) in a row of 4 waste 2 of 4; 10
+    // tokens (9 targets) fill 3 rows (12 positions) and waste 3; 5 tokens fill one row.
+    let waste = ember_data::padded_waste(&[3, 10, 5], 4);
+    assert!((waste - (1.0 - 15.0 / 20.0)).abs() < 1e-12, "{waste}");
+}
+
+/// The token cache records where each document starts, for both tokenizers, and reads
+/// them back when it is reused.
+#[test]
+fn the_token_cache_records_document_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write(
+        tmp.path(),
+        "docs.jsonl",
+        br#"{"text": "ab"}
+{"text": "cde\nf"}
+{"text": "g"}
+"#,
+    );
+    let cache = TokenCache::load_or_build(
+        &tmp.path().join("c"),
+        std::slice::from_ref(&data),
+        TokenizerKind::Char,
+    )
+    .unwrap();
+    // "ab\ncde\nf\ng": documents at 0, 3 and 9 (the joining newline ends a document).
+    assert_eq!(cache.documents, [0, 3, 9]);
+    assert_eq!(cache.tokens.len(), 10);
+    let again = TokenCache::load_or_build(
+        &tmp.path().join("c"),
+        std::slice::from_ref(&data),
+        TokenizerKind::Char,
+    )
+    .unwrap();
+    assert!(again.reused);
+    assert_eq!(again.documents, [0, 3, 9]);
+    let bpe = TokenCache::load_or_build(
+        &tmp.path().join("b"),
+        &[data],
+        TokenizerKind::Bpe { vocab_size: 300 },
+    )
+    .unwrap();
+    let eot = bpe.tokenizer.encode_with_special("<|endoftext|>").unwrap();
+    assert_eq!(bpe.documents.len(), 3);
+    for &start in &bpe.documents[1..] {
+        assert_eq!(&bpe.tokens[start - 1..start], eot.as_slice());
+    }
+    let splits = TokenSplits::with_documents(&cache.tokens, &cache.documents, 0.5, 2).unwrap();
+    assert_eq!(splits.train_documents, [0, 3]);
+    assert_eq!(splits.val_documents, [0, 4]);
+}

@@ -125,7 +125,7 @@ impl<B: FusedBackend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &mut LayerContext<'_, B>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         // Projections on `[batch * seq, d_model]`: one 2-D gemm each, forward and backward.
-        let x = x.reshape([batch * seq, d_model]);
+        let x = autocast::to_compute(x.reshape([batch * seq, d_model]));
         // Heads split as `[batch, seq, heads, head_dim]`: QK-norm and RoPE run on this
         // contiguous layout, then the heads move forward for attention.
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
@@ -225,7 +225,13 @@ fn rotate_rows<B: FusedBackend>(
         Some(start) => rope.apply_seq_major(x, start),
         None => {
             let rows = (0..x.dims()[0])
-                .map(|r| rope.apply_seq_major(x.clone().narrow(0, r, 1), positions.row(r)))
+                .map(|r| {
+                    let row = x.clone().narrow(0, r, 1);
+                    match positions.tokens(r) {
+                        Some(at) => rope.apply_seq_major_at(row, at),
+                        None => rope.apply_seq_major(row, positions.row(r)),
+                    }
+                })
                 .collect();
             Tensor::cat(rows, 0)
         }

@@ -16,6 +16,8 @@ pub enum Positions {
     Uniform(usize),
     /// Row `r` starts at `starts[r]` (a cache holding sequences of different lengths).
     PerRow(Vec<usize>),
+    /// Every token's own position, `[batch][seq]`: packed documents, each restarting at 0.
+    PerToken(Vec<Vec<usize>>),
 }
 
 impl Positions {
@@ -28,11 +30,20 @@ impl Positions {
         }
     }
 
-    /// Row `r`'s start.
+    /// Row `r`'s start (its first token's position).
     pub fn row(&self, r: usize) -> usize {
         match self {
             Positions::Uniform(start) => *start,
             Positions::PerRow(starts) => starts[r],
+            Positions::PerToken(rows) => rows[r].first().copied().unwrap_or(0),
+        }
+    }
+
+    /// Row `r`'s positions when they are given token by token.
+    pub fn tokens(&self, r: usize) -> Option<&[usize]> {
+        match self {
+            Positions::PerToken(rows) => Some(&rows[r]),
+            _ => None,
         }
     }
 
@@ -44,6 +55,11 @@ impl Positions {
             Positions::PerRow(starts) => {
                 Positions::PerRow(starts.iter().map(|s| s + offset).collect())
             }
+            Positions::PerToken(rows) => Positions::PerToken(
+                rows.into_iter()
+                    .map(|row| row.into_iter().map(|p| p + offset).collect())
+                    .collect(),
+            ),
         }
     }
 
@@ -51,7 +67,7 @@ impl Positions {
     pub fn uniform(&self) -> Option<usize> {
         match self {
             Positions::Uniform(start) => Some(*start),
-            Positions::PerRow(_) => None,
+            Positions::PerRow(_) | Positions::PerToken(_) => None,
         }
     }
 }

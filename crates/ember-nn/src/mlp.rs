@@ -61,6 +61,8 @@ impl<B: FusedBackend> Mlp<B> {
 
     /// `[tokens, d_model]` → `[tokens, d_model]`
     pub fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        // One low-precision copy for gate and up under mixed precision.
+        let x = ember_ops::fused::autocast::to_compute(x);
         let hidden = match &self.gate_proj {
             Some(gate) => {
                 let gate = gate.forward(x.clone());

@@ -57,6 +57,9 @@ pub struct ForwardOptions<'a, B: Backend> {
     /// that are not in the cache (prefix tuning's virtual tokens, which `transformers`
     /// counts as cached positions).
     pub position_offset: usize,
+    /// Every token's position, in place of those the cache implies: packed documents
+    /// ([`Positions::PerToken`]), with [`MaskMod::Document`] in `documents`.
+    pub positions: Option<Positions>,
     /// Activation checkpointing: the blocks its policy chooses run without autodiff
     /// records and are recorded here to run again in [`BlockCheckpoints::backward`].
     pub checkpoints: Option<&'a mut BlockCheckpoints<B>>,
@@ -71,6 +74,7 @@ impl<B: Backend> Default for ForwardOptions<'_, B> {
             moe: None,
             hooks: None,
             position_offset: 0,
+            positions: None,
             checkpoints: None,
         }
     }
@@ -137,6 +141,13 @@ impl<B: FusedBackend> Transformer<B> {
             (None, None) => return x,
         };
         let rows = |start: usize| table.clone().narrow(0, start, seq).unsqueeze::<3>();
+        if let Positions::PerToken(at) = positions {
+            let ids: Vec<i64> = at.iter().flatten().map(|&p| p as i64).collect();
+            let index =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * seq]), &x.device());
+            let d_model = x.dims()[2];
+            return x + table.select(0, index).reshape([batch, seq, d_model]);
+        }
         match positions.uniform() {
             Some(start) => x + rows(start),
             None => x + Tensor::cat((0..batch).map(|r| rows(positions.row(r))).collect(), 0),
@@ -163,9 +174,11 @@ impl<B: FusedBackend> Transformer<B> {
             mut moe,
             mut hooks,
             position_offset: options_offset,
+            positions,
             mut checkpoints,
         } = options;
-        let positions = Self::positions(cache.as_deref()).shifted(options_offset);
+        let positions =
+            positions.unwrap_or_else(|| Self::positions(cache.as_deref()).shifted(options_offset));
         let mut x = self.dropout.forward(x);
         for (layer, block) in self.layers.iter().enumerate() {
             let mut ctx = LayerContext {
@@ -265,7 +278,9 @@ impl<B: FusedBackend> Transformer<B> {
         tokens: Tensor<B, 2, Int>,
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
-        let positions = Self::positions(options.cache.as_deref()).shifted(options.position_offset);
+        let positions = options.positions.clone().unwrap_or_else(|| {
+            Self::positions(options.cache.as_deref()).shifted(options.position_offset)
+        });
         let x = self.embed_at(tokens, &positions);
         self.logits(self.hidden(x, options))
     }

@@ -308,6 +308,74 @@ fn init_schemes_reach_their_target_statistics() {
     assert_eq!(std_of(o), (0.0, 0.0));
 }
 
+/// Packing: a row holding several documents, with their document mask and positions that
+/// restart at each document, gives every document the logits it has alone.
+#[test]
+fn a_packed_rows_documents_have_the_logits_they_have_alone() {
+    let device = Default::default();
+    for (name, position, window) in [
+        ("rope", PositionKind::Rope, None),
+        ("alibi+window", PositionKind::Alibi, Some(3)),
+        ("learned", PositionKind::Learned, None),
+        ("sinusoidal", PositionKind::Sinusoidal, None),
+    ] {
+        let mut config = TransformerConfig::llama(11, 16, 2, 4, 2, 24, 16);
+        config.position = position;
+        config.sliding_window = window;
+        config.init_std = 0.3;
+        let model = Transformer::<B>::new(&config, &device).unwrap();
+        let documents: [&[i64]; 3] = [&[1, 2, 3, 4], &[5, 6, 7, 8, 9, 10], &[2, 4, 6]];
+        let alone = |ids: &[i64]| {
+            let n = ids.len();
+            let tokens =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, n]), &device);
+            model.forward(tokens, ForwardOptions::default())
+        };
+        let packed_ids: Vec<i64> = documents.concat();
+        let n = packed_ids.len();
+        let doc_ids: Vec<u32> = documents
+            .iter()
+            .enumerate()
+            .flat_map(|(d, ids)| std::iter::repeat_n(d as u32, ids.len()))
+            .collect();
+        let positions: Vec<usize> = documents.iter().flat_map(|ids| 0..ids.len()).collect();
+        let mask = MaskMod::document(vec![doc_ids]);
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(packed_ids, [1, n]), &device);
+        let packed = model.forward(
+            tokens,
+            ForwardOptions {
+                documents: Some(&mask),
+                positions: Some(ember_nn::Positions::PerToken(vec![positions])),
+                ..Default::default()
+            },
+        );
+        let mut start = 0;
+        for ids in documents {
+            let part = packed.clone().narrow(1, start, ids.len());
+            let diff = max_diff(part, alone(ids));
+            assert!(diff < 1e-5, "{name}: document at {start} differs by {diff}");
+            start += ids.len();
+        }
+        // Without restarting the positions, the later documents differ for absolute
+        // positions (RoPE and ALiBi depend on distances only, which packing keeps).
+        if matches!(position, PositionKind::Learned | PositionKind::Sinusoidal) {
+            let tokens = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(documents.concat(), [1, n]),
+                &device,
+            );
+            let shifted = model.forward(
+                tokens,
+                ForwardOptions {
+                    documents: Some(&mask),
+                    ..Default::default()
+                },
+            );
+            let diff = max_diff(shifted.narrow(1, 4, 6), alone(documents[1]));
+            assert!(diff > 1e-3, "{name}: positions had no effect ({diff})");
+        }
+    }
+}
+
 #[test]
 fn document_mask_isolates_packed_sequences() {
     let device = Default::default();

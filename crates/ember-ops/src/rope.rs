@@ -371,6 +371,25 @@ impl<B: Backend> RopeTables<B> {
         crate::fused::rope(x, cos, sin, self.config.layout == RopeLayout::Interleaved)
     }
 
+    /// Rotates `x`: `[1, seq, heads, head_dim]` (sequence-major, one row) whose tokens sit
+    /// at `positions` (`seq` of them, each below [`Self::max_seq`]): packed documents,
+    /// each restarting at 0. The tables' rows are gathered; dynamic NTK's rescaling for
+    /// lengths past its original context does not apply.
+    pub fn apply_seq_major_at(&self, x: Tensor<B, 4>, positions: &[usize]) -> Tensor<B, 4>
+    where
+        B: crate::FusedBackend,
+    {
+        let device = x.device();
+        let ids: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            TensorData::new(ids, [positions.len()]),
+            &device,
+        );
+        let cos = self.cos.clone().select(0, index.clone());
+        let sin = self.sin.clone().select(0, index);
+        crate::fused::rope(x, cos, sin, self.config.layout == RopeLayout::Interleaved)
+    }
+
     /// The `cos`, `sin` rows `[seq, rotary_dim]` for positions `start..start + seq`.
     fn rows(&self, start: usize, seq: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let config = self.config();

@@ -27,6 +27,12 @@ pub struct DataConfig {
     pub bpe_vocab_size: usize,
     /// The held-out tail of the token stream.
     pub val_fraction: f64,
+    /// Packed documents: every window carries its documents' ids (no attention across
+    /// documents), positions restart at each document, and a document's last position
+    /// is not trained to predict the next document's first token. Documents are the
+    /// lines of a `.jsonl` file (`text` field) or the files of `--data`.
+    #[serde(default)]
+    pub packing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -369,6 +375,12 @@ impl TrainConfig {
                     "\"bf16\" rounds the inputs of f32 products; with train.precision = \"{}\" the products are in low precision already: set one of the two",
                     serde_plain(&t.precision)
                 ),
+            );
+        }
+        if self.data.packing && t.label_smoothing > 0.0 {
+            return fail(
+                "data.packing",
+                "packed rows ignore their boundary targets, which train.label_smoothing does not support: set one of the two".into(),
             );
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {

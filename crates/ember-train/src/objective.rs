@@ -118,14 +118,26 @@ impl CausalLm {
 impl<B: AutodiffBackend + FusedBackend> Objective<B> for CausalLm {
     fn loss(&self, model: &Transformer<B>, batch: ObjectiveBatch<'_, B>) -> ObjectiveOutput<B> {
         let mut moe_losses = MoeLosses::default();
+        // Packed rows: each document attends to itself, positions restart per document,
+        // and the boundary targets are ignored.
+        let (mask, positions) = crate::trainer::packing_of(batch.batch);
         let options = ForwardOptions {
             moe: self.moe_coefs.is_some().then_some(&mut moe_losses),
             checkpoints: batch.checkpoints,
+            documents: mask.as_ref(),
+            positions,
             ..Default::default()
         };
         let logits = model.forward(batch.inputs, options);
-        let lm_loss =
-            CrossEntropy::<B>::new(self.label_smoothing, batch.device).loss(logits, batch.targets);
+        let lm_loss = match mask {
+            Some(_) => crate::loss::masked_cross_entropy(
+                logits,
+                &batch.batch.targets,
+                ember_data::sft::IGNORE,
+            ),
+            None => CrossEntropy::<B>::new(self.label_smoothing, batch.device)
+                .loss(logits, batch.targets),
+        };
         let mut loss = lm_loss.clone();
         let mut moe = None;
         if let (Some((aux_coef, z_coef)), Some(balance), Some(z)) =

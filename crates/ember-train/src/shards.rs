@@ -33,8 +33,16 @@ impl Rows for Batch {
     fn split(&self, parts: usize) -> Vec<Self> {
         Batch::split(self, parts)
     }
+    /// Rows; packed rows: the targets the loss covers (token-weighted accumulation).
     fn weight(&self) -> f64 {
-        self.batch as f64
+        match self.documents {
+            Some(_) => self
+                .targets
+                .iter()
+                .filter(|&&t| t != ember_data::sft::IGNORE)
+                .count() as f64,
+            None => self.batch as f64,
+        }
     }
 }
 

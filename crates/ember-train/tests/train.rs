@@ -706,3 +706,77 @@ fn precision_settings_are_checked() {
     let ok = resolve(&["train.precision=bf16-mixed"]).unwrap();
     assert_eq!(ok.train.precision, ember_train::Precision::Bf16Mixed);
 }
+
+/// `data.packing = true` on JSONL documents of varied lengths: windows carry document
+/// masks and restarting positions, boundary targets are ignored, and accumulation weighs
+/// micro-batches by the targets they train (which differ between micro-batches here), so
+/// `batch_size = 8` equals `4 × grad_accum 2` and `2 × grad_accum 4`, sharded or not.
+#[test]
+fn packed_documents_accumulate_by_tokens() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for i in 0..300 {
+        let words = 1 + (i * 7) % 9;
+        let text: Vec<String> = (0..words).map(|w| format!("w{}", (i + w) % 13)).collect();
+        lines.push_str(&format!("{{\"text\": \"{}\"}}\n", text.join(" ")));
+    }
+    let data = vec![tmp.path().join("docs.jsonl")];
+    std::fs::write(&data[0], lines).unwrap();
+    let run = |batch_size: usize, grad_accum: usize, shards: usize| {
+        let out = tmp
+            .path()
+            .join(format!("b{batch_size}-k{grad_accum}-s{shards}"));
+        let options = quiet_options(out.clone(), &data, None);
+        let mut config = small_config(3);
+        config.data.packing = true;
+        config.model.dropout = 0.0;
+        config.train.batch_size = batch_size;
+        config.train.grad_accum = grad_accum;
+        config.train.batch_shards = shards;
+        config.train.eval_every = 3;
+        let summary = train::<B>(config, &options, &Default::default()).unwrap();
+        assert!(summary.last_val_loss.unwrap().is_finite());
+        out
+    };
+    for shards in [1, 2] {
+        let whole = run(8, 1, shards);
+        let whole_metrics = loss_and_grad_norm(&whole);
+        for (batch_size, grad_accum) in [(4, 2), (2, 4)] {
+            let accumulated = run(batch_size, grad_accum, shards);
+            let what =
+                format!("packed, batch {batch_size} × accum {grad_accum}, {shards} shard(s)");
+            for (step, (a, b)) in whole_metrics
+                .iter()
+                .zip(&loss_and_grad_norm(&accumulated))
+                .enumerate()
+            {
+                assert!(
+                    (a.0 - b.0).abs() <= 1e-6 * a.0 && (a.1 - b.1).abs() <= 1e-6 * a.1,
+                    "{what}, step {step}: loss {} vs {}, grad norm {} vs {}",
+                    a.0,
+                    b.0,
+                    a.1,
+                    b.1
+                );
+            }
+            let (name, worst) = worst_weight_diff(&whole, &accumulated);
+            assert!(worst <= 1e-6, "{what}: {name} differs by {worst}");
+        }
+    }
+    // Packing changes the run: the same windows without document masks train otherwise.
+    let unpacked = {
+        let out = tmp.path().join("unpacked");
+        let options = quiet_options(out.clone(), &data, None);
+        let mut config = small_config(3);
+        config.model.dropout = 0.0;
+        config.train.batch_size = 8;
+        config.train.grad_accum = 1;
+        config.train.batch_shards = 1;
+        config.train.eval_every = 3;
+        train::<B>(config, &options, &Default::default()).unwrap();
+        loss_and_grad_norm(&out)
+    };
+    let packed = loss_and_grad_norm(&tmp.path().join("b8-k1-s1"));
+    assert!((unpacked[0].0 - packed[0].0).abs() > 1e-4);
+}

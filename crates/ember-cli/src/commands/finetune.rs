@@ -48,6 +48,7 @@ pub struct FinetuneArgs {
 
 /// `ember finetune` on backend `B`.
 pub fn run<B: FusedBackend>(on: &On<B>, args: FinetuneArgs) -> Result<(), CliError> {
+    crate::allocator::keep_freed_memory();
     // A resume starts from the checkpoint's settings; flags change them from there.
     let saved = match &args.resume {
         Some(path) => Some(

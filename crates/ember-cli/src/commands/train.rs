@@ -42,6 +42,7 @@ pub struct TrainArgs {
 
 /// `ember train` on backend `B`.
 pub fn run<B: FusedBackend>(on: &On<B>, args: TrainArgs) -> Result<(), CliError> {
+    crate::allocator::keep_freed_memory();
     let config = TrainConfig::resolve(
         args.preset.as_deref(),
         args.config.as_deref(),

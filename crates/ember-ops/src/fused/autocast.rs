@@ -57,6 +57,16 @@ pub fn cast_like<B: Backend, const D: usize, const E: usize>(
     cast_to(t, FloatDType::from(like.dtype()))
 }
 
+/// `t` in the autocast dtype when autocast is on; else `t`. Layers cast an input once
+/// before the projections that share it (q, k and v; gate and up), so the backward pass
+/// keeps one low-precision copy rather than one per projection.
+pub fn to_compute<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match autocast() {
+        Some(dtype) => cast_to(t, dtype),
+        None => t,
+    }
+}
+
 /// `t` in f32 when autocast is on (the inputs of norms and of the loss); else `t`.
 pub fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     match autocast() {

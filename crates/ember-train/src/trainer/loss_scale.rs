@@ -15,6 +15,9 @@ pub const GROWTH_INTERVAL: usize = 2000;
 pub const GROWTH_FACTOR: f64 = 2.0;
 /// `backoff_factor`.
 pub const BACKOFF_FACTOR: f64 = 0.5;
+/// Below this scale (f16's smallest subnormal) every step has overflowed for a long
+/// time: the run has diverged rather than met a rare overflow.
+pub const MIN_SCALE: f64 = 1.0 / 16_777_216.0;
 
 /// The scaler's state.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

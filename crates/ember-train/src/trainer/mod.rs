@@ -34,6 +34,7 @@ mod step;
 
 pub use error::TrainError;
 pub use evaluate::evaluate;
+pub(crate) use evaluate::packing_of;
 pub use loss_scale::LossScale;
 pub use options::{TrainExtras, TrainOptions, TrainSummary};
 pub use run::{train, train_with};

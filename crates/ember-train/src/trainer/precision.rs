@@ -52,11 +52,15 @@ impl Drop for PrecisionScope {
 }
 
 /// Runs `f` with autocast off (evaluation is f32 whatever the run trains in), then
-/// restores it.
+/// restores it, however `f` ends.
 pub(crate) fn in_f32<T>(f: impl FnOnce() -> T) -> T {
-    let previous = autocast();
+    struct Restore(Option<FloatDType>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_autocast(self.0);
+        }
+    }
+    let _restore = Restore(autocast());
     set_autocast(None);
-    let out = f();
-    set_autocast(previous);
-    out
+    f()
 }

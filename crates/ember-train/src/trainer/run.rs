@@ -84,6 +84,10 @@ where
                     &self.model().valid(),
                     &self.eval_loss,
                     &self.splits.val,
+                    self.config
+                        .data
+                        .packing
+                        .then_some(self.splits.val_documents.as_slice()),
                     t.eval_batches,
                     t.batch_size,
                     t.seed ^ 0x5eed_5eed_5eed_5eed,

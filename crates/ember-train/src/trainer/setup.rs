@@ -118,7 +118,16 @@ where
             crate::footprint::check(&config)?;
         }
         let block = config.model.max_seq_len;
-        let splits = TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?;
+        let splits = if config.data.packing {
+            TokenSplits::with_documents(
+                &cache.tokens,
+                &cache.documents,
+                config.data.val_fraction,
+                block,
+            )?
+        } else {
+            TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?
+        };
 
         let (model, state) = model_and_state::<B>(&config, resume.as_ref(), device)?;
         let settings = AdamWSettings {
@@ -158,9 +167,25 @@ where
             options.cpu_backend,
             no_dropout,
         )?;
+        let packing = if config.data.packing {
+            let starts = &splits.train_documents;
+            let lengths: Vec<usize> = starts
+                .iter()
+                .zip(starts.iter().skip(1).chain([&splits.train.len()]))
+                .map(|(a, b)| b - a)
+                .collect();
+            format!(
+                ", {} packed documents (boundary targets {:.2}% of positions; padded rows would waste {:.1}%)",
+                lengths.len(),
+                100.0 * lengths.len().saturating_sub(1) as f64 / splits.train.len() as f64,
+                100.0 * ember_data::padded_waste(&lengths, block),
+            )
+        } else {
+            String::new()
+        };
         report.start(t.steps, state.step, || {
             format!(
-                "ember train: {} parameters, {} train / {} val tokens, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
+                "ember train: {} parameters, {} train / {} val tokens{packing}, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
                 config.model.num_params(),
                 splits.train.len(),
                 splits.val.len(),

@@ -18,6 +18,7 @@ use super::evaluate::batch_tensors;
 use super::loss_scale::LossScale;
 use super::setup::Run;
 use crate::objective::{MoeStats, Objective, ObjectiveBatch};
+use crate::shards::Rows;
 
 /// What an optimizer step did, for what follows it.
 pub(super) struct StepOutcome {
@@ -150,18 +151,40 @@ where
         // Dropout masks come from per-block seeds (the same whether or not a block runs
         // again in the backward pass); sharded runs draw from the shared generator.
         let dropout_seeds = self.config.model.dropout > 0.0 && self.n_shards == 1;
-        // f16-mixed: the loss is scaled for the backward pass, the gradients unscaled.
+        // f16-mixed: the loss is scaled for the backward pass, the gradients unscaled. (A
+        // run resumed in another precision drops the scale.)
         if self.config.train.precision == crate::config::Precision::F16Mixed {
             self.state.loss_scale.get_or_insert_with(LossScale::default);
+        } else {
+            self.state.loss_scale = None;
         }
         let scale = self.state.loss_scale.map_or(1.0, |s| s.scale);
-        for micro in 0..t.grad_accum {
-            let batch = self
-                .state
-                .sampler
-                .sample(&self.splits.train, t.batch_size, block);
+        // Every micro-batch first: each weighs its share of the step's rows (packed rows:
+        // of the targets the loss covers, so the step's loss is a mean over tokens).
+        let batches: Vec<Batch> = (0..t.grad_accum)
+            .map(|_| {
+                let sampler = &mut self.state.sampler;
+                let train = &self.splits.train;
+                match self.config.data.packing {
+                    true => sampler.sample_packed(
+                        train,
+                        &self.splits.train_documents,
+                        t.batch_size,
+                        block,
+                    ),
+                    false => sampler.sample(train, t.batch_size, block),
+                }
+            })
+            .collect();
+        let step_weight: f64 = batches.iter().map(Rows::weight).sum();
+        for (micro, batch) in batches.iter().enumerate() {
+            let share = if step_weight > 0.0 {
+                batch.weight() / step_weight
+            } else {
+                0.0
+            };
             let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
-            let parts = self.shards.run(model, &batch, |model, rows, weight| {
+            let parts = self.shards.run(model, batch, |model, rows, weight| {
                 let mut checkpoints = BlockCheckpoints::new(t.activation_checkpointing);
                 if dropout_seeds {
                     checkpoints = checkpoints.with_dropout_seed(seed);
@@ -170,7 +193,7 @@ where
                     model,
                     objective,
                     rows,
-                    weight / t.grad_accum as f64,
+                    weight * share,
                     scale,
                     device,
                     checkpoints,
@@ -187,14 +210,32 @@ where
                 accumulator.accumulate(model, part.grads);
             }
         }
-        let (grads, grad_norm) = step_gradients(
+        // Under loss scaling an overflow in the forward pass (a non-finite loss) skips the
+        // step like one in the backward pass; the run diverges only when the scale
+        // collapses.
+        let scaled = self.state.loss_scale.is_some();
+        let checked_loss = if scaled && !train_loss.is_finite() {
+            0.0
+        } else {
+            train_loss
+        };
+        let (grads, mut grad_norm) = step_gradients(
             model,
             accumulator,
-            train_loss,
+            checked_loss,
             step,
             self.config.optim.grad_clip,
             1.0 / scale,
         )?;
+        if !train_loss.is_finite() {
+            grad_norm = f64::NAN;
+        }
+        if scaled && scale < super::loss_scale::MIN_SCALE {
+            return Err(TrainError::Diverged {
+                step,
+                loss: train_loss,
+            });
+        }
         let lr = self.schedule.lr_at(step);
         let loss_scale = self.state.loss_scale.map(|s| s.scale);
         let apply = match self.state.loss_scale.as_mut() {

@@ -1,115 +1,17 @@
-//! Activation checkpointing: blocks that keep only their input in the forward pass and run
-//! again, one at a time, in the backward pass.
-//!
-//! [`ActivationCheckpointing`] is the setting. With `blocks` or `every:N`, a forward pass
-//! given a [`BlockCheckpoints`] (through [`crate::ForwardOptions::checkpoints`]) runs each
-//! chosen block without recording it for autodiff, so its activations are freed as the
-//! pass goes; the block's output enters the graph that follows as a fresh leaf.
-//! [`BlockCheckpoints::backward`] then differentiates the loss and walks the chosen blocks
-//! from the last to the first: each runs again from its saved input with the graph on, is
-//! differentiated against the gradient its output received, and hands its input's
-//! gradient on to whatever produced that input (the previous checkpointed block directly,
-//! or a backward pass through the blocks and embeddings in between). Peak memory holds
-//! every chosen block's input and one block's activations at a time. The last block is
-//! never run again: the backward pass starts with it, so its activations are kept.
-//!
-//! burn's own checkpointing ([`burn_autodiff`]'s `BalancedCheckpointing`) works per op,
-//! not per block: it recomputes memory-bound ops whose outputs a later op needs. The
-//! `selective` setting is that, with Ember's fused norms and activations marked memory
-//! bound; see `ember_ops::fused::checkpointing`.
-//!
-//! Dropout: given a seed ([`BlockCheckpoints::with_dropout_seed`]), every block draws its
-//! masks from the backend's generator seeded per block, both when it first runs and when it
-//! runs again, so a checkpointed pass draws the same masks as a plain one with the same seed.
-
-use std::fmt;
-use std::str::FromStr;
+//! [`BlockCheckpoints`]: the checkpointed blocks of one forward pass, then its backward
+//! pass; see [`super`].
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ember_ops::{FusedBackend, MaskMod};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::ActivationCheckpointing;
 use crate::block::Block;
 use crate::context::{LayerContext, Positions};
 use crate::moe::{MoeAux, MoeLosses};
 use crate::transformer::Transformer;
-
-/// What a training step keeps for the backward pass (`train.activation_checkpointing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ActivationCheckpointing {
-    /// Every activation (`"none"`).
-    #[default]
-    None,
-    /// Each block's input only; every block runs again in the backward pass (`"blocks"`).
-    Blocks,
-    /// As `Blocks`, for blocks `0, N, 2N, …` only (`"every:N"`, `N ≥ 1`).
-    Every(usize),
-    /// Every block whole, but the cheap ops whose outputs only feed a matrix product
-    /// (norms, activations, reshapes) run again instead of being kept (`"selective"`).
-    Selective,
-}
-
-impl ActivationCheckpointing {
-    /// The values a configuration may give, quoted, for messages.
-    pub const EXPECTED: &'static str =
-        "\"none\", \"blocks\", \"every:N\" (N at least 1) or \"selective\"";
-
-    /// Whether block `layer` keeps only its input and runs again in the backward pass.
-    pub fn recomputes_block(self, layer: usize) -> bool {
-        match self {
-            Self::Blocks => true,
-            Self::Every(n) => layer.is_multiple_of(n),
-            Self::None | Self::Selective => false,
-        }
-    }
-}
-
-impl FromStr for ActivationCheckpointing {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?}: expected {}", Self::EXPECTED);
-        match s {
-            "none" => Ok(Self::None),
-            "blocks" => Ok(Self::Blocks),
-            "selective" => Ok(Self::Selective),
-            _ => {
-                let n = s.strip_prefix("every:").ok_or_else(bad)?;
-                match n.parse::<usize>() {
-                    Ok(n) if n >= 1 => Ok(Self::Every(n)),
-                    _ => Err(bad()),
-                }
-            }
-        }
-    }
-}
-
-impl fmt::Display for ActivationCheckpointing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("none"),
-            Self::Blocks => f.write_str("blocks"),
-            Self::Every(n) => write!(f, "every:{n}"),
-            Self::Selective => f.write_str("selective"),
-        }
-    }
-}
-
-impl Serialize for ActivationCheckpointing {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ActivationCheckpointing {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// What the backward pass needs to run one block again.
 struct Record<B: Backend> {
@@ -261,7 +163,9 @@ impl<B: FusedBackend> BlockCheckpoints<B> {
         n_layers: usize,
     ) -> Tensor<B, 3> {
         let later = (ctx.layer + 1..n_layers).any(|l| self.chosen(l, n_layers));
-        if !later || ctx.moe.is_none() {
+        // A pass with a cache, prefix or hooks checkpoints nothing (see `recomputes`).
+        let checkpointing = ctx.cache.is_none() && ctx.prefix.is_none() && ctx.hooks.is_none();
+        if !later || !checkpointing || ctx.moe.is_none() {
             return block.forward(x, ctx);
         }
         let mut moe = MoeLosses::default();
@@ -330,6 +234,11 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
     pub fn backward(self, loss: Tensor<B, 1>, model: &Transformer<B>) -> GradientsParams {
         let device = loss.device();
         let records = self.records;
+        // Every plain block's losses went to the checkpointed block after it.
+        debug_assert!(
+            self.segment_aux.is_empty(),
+            "auxiliary losses without a record"
+        );
         let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
         let mut pending = vec![None; records.len()];
         let grads = loss.backward();
