@@ -197,7 +197,20 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
         precision[format!("{key}_ms_per_step")] = m.ms_per_step.into();
         precision[format!("{key}_act_mb_per_row")] = per_row.into();
     }
+    // The 24-layer model: one layer's transient buffers (the attention backward's f32
+    // copies) weigh 1/24 of its per-row slope, so the slope is closer to what the
+    // backward pass keeps.
+    for mixed in ["f32", "bf16-mixed"] {
+        let sets = |batch| with(shape_sets(24, batch), &[format!("train.precision={mixed}")]);
+        let small = measure(&ember, data, &out, &sets(4), 1)?.peak_rss_mb;
+        let large = measure(&ember, data, &out, &sets(16), 1)?.peak_rss_mb;
+        let per_row = (large - small) / 12.0;
+        println!("xtask: 24 layers, {mixed}: {per_row:.1} MiB of activations per row");
+        let key = mixed.trim_end_matches("-mixed");
+        precision[format!("24l_{key}_act_mb_per_row")] = per_row.into();
+    }
     for (key, a, b) in [
+        ("24l_act_ratio", "24l_bf16_act_mb_per_row", "24l_f32_act_mb_per_row"),
         ("rss_ratio", "bf16_peak_rss_mb", "f32_peak_rss_mb"),
         ("act_ratio", "bf16_act_mb_per_row", "f32_act_mb_per_row"),
         ("time_ratio", "bf16_ms_per_step", "f32_ms_per_step"),
