@@ -210,7 +210,11 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
         precision[format!("24l_{key}_act_mb_per_row")] = per_row.into();
     }
     for (key, a, b) in [
-        ("24l_act_ratio", "24l_bf16_act_mb_per_row", "24l_f32_act_mb_per_row"),
+        (
+            "24l_act_ratio",
+            "24l_bf16_act_mb_per_row",
+            "24l_f32_act_mb_per_row",
+        ),
         ("rss_ratio", "bf16_peak_rss_mb", "f32_peak_rss_mb"),
         ("act_ratio", "bf16_act_mb_per_row", "f32_act_mb_per_row"),
         ("time_ratio", "bf16_ms_per_step", "f32_ms_per_step"),
