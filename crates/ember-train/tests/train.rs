@@ -580,6 +580,25 @@ fn config_errors_name_the_key_or_flag() {
     );
 }
 
+/// Two runs logged the same losses and gradient norms at every step (to 1e-6 relative)
+/// and ended with the same weights (to 1e-6).
+fn assert_trained_alike(what: &str, a: &Path, b: &Path) {
+    let (a_metrics, b_metrics) = (loss_and_grad_norm(a), loss_and_grad_norm(b));
+    assert_eq!(a_metrics.len(), b_metrics.len(), "{what}");
+    for (step, (x, y)) in a_metrics.iter().zip(&b_metrics).enumerate() {
+        assert!(
+            (x.0 - y.0).abs() <= 1e-6 * x.0 && (x.1 - y.1).abs() <= 1e-6 * x.1,
+            "{what}, step {step}: loss {} vs {}, grad norm {} vs {}",
+            x.0,
+            y.0,
+            x.1,
+            y.1
+        );
+    }
+    let (param, worst) = worst_weight_diff(a, b);
+    assert!(worst <= 1e-6, "{what}: {param} differs by {worst}");
+}
+
 /// `train.activation_checkpointing` changes what the backward pass keeps, not what it
 /// computes: every setting trains like `"none"` (losses, gradient norms and weights), with
 /// dropout (the same masks), gradient accumulation, batch shards and MoE.
@@ -623,24 +642,11 @@ fn activation_checkpointing_trains_like_none() {
         ("moe", 0.0, 1, true),
     ] {
         let plain = run(name, "none", dropout, shards, moe);
-        let plain_metrics = loss_and_grad_norm(&plain);
         for setting in ["blocks", "every:2", "selective"] {
             let what = format!("{name}, {setting}");
             let checkpointed = run(name, setting, dropout, shards, moe);
-            let metrics = loss_and_grad_norm(&checkpointed);
-            assert_eq!(metrics.len(), 3, "{what}");
-            for (step, (a, b)) in plain_metrics.iter().zip(&metrics).enumerate() {
-                assert!(
-                    (a.0 - b.0).abs() <= 1e-6 * a.0 && (a.1 - b.1).abs() <= 1e-6 * a.1,
-                    "{what}, step {step}: loss {} vs {}, grad norm {} vs {}",
-                    a.0,
-                    b.0,
-                    a.1,
-                    b.1
-                );
-            }
-            let (param, worst) = worst_weight_diff(&plain, &checkpointed);
-            assert!(worst <= 1e-6, "{what}: {param} differs by {worst}");
+            assert_eq!(loss_and_grad_norm(&checkpointed).len(), 3, "{what}");
+            assert_trained_alike(&what, &plain, &checkpointed);
         }
     }
 }
@@ -741,27 +747,11 @@ fn packed_documents_accumulate_by_tokens() {
     };
     for shards in [1, 2] {
         let whole = run(8, 1, shards);
-        let whole_metrics = loss_and_grad_norm(&whole);
         for (batch_size, grad_accum) in [(4, 2), (2, 4)] {
             let accumulated = run(batch_size, grad_accum, shards);
             let what =
                 format!("packed, batch {batch_size} × accum {grad_accum}, {shards} shard(s)");
-            for (step, (a, b)) in whole_metrics
-                .iter()
-                .zip(&loss_and_grad_norm(&accumulated))
-                .enumerate()
-            {
-                assert!(
-                    (a.0 - b.0).abs() <= 1e-6 * a.0 && (a.1 - b.1).abs() <= 1e-6 * a.1,
-                    "{what}, step {step}: loss {} vs {}, grad norm {} vs {}",
-                    a.0,
-                    b.0,
-                    a.1,
-                    b.1
-                );
-            }
-            let (name, worst) = worst_weight_diff(&whole, &accumulated);
-            assert!(worst <= 1e-6, "{what}: {name} differs by {worst}");
+            assert_trained_alike(&what, &whole, &accumulated);
         }
     }
     // Packing changes the run: the same windows without document masks train otherwise.
