@@ -408,7 +408,11 @@ fn every_method_trains_and_saves_what_peft_loads() {
             TensorData::new(tokens.clone(), [1, tokens.len()]),
             &device,
         );
-        let ours: Vec<f32> = tuned.forward(input, None).into_data().to_vec().unwrap();
+        let ours: Vec<f32> = tuned
+            .forward(input, None, None)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let nf4 = (method == "qlora").then_some(16);
         let theirs = peft_logits(&ckpt.dir, &tokens, nf4);
         let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -574,4 +578,92 @@ fn bad_settings_and_examples_are_named() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("peft_type = \"LOHA\""), "{err}");
+}
+
+/// The adapter tensors of a fine-tune's checkpoint, by name, as f32.
+fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("checkpoint/trainable.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// `train.activation_checkpointing` in a fine-tune: LoRA (with dropout: the same masks),
+/// QLoRA and a full fine-tune train as without it — the same losses and adapters.
+#[test]
+fn activation_checkpointing_fine_tunes_like_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = examples(tmp.path(), 40);
+    for (method, extra) in [
+        ("lora", &["peft.lora_dropout=0.1"][..]),
+        ("qlora", &[][..]),
+        ("full", &[][..]),
+    ] {
+        let run_with = |setting: &str| {
+            let out = tmp
+                .path()
+                .join(format!("{method}-{}", setting.replace(':', "")));
+            let mut sets = vec![
+                "train.steps=3",
+                "train.batch_shards=1",
+                "train.eval_every=0",
+            ];
+            sets.extend_from_slice(extra);
+            let checkpointing = format!("train.activation_checkpointing={setting}");
+            sets.push(&checkpointing);
+            let config = config(method, &sets);
+            if setting == "selective" {
+                let _turn = exclusive();
+                finetune::<
+                    Autodiff<
+                        Flex,
+                        burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+                    >,
+                >(config, &options(&out, &data, None), &Default::default())
+                .unwrap();
+            } else {
+                run(config, &options(&out, &data, None)).unwrap();
+            }
+            out
+        };
+        let plain = run_with("none");
+        for setting in ["blocks", "selective"] {
+            let other = run_with(setting);
+            let what = format!("{method}, {setting}");
+            let (a, b) = (losses(&plain), losses(&other));
+            assert_eq!(a.len(), 3, "{what}");
+            for ((_, x), (_, y)) in a.iter().zip(&b) {
+                let (x, y) = (f64::from_bits(*x), f64::from_bits(*y));
+                assert!((x - y).abs() <= 1e-6 * x, "{what}: loss {x} vs {y}");
+            }
+            for ((name, x), (_, y)) in adapter(&plain).iter().zip(adapter(&other)) {
+                let worst = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst <= 1e-6, "{what}: {name} differs by {worst}");
+            }
+        }
+    }
+    // Methods outside the projections cannot checkpoint: the key is named.
+    let err = FinetuneConfig::resolve(&FinetuneSources {
+        method: Some("prefix"),
+        overrides: &["train.activation_checkpointing=blocks".to_string()],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.0.starts_with("train.activation_checkpointing"), "{err}");
 }

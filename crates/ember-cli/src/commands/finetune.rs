@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use clap::Args;
-use ember_nn::FusedBackend;
+use ember_nn::{ActivationCheckpointing, FusedBackend};
 use ember_train::finetune::{FinetuneCheckpoint, FinetuneSources, trainable_line};
 use ember_train::{FinetuneConfig, FinetuneOptions};
 
@@ -75,7 +76,12 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: FinetuneArgs) -> Result<(), CliErr
         verbose: !args.quiet,
         cpu_backend: on.cpu,
     };
-    let summary = ember_train::finetune::<Autodiff<B>>(config, &options, &on.device)?;
+    // `selective` checkpointing is burn's balanced strategy (as for `ember train`).
+    let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
+        ember_train::finetune::<Autodiff<B, BalancedCheckpointing>>(config, &options, &on.device)?
+    } else {
+        ember_train::finetune::<Autodiff<B>>(config, &options, &on.device)?
+    };
     let speed = if summary.median_step_ms > 0.0 {
         format!(
             "median {:.1} ms/step ({:.0} tokens/s)",

@@ -1,7 +1,7 @@
 //! [`BlockCheckpoints`]: the checkpointed blocks of one forward pass, then its backward
 //! pass; see [`super`].
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -232,6 +232,18 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
     /// the forward pass that filled these checkpoints (see the module docs). Without
     /// records this is `loss.backward()`.
     pub fn backward(self, loss: Tensor<B, 1>, model: &Transformer<B>) -> GradientsParams {
+        self.backward_with(loss, model, model)
+    }
+
+    /// [`Self::backward`] for the parameters of `params`, a module that holds `model`
+    /// and more (a fine-tune's adapters around it): the gradients of every parameter of
+    /// `params` the loss reaches.
+    pub fn backward_with<M: AutodiffModule<B>>(
+        self,
+        loss: Tensor<B, 1>,
+        model: &Transformer<B>,
+        params: &M,
+    ) -> GradientsParams {
         let device = loss.device();
         let records = self.records;
         // Every plain block's losses went to the checkpointed block after it.
@@ -239,7 +251,7 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
             self.segment_aux.is_empty(),
             "auxiliary losses without a record"
         );
-        let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
+        let mut accumulator = GradientsAccumulator::<M>::new();
         let mut pending = vec![None; records.len()];
         let grads = loss.backward();
         collect_output_grads(&records, &grads, &mut pending);
@@ -260,12 +272,19 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
                     .collect()
             })
             .collect();
-        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        accumulator.accumulate(params, GradientsParams::from_grads(grads, params));
 
         for k in (0..records.len()).rev() {
             let record = &records[k];
             let dx = pending[k].take().and_then(|dy| {
-                Self::run_again(record, dy, aux_grads[k].as_ref(), model, &mut accumulator)
+                Self::run_again(
+                    record,
+                    dy,
+                    aux_grads[k].as_ref(),
+                    model,
+                    params,
+                    &mut accumulator,
+                )
             });
             match (k.checked_sub(1), dx) {
                 // The previous block's output leaf is this block's input.
@@ -292,7 +311,7 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
                     };
                     let grads = objective.backward();
                     collect_output_grads(&records[..k], &grads, &mut pending[..k]);
-                    accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+                    accumulator.accumulate(params, GradientsParams::from_grads(grads, params));
                 }
             }
         }
@@ -305,12 +324,13 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
     /// Runs `record`'s block again from its input with the graph on and differentiates
     /// it against `dy` (and the auxiliary losses against their gradients); adds the
     /// parameters' gradients to `accumulator` and returns the input's.
-    fn run_again(
+    fn run_again<M: AutodiffModule<B>>(
         record: &Record<B>,
         dy: Tensor<B::InnerBackend, 3>,
         aux_grads: Option<&AuxGrads<B>>,
         model: &Transformer<B>,
-        accumulator: &mut GradientsAccumulator<Transformer<B>>,
+        params: &M,
+        accumulator: &mut GradientsAccumulator<M>,
     ) -> Option<Tensor<B::InnerBackend, 3>> {
         if let Some(seed) = record.seed {
             B::seed(&record.input.device(), seed);
@@ -333,7 +353,7 @@ impl<B: AutodiffBackend + FusedBackend> BlockCheckpoints<B> {
         }
         let grads = objective.backward();
         let dx = x.grad(&grads);
-        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        accumulator.accumulate(params, GradientsParams::from_grads(grads, params));
         dx
     }
 }

@@ -143,6 +143,10 @@ pub struct FinetuneLoop {
     /// As `ember train`'s `train.batch_shards` (0: one per core on CPU backends without
     /// dropout).
     pub batch_shards: usize,
+    /// As `ember train`'s `train.activation_checkpointing` (adapter methods on the
+    /// projections, and `full`; not prefix, prompt or bottleneck tuning).
+    #[serde(default)]
+    pub activation_checkpointing: ember_nn::ActivationCheckpointing,
 }
 
 const BASE: &str = include_str!("../../presets/finetune/base.toml");
@@ -286,6 +290,11 @@ impl FinetuneConfig {
             ("peft", "prompt_init", "\"random\", \"vocab\" or \"text\""),
             ("train", "matmul_precision", "\"f32\" or \"bf16\""),
             (
+                "train",
+                "activation_checkpointing",
+                ember_nn::ActivationCheckpointing::EXPECTED,
+            ),
+            (
                 "optim",
                 "schedule",
                 "\"cosine\", \"linear\" or \"constant\"",
@@ -306,6 +315,9 @@ impl FinetuneConfig {
                     ("peft", "non_linearity") => {
                         value.clone().try_into::<ember_peft::NonLinearity>().is_ok()
                     }
+                    ("train", "activation_checkpointing") => value
+                        .as_str()
+                        .is_some_and(|v| v.parse::<ember_nn::ActivationCheckpointing>().is_ok()),
                     ("train", _) => value
                         .as_str()
                         .is_some_and(|v| v.parse::<ember_ops::fused::MatmulPrecision>().is_ok()),
@@ -411,6 +423,29 @@ impl FinetuneConfig {
                 format!(
                     "{} shards cannot split train.batch_size = {} rows (0 picks one per core)",
                     t.batch_shards, t.batch_size
+                ),
+            );
+        }
+        let checkpointing = t.activation_checkpointing;
+        if checkpointing != ember_nn::ActivationCheckpointing::None
+            && matches!(
+                self.peft.method,
+                PeftMethod::Prefix | PeftMethod::Prompt | PeftMethod::Bottleneck
+            )
+        {
+            return fail(
+                "train.activation_checkpointing",
+                format!(
+                    "\"{checkpointing}\" is for methods on the projections (lora, dora, qlora, adalora, ia3, full), not peft.method = {:?}",
+                    format!("{:?}", self.peft.method).to_lowercase()
+                ),
+            );
+        }
+        if checkpointing.recomputes_block(0) && self.peft.lora_dropout > 0.0 && t.batch_shards > 1 {
+            return fail(
+                "train.activation_checkpointing",
+                format!(
+                    "\"{checkpointing}\" with peft.lora_dropout > 0 needs train.batch_shards = 1: shards share one random generator, so a block run again would draw other dropout masks"
                 ),
             );
         }

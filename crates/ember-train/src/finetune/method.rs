@@ -33,7 +33,13 @@ impl<B: FusedBackend> Tuned<B> {
     /// Logits of the real tokens, `[batch, seq, vocab]`, for `tokens` `[batch, seq]`;
     /// `documents` keeps packed examples apart (projection methods only: prompt-learning
     /// rows hold one example).
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>, documents: Option<&MaskMod>) -> Tensor<B, 3> {
+    /// `checkpoints` (activation checkpointing) applies to projection methods.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        documents: Option<&MaskMod>,
+        checkpoints: Option<&mut ember_nn::BlockCheckpoints<B>>,
+    ) -> Tensor<B, 3> {
         if let Some(prefix) = &self.prefix {
             return prefix.forward(&self.model, tokens);
         }
@@ -48,6 +54,7 @@ impl<B: FusedBackend> Tuned<B> {
                 hooks: hooks
                     .as_mut()
                     .map(|h| h as &mut dyn ember_nn::ForwardHooks<B>),
+                checkpoints,
                 ..Default::default()
             },
         )

@@ -8,7 +8,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::sft::IGNORE;
-use ember_nn::FusedBackend;
+use ember_nn::{BlockCheckpoints, FusedBackend};
 use ember_ops::MaskMod;
 use ember_peft::orthogonal_penalty;
 
@@ -35,6 +35,7 @@ fn batch_loss<B: FusedBackend>(
     tuned: &Tuned<B>,
     batch: &SftBatch,
     device: &B::Device,
+    checkpoints: Option<&mut BlockCheckpoints<B>>,
 ) -> Tensor<B, 1> {
     let inputs = Tensor::<B, 2, Int>::from_data(
         TensorData::new(
@@ -46,7 +47,7 @@ fn batch_loss<B: FusedBackend>(
     let documents = batch
         .packs_several()
         .then(|| MaskMod::document(batch.document_rows()));
-    let logits = tuned.forward(inputs, documents.as_ref());
+    let logits = tuned.forward(inputs, documents.as_ref(), checkpoints);
     masked_cross_entropy(logits, &batch.targets, IGNORE)
 }
 
@@ -58,16 +59,18 @@ fn shard<B: AutodiffBackend + FusedBackend>(
     weight: f64,
     orth: Option<f64>,
     device: &B::Device,
+    mut checkpoints: BlockCheckpoints<B>,
 ) -> (GradientsParams, f64, f64) {
     if batch.trained == 0 {
         return (GradientsParams::new(), 0.0, 0.0);
     }
-    let loss = batch_loss(tuned, batch, device);
+    let loss = batch_loss(tuned, batch, device, Some(&mut checkpoints));
     let objective = match orth {
         Some(w) => loss.clone() + orthogonal_penalty(&tuned.model).mul_scalar(w),
         None => loss.clone(),
     };
-    let grads = GradientsParams::from_grads(objective.mul_scalar(weight).backward(), tuned);
+    // Through the checkpointed blocks (plain `backward()` when none were recorded).
+    let grads = checkpoints.backward_with(objective.mul_scalar(weight), &tuned.model, tuned);
     (grads, loss.into_scalar().elem::<f64>(), weight)
 }
 
@@ -104,10 +107,19 @@ where
             .expect("the model is in place between steps");
         let mut accumulator = GradientsAccumulator::<Tuned<B>>::new();
         let mut train_loss = 0.0;
-        for batch in &batches {
+        // Dropout masks from per-block seeds (the same whether or not a block runs again
+        // in the backward pass); sharded runs draw from the shared generator.
+        let dropout = self.config.peft.lora_dropout > 0.0 || tuned.model.config().dropout > 0.0;
+        let seeded = dropout && self.n_shards == 1;
+        for (micro, batch) in batches.iter().enumerate() {
             let share = batch.trained as f64 / covered.max(1) as f64;
+            let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
             let parts = self.shards.run(tuned, batch, |model, part, weight| {
-                shard(model, part, weight * share, orth, device)
+                let mut checkpoints = BlockCheckpoints::new(t.activation_checkpointing);
+                if seeded {
+                    checkpoints = checkpoints.with_dropout_seed(seed);
+                }
+                shard(model, part, weight * share, orth, device, checkpoints)
             });
             for (grads, loss, weight) in parts {
                 train_loss += loss * weight;
@@ -192,7 +204,7 @@ pub fn heldout_loss<B: Backend + FusedBackend>(
         if batch.trained == 0 {
             continue;
         }
-        let loss = batch_loss(tuned, &batch, device);
+        let loss = batch_loss(tuned, &batch, device, None);
         total += loss.into_scalar().elem::<f64>() * batch.trained as f64;
         covered += batch.trained;
     }
