@@ -155,20 +155,10 @@ where
         if let Some(ckpt) = &resume {
             same_setup(&ckpt.config, &config, &ckpt.dir.display().to_string())?;
         }
-        let selective =
-            config.train.activation_checkpointing == ember_nn::ActivationCheckpointing::Selective;
-        if selective != B::recomputes_memory_bound_ops() {
-            return Err(ConfigError(format!(
-                "train.activation_checkpointing = \"{}\": {}",
-                config.train.activation_checkpointing,
-                if selective {
-                    "this backend keeps every op's output (fine-tune on `Autodiff<_, BalancedCheckpointing>`, as `ember finetune` does for this setting)"
-                } else {
-                    "this backend recomputes memory-bound ops, which is the setting \"selective\""
-                }
-            ))
-            .into());
-        }
+        crate::trainer::check_backend_for(
+            config.train.activation_checkpointing,
+            B::recomputes_memory_bound_ops(),
+        )?;
         let precision = PrecisionScope::set(
             config.train.matmul_precision,
             crate::config::Precision::F32,

@@ -38,4 +38,5 @@ pub(crate) use evaluate::packing_of;
 pub use loss_scale::LossScale;
 pub use options::{TrainExtras, TrainOptions, TrainSummary};
 pub use run::{train, train_with};
+pub(crate) use setup::check_backend_for;
 pub(crate) use step::step_gradients;

@@ -68,20 +68,10 @@ where
         device: &'a B::Device,
     ) -> Result<Self, TrainError> {
         config.validate()?;
-        let selective =
-            config.train.activation_checkpointing == ember_nn::ActivationCheckpointing::Selective;
-        if selective != B::recomputes_memory_bound_ops() {
-            return Err(ConfigError(format!(
-                "train.activation_checkpointing = \"{}\": {}",
-                config.train.activation_checkpointing,
-                if selective {
-                    "this backend keeps every op's output (train on `Autodiff<_, BalancedCheckpointing>`, as `ember train` does for this setting)"
-                } else {
-                    "this backend recomputes memory-bound ops, which is the setting \"selective\""
-                }
-            ))
-            .into());
-        }
+        check_backend_for(
+            config.train.activation_checkpointing,
+            B::recomputes_memory_bound_ops(),
+        )?;
         let TrainExtras { objective, hooks } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
@@ -314,4 +304,26 @@ fn model_diff(saved: &TransformerConfig, now: &TransformerConfig) -> Vec<String>
             )
         })
         .collect()
+}
+
+/// `selective` checkpointing is a property of the autodiff backend (`Autodiff<_,
+/// BalancedCheckpointing>`, which `ember train` and `ember finetune` pick for it): the
+/// setting and the backend (`recomputes`: whether it recomputes memory-bound ops) must
+/// agree.
+pub(crate) fn check_backend_for(
+    setting: ember_nn::ActivationCheckpointing,
+    recomputes: bool,
+) -> Result<(), ConfigError> {
+    let selective = setting == ember_nn::ActivationCheckpointing::Selective;
+    if selective == recomputes {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "train.activation_checkpointing = \"{setting}\": {}",
+        if selective {
+            "this backend keeps every op's output (run on `Autodiff<_, BalancedCheckpointing>`, as `ember train` and `ember finetune` do for this setting)"
+        } else {
+            "this backend recomputes memory-bound ops, which is the setting \"selective\""
+        }
+    )))
 }
