@@ -27,12 +27,25 @@ pub struct AdamWSettings {
     pub weight_decay: f32,
 }
 
+fn adamw<M: AutodiffModule<B>, B: AutodiffBackend>(
+    settings: &AdamWSettings,
+    weight_decay: f32,
+) -> OptimizerAdaptor<AdamW, M, B> {
+    AdamWConfig::new()
+        .with_beta_1(settings.beta1)
+        .with_beta_2(settings.beta2)
+        .with_epsilon(settings.eps)
+        .with_weight_decay(weight_decay)
+        .init()
+}
+
 /// Two AdamW instances: weight decay for parameters the [`DecayRule`] selects, none for
 /// the rest.
 pub struct AdamWGroups<M: AutodiffModule<B>, B: AutodiffBackend> {
     decay: OptimizerAdaptor<AdamW, M, B>,
     no_decay: OptimizerAdaptor<AdamW, M, B>,
     decay_ids: HashSet<ParamId>,
+    settings: AdamWSettings,
 }
 
 /// The optimizer state of both groups, for checkpoints.
@@ -68,22 +81,33 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> AdamWGroups<M, B> {
         params: impl IntoIterator<Item = (ParamId, String, Vec<usize>)>,
         rule: DecayRule,
     ) -> Self {
-        let config = |weight_decay: f32| {
-            AdamWConfig::new()
-                .with_beta_1(settings.beta1)
-                .with_beta_2(settings.beta2)
-                .with_epsilon(settings.eps)
-                .with_weight_decay(weight_decay)
-        };
         Self {
-            decay: config(settings.weight_decay).init(),
-            no_decay: config(0.0).init(),
+            decay: adamw(settings, settings.weight_decay),
+            no_decay: adamw(settings, 0.0),
+            settings: settings.clone(),
             decay_ids: params
                 .into_iter()
                 .filter(|(_, path, shape)| rule(path, shape))
                 .map(|(id, _, _)| id)
                 .collect(),
         }
+    }
+
+    /// Sets Adam's `β1` for the following steps (a cyclic schedule's momentum), keeping
+    /// every moment estimate; bias correction then uses the new `β1`, as PyTorch's does.
+    pub fn set_beta1(&mut self, beta1: f32) {
+        if beta1 == self.settings.beta1 {
+            return;
+        }
+        self.settings.beta1 = beta1;
+        let record = self.to_record();
+        self.decay = adamw(&self.settings, self.settings.weight_decay).load_record(record.decay);
+        self.no_decay = adamw(&self.settings, 0.0).load_record(record.no_decay);
+    }
+
+    /// The `β1` the next step uses.
+    pub fn beta1(&self) -> f32 {
+        self.settings.beta1
     }
 
     /// Number of parameters in the decayed group.

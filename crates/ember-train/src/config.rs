@@ -50,13 +50,41 @@ pub struct OptimConfig {
     pub eps: f32,
     /// Decoupled weight decay, applied to matrices only.
     pub weight_decay: f32,
-    /// Maximum global gradient norm; 0 disables clipping.
+    /// The clipping threshold ([`OptimConfig::clip`]); 0 disables clipping.
     pub grad_clip: f64,
-    /// The learning-rate schedule after the linear warmup: `"cosine"` (to `min_lr` at
-    /// `decay_steps`, nanoGPT's), `"linear"` (the same end points on a straight line) or
-    /// `"constant"` (`lr` for good).
+    /// How `grad_clip` applies: `"norm"` (default: the global norm of all gradients is at
+    /// most `grad_clip`), `"value"` (each gradient value in `[-grad_clip, grad_clip]`) or
+    /// `"agc"` (adaptive, unit-wise: each output unit's gradient norm at most `grad_clip`
+    /// (NFNets' `λ`, e.g. 0.01) times its weight norm; the untied LM head is left alone).
+    #[serde(default)]
+    pub clip: ember_optim::ClipKind,
+    /// The learning-rate schedule (see `ember_optim::schedule`); every one but
+    /// `"one_cycle"` starts with `warmup_steps` of linear warmup:
+    /// - `"cosine"` (default, nanoGPT's): cosine to `min_lr` at `decay_steps`;
+    /// - `"linear"`: the same end points on a straight line;
+    /// - `"constant"`: `lr` for good;
+    /// - `"inverse_sqrt"`: `lr / √((t + timescale) / timescale)` ([`Self::inverse_sqrt`]);
+    /// - `"wsd"`: warmup-stable-decay to `min_lr` ([`Self::wsd`]);
+    /// - `"one_cycle"`: PyTorch's `OneCycleLR` with its `β1` cycle ([`Self::one_cycle`]);
+    /// - `"cosine_restarts"`: PyTorch's `CosineAnnealingWarmRestarts` down to `min_lr`
+    ///   ([`Self::cosine_restarts`]).
     #[serde(default)]
     pub schedule: ember_optim::ScheduleKind,
+    /// `[optim.inverse_sqrt]`: `timescale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverse_sqrt: Option<ember_optim::InverseSqrtArgs>,
+    /// `[optim.wsd]`: `num_stable_steps`, `num_decay_steps`, `num_cycles`, `decay_type`
+    /// (`"cosine"`, `"linear"` or `"1-sqrt"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wsd: Option<ember_optim::WsdArgs>,
+    /// `[optim.one_cycle]`: PyTorch's `total_steps`, `pct_start`, `anneal_strategy`,
+    /// `div_factor`, `final_div_factor`, `three_phase`, `cycle_momentum`,
+    /// `base_momentum`, `max_momentum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_cycle: Option<ember_optim::OneCycleArgs>,
+    /// `[optim.cosine_restarts]`: PyTorch's `T_0` (required) and `T_mult`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_restarts: Option<ember_optim::CosineRestartsArgs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +124,20 @@ pub struct LoopConfig {
     /// cross-entropy, so runs with and without it compare.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// The token loss: `"cross_entropy"` (default; smoothed by `label_smoothing`) or
+    /// `"focal"` (`focal_gamma`, `focal_alpha`); see [`crate::loss::TokenLoss`].
+    #[serde(default)]
+    pub loss: crate::loss::LossKind,
+    /// PaLM's z-loss `coef · (log Z)²` added to the token loss (PaLM: `1e-4`); 0 = off.
+    /// Logged as `objective.z_loss`.
+    #[serde(default)]
+    pub z_loss: f64,
+    /// Focal loss's `γ` (Lin et al.'s default 2).
+    #[serde(default = "two")]
+    pub focal_gamma: f64,
+    /// Focal loss's per-class `α`, one weight per vocabulary entry; empty = all 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub focal_alpha: Vec<f32>,
     /// What training minimises (see [`crate::objective`]): `"causal_lm"` (default),
     /// next-token cross-entropy (label-smoothed by `label_smoothing`) plus, for MoE
     /// models, the load-balancing and z-losses weighted by `model.moe.aux_loss_coef` and
@@ -146,6 +188,10 @@ fn one() -> usize {
     1
 }
 
+fn two() -> f64 {
+    2.0
+}
+
 /// A unit enum's serde name.
 fn serde_plain<T: Serialize>(value: &T) -> String {
     match toml::Value::try_from(value) {
@@ -179,7 +225,46 @@ impl OptimConfig {
                 "eps must be positive; weight_decay and grad_clip non-negative".into(),
             );
         }
+        // A schedule's table is only read with that schedule: one set for another is a
+        // mistake worth naming.
+        for (table, set) in [
+            ("inverse_sqrt", self.inverse_sqrt.is_some()),
+            ("wsd", self.wsd.is_some()),
+            ("one_cycle", self.one_cycle.is_some()),
+            ("cosine_restarts", self.cosine_restarts.is_some()),
+        ] {
+            if set && self.schedule.table() != Some(table) {
+                return fail(
+                    &format!("optim.{table}"),
+                    format!(
+                        "is set but optim.schedule = \"{}\"; set optim.schedule = \"{table}\" or remove the table",
+                        serde_plain(&self.schedule)
+                    ),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The learning-rate schedule of a run of `total_steps` steps; `Err` names the key.
+    pub fn schedule(
+        &self,
+        total_steps: usize,
+    ) -> Result<Box<dyn ember_optim::LrSchedule>, ConfigError> {
+        ember_optim::ScheduleSettings {
+            kind: self.schedule,
+            peak_lr: self.lr,
+            min_lr: self.min_lr,
+            warmup_steps: self.warmup_steps,
+            decay_steps: self.decay_steps,
+            total_steps,
+            inverse_sqrt: self.inverse_sqrt.clone().unwrap_or_default(),
+            wsd: self.wsd.clone().unwrap_or_default(),
+            one_cycle: self.one_cycle.clone().unwrap_or_default(),
+            cosine_restarts: self.cosine_restarts.clone(),
+        }
+        .build()
+        .map_err(ConfigError)
     }
 }
 
@@ -252,9 +337,18 @@ impl TrainConfig {
                 .is_ok();
             if !valid {
                 return Err(ConfigError(format!(
-                    "{origin}: optim.schedule = {value}: expected \"cosine\", \"linear\" or \"constant\""
+                    "{origin}: optim.schedule = {value}: expected {}",
+                    ember_optim::ScheduleKind::EXPECTED
                 )));
             }
+        }
+        if let Some(value) = table.get("optim").and_then(|t| t.get("clip"))
+            && value.clone().try_into::<ember_optim::ClipKind>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "{origin}: optim.clip = {value}: expected {}",
+                ember_optim::ClipKind::EXPECTED
+            )));
         }
         if let Some(value) = table.get("train").and_then(|t| t.get("objective")) {
             let valid = value
@@ -267,6 +361,14 @@ impl TrainConfig {
                     crate::objective::ObjectiveKind::EXPECTED
                 )));
             }
+        }
+        if let Some(value) = table.get("train").and_then(|t| t.get("loss"))
+            && value.clone().try_into::<crate::loss::LossKind>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "{origin}: train.loss = {value}: expected {}",
+                crate::loss::LossKind::EXPECTED
+            )));
         }
         if let Some(value) = table.get("train").and_then(|t| t.get("precision"))
             && value.clone().try_into::<Precision>().is_err()
@@ -314,6 +416,7 @@ impl TrainConfig {
         }
         let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         self.optim.validate()?;
+        self.optim.schedule(self.train.steps)?;
         let t = &self.train;
         for (key, v) in [
             ("train.batch_size", t.batch_size),
@@ -377,16 +480,40 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.data.packing && t.label_smoothing > 0.0 {
-            return fail(
-                "data.packing",
-                "packed rows ignore their boundary targets, which train.label_smoothing does not support: set one of the two".into(),
-            );
-        }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             return fail(
                 "train.label_smoothing",
                 format!("must be in [0, 1), got {}", t.label_smoothing),
+            );
+        }
+        for (key, v) in [
+            ("train.z_loss", t.z_loss),
+            ("train.focal_gamma", t.focal_gamma),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return fail(key, format!("must be a finite number ≥ 0, got {v}"));
+            }
+        }
+        if t.loss == crate::loss::LossKind::Focal && t.label_smoothing > 0.0 {
+            return fail(
+                "train.label_smoothing",
+                "applies to train.loss = \"cross_entropy\"; focal loss takes train.focal_gamma and train.focal_alpha".into(),
+            );
+        }
+        if !t.focal_alpha.is_empty() && t.loss != crate::loss::LossKind::Focal {
+            return fail(
+                "train.focal_alpha",
+                "is set but train.loss is not \"focal\"".into(),
+            );
+        }
+        if let Some(bad) = t
+            .focal_alpha
+            .iter()
+            .find(|a| !(**a >= 0.0 && a.is_finite()))
+        {
+            return fail(
+                "train.focal_alpha",
+                format!("weights must be finite and ≥ 0, got {bad}"),
             );
         }
         if t.eval_every > 0 && t.eval_batches == 0 {

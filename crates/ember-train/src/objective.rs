@@ -14,7 +14,7 @@ use ember_nn::{BlockCheckpoints, ForwardOptions, FusedBackend, MoeLosses, Transf
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::loss::{CrossEntropy, LmLoss};
+use crate::loss::{Focal, LossKind, TokenLoss};
 
 /// One micro-batch (or one shard of it) as an objective sees it.
 pub struct ObjectiveBatch<'a, B: Backend> {
@@ -90,22 +90,29 @@ impl ObjectiveKind {
     }
 }
 
-/// Next-token cross-entropy (label-smoothed by `train.label_smoothing`), plus for MoE
-/// models the load-balancing and z-losses weighted by `model.moe.aux_loss_coef` and
-/// `model.moe.z_loss_coef`.
+/// The next-token loss `train.loss` sets ([`TokenLoss`]: cross-entropy, label-smoothed
+/// by `train.label_smoothing`, or focal; plus the z-loss `train.z_loss`), plus for MoE
+/// models the load-balancing and router z-losses weighted by `model.moe.aux_loss_coef`
+/// and `model.moe.z_loss_coef`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CausalLm {
-    /// `Some(ε)` when smoothing.
-    pub label_smoothing: Option<f32>,
+    pub token_loss: TokenLoss,
     /// MoE models: `(aux_loss_coef, z_loss_coef)`.
     pub moe_coefs: Option<(f64, f64)>,
 }
 
 impl CausalLm {
     pub fn new(config: &TrainConfig) -> Self {
-        let smoothing = config.train.label_smoothing;
+        let t = &config.train;
         Self {
-            label_smoothing: (smoothing > 0.0).then_some(smoothing as f32),
+            token_loss: TokenLoss {
+                label_smoothing: t.label_smoothing,
+                z_loss: t.z_loss,
+                focal: (t.loss == LossKind::Focal).then(|| Focal {
+                    gamma: t.focal_gamma,
+                    alpha: (!t.focal_alpha.is_empty()).then(|| t.focal_alpha.clone()),
+                }),
+            },
             moe_coefs: config
                 .model
                 .moe
@@ -129,16 +136,16 @@ impl<B: AutodiffBackend + FusedBackend> Objective<B> for CausalLm {
             ..Default::default()
         };
         let logits = model.forward(batch.inputs, options);
-        let lm_loss = match mask {
-            Some(_) => crate::loss::masked_cross_entropy(
-                logits,
-                &batch.batch.targets,
-                ember_data::sft::IGNORE,
-            ),
-            None => CrossEntropy::<B>::new(self.label_smoothing, batch.device)
-                .loss(logits, batch.targets),
-        };
-        let mut loss = lm_loss.clone();
+        // Packed rows ignore their boundary targets; other rows cover every target.
+        let token = self
+            .token_loss
+            .forward(logits, &batch.batch.targets, ember_data::sft::IGNORE);
+        let lm_loss = token.main;
+        let mut loss = token.loss;
+        let mut metrics = Vec::new();
+        if let Some(z) = token.z {
+            metrics.push(("z_loss".to_string(), z));
+        }
         let mut moe = None;
         if let (Some((aux_coef, z_coef)), Some(balance), Some(z)) =
             (self.moe_coefs, moe_losses.balance_loss, moe_losses.z_loss)
@@ -155,7 +162,7 @@ impl<B: AutodiffBackend + FusedBackend> Objective<B> for CausalLm {
             loss,
             train_loss: lm_loss,
             moe,
-            metrics: Vec::new(),
+            metrics,
         }
     }
 }

@@ -294,11 +294,8 @@ impl FinetuneConfig {
                 "activation_checkpointing",
                 ember_nn::ActivationCheckpointing::EXPECTED,
             ),
-            (
-                "optim",
-                "schedule",
-                "\"cosine\", \"linear\" or \"constant\"",
-            ),
+            ("optim", "schedule", ember_optim::ScheduleKind::EXPECTED),
+            ("optim", "clip", ember_optim::ClipKind::EXPECTED),
         ] {
             if let Some(value) = table.get(section).and_then(|t| t.get(key)) {
                 let valid = match (section, key) {
@@ -321,6 +318,7 @@ impl FinetuneConfig {
                     ("train", _) => value
                         .as_str()
                         .is_some_and(|v| v.parse::<ember_ops::fused::MatmulPrecision>().is_ok()),
+                    ("optim", "clip") => value.clone().try_into::<ember_optim::ClipKind>().is_ok(),
                     _ => value
                         .clone()
                         .try_into::<ember_optim::ScheduleKind>()
@@ -395,6 +393,7 @@ impl FinetuneConfig {
             }
         }
         self.optim.validate()?;
+        self.optim.schedule(self.train.steps)?;
         let t = &self.train;
         for (key, v, max) in [
             ("train.batch_size", t.batch_size, 1 << 20),

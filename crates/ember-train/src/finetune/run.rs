@@ -118,6 +118,7 @@ pub(super) struct FinetuneRun<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) optim: AdamWGroups<Tuned<B>, B>,
     pub(super) state: FinetuneState,
     pub(super) schedule: Box<dyn LrSchedule>,
+    pub(super) clipping: crate::trainer::Clipping,
     pub(super) data: SftData,
     pub(super) base: BaseRecord,
     pub(super) arch: HfArch,
@@ -239,9 +240,9 @@ where
             eps: config.optim.eps,
             weight_decay: config.optim.weight_decay,
         };
-        let infos = param_infos::<B, _>(&tuned)
-            .into_iter()
-            .map(|p| (p.id, p.path, p.shape));
+        let infos = param_infos::<B, _>(&tuned);
+        let clipping = crate::trainer::Clipping::new(&config.optim, &infos);
+        let infos = infos.into_iter().map(|p| (p.id, p.path, p.shape));
         let mut optim = AdamWGroups::new(&settings, infos, decay_matrices);
         let mut allocator = match config.peft.method {
             PeftMethod::Adalora => Some(
@@ -288,10 +289,7 @@ where
                 data: data.digest.clone(),
             },
         };
-        let o = &config.optim;
-        let schedule = o
-            .schedule
-            .build(o.lr, o.min_lr, o.warmup_steps, o.decay_steps);
+        let schedule = config.optim.schedule(config.train.steps)?;
         let resumed_at = resume.as_ref().map(|c| (c.dir.as_path(), c.state.step));
         let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
         let t = &config.train;
@@ -329,6 +327,7 @@ where
             optim,
             state,
             schedule,
+            clipping,
             data,
             base,
             arch,

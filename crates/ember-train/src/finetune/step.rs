@@ -126,15 +126,12 @@ where
                 accumulator.accumulate(tuned, grads);
             }
         }
-        let (grads, grad_norm) = step_gradients(
-            tuned,
-            accumulator,
-            train_loss,
-            step,
-            self.config.optim.grad_clip,
-            1.0,
-        )?;
+        let (grads, grad_norm) =
+            step_gradients(tuned, accumulator, train_loss, step, &self.clipping, 1.0)?;
         let lr = self.schedule.lr_at(step);
+        if let Some(beta1) = self.schedule.beta1_at(step) {
+            self.optim.set_beta1(beta1 as f32);
+        }
         // AdaLoRA sees the gradients the optimizer applies (peft's `global_step` counts
         // from 1), then prunes after the update.
         let adalora_error = |e: ember_peft::PeftError| TrainError::Hooks(e.0);

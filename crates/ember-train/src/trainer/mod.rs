@@ -22,6 +22,7 @@
 //! - `report`: `metrics.jsonl`, the progress bar, verbose lines, MoE tallies.
 //! - `evaluate`: the validation loss (plain cross-entropy whatever the objective).
 
+mod clipping;
 mod error;
 mod evaluate;
 pub mod loss_scale;
@@ -32,6 +33,7 @@ mod run;
 mod setup;
 mod step;
 
+pub(crate) use clipping::Clipping;
 pub use error::TrainError;
 pub use evaluate::evaluate;
 pub(crate) use evaluate::packing_of;

@@ -10,6 +10,7 @@ use ember_data::{BatchSampler, TokenCache, TokenSplits, Tokenizer};
 use ember_nn::{FusedBackend, Transformer, TransformerConfig, param_infos};
 use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
 
+use super::clipping::Clipping;
 use super::error::TrainError;
 use super::options::{TrainExtras, TrainOptions};
 use super::precision::PrecisionScope;
@@ -31,6 +32,7 @@ pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) optim: AdamWGroups<Transformer<B>, B>,
     pub(super) state: TrainState,
     pub(super) schedule: Box<dyn LrSchedule>,
+    pub(super) clipping: Clipping,
     pub(super) objective: Box<dyn Objective<B>>,
     pub(super) hooks: Vec<Box<dyn StepHook<B>>>,
     /// Validation loss: plain cross-entropy whatever the objective.
@@ -103,6 +105,13 @@ where
             .into());
         }
         config.model.vocab_size = vocab;
+        let alpha = config.train.focal_alpha.len();
+        if alpha > 0 && alpha != vocab {
+            return Err(ConfigError(format!(
+                "train.focal_alpha: {alpha} weights, but the vocabulary has {vocab} entries (one weight per entry)"
+            ))
+            .into());
+        }
         if options.cpu_backend {
             // Activations live in host memory only on CPU backends.
             crate::footprint::check(&config)?;
@@ -126,21 +135,16 @@ where
             eps: config.optim.eps,
             weight_decay: config.optim.weight_decay,
         };
-        let params = param_infos::<B, _>(&model)
-            .into_iter()
-            .map(|p| (p.id, p.path, p.shape));
+        let infos = param_infos::<B, _>(&model);
+        let clipping = Clipping::new(&config.optim, &infos);
+        let params = infos.into_iter().map(|p| (p.id, p.path, p.shape));
         let mut optim = AdamWGroups::new(&settings, params, decay_matrices);
         let mut hooks = hooks;
         if let Some(ckpt) = &resume {
             optim = ckpt.load_optimizer(optim, device)?;
             restore_hooks(ckpt, &mut hooks)?;
         }
-        let schedule = config.optim.schedule.build(
-            config.optim.lr,
-            config.optim.min_lr,
-            config.optim.warmup_steps,
-            config.optim.decay_steps,
-        );
+        let schedule = config.optim.schedule(config.train.steps)?;
         let objective = objective.unwrap_or_else(|| config.train.objective.build::<B>(&config));
         let eval_loss = CrossEntropy::<B::InnerBackend>::new(None, device);
 
@@ -205,6 +209,7 @@ where
             optim,
             state,
             schedule,
+            clipping,
             objective,
             hooks,
             eval_loss,

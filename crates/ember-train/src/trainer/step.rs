@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::clipping::Clipping;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::Batch;
 use ember_nn::{BlockCheckpoints, FusedBackend, Transformer};
-use ember_optim::clip_global_norm;
 
 use super::error::TrainError;
 use super::evaluate::batch_tensors;
@@ -92,15 +92,14 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
 }
 
 /// The step's gradients from `accumulator`, multiplied by `unscale` (the inverse of a
-/// loss scale; 1 without one), clipped to a global norm of `grad_clip` (0: no clipping),
-/// and their norm before clipping; `Err` when `train_loss` is not finite (the run
-/// diverged at `step`).
+/// loss scale; 1 without one), clipped as `clipping` says, and their global norm before
+/// clipping; `Err` when `train_loss` is not finite (the run diverged at `step`).
 pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     mut accumulator: GradientsAccumulator<M>,
     train_loss: f64,
     step: usize,
-    grad_clip: f64,
+    clipping: &Clipping,
     unscale: f64,
 ) -> Result<(GradientsParams, f64), TrainError> {
     if !train_loss.is_finite() {
@@ -113,11 +112,7 @@ pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     if unscale != 1.0 {
         ember_optim::scale_grads(model, &mut grads, unscale);
     }
-    let norm = if grad_clip > 0.0 {
-        clip_global_norm(model, &mut grads, grad_clip)
-    } else {
-        ember_optim::global_grad_norm(model, &grads)
-    };
+    let norm = clipping.apply(model, &mut grads);
     Ok((grads, norm))
 }
 
@@ -224,7 +219,7 @@ where
             accumulator,
             checked_loss,
             step,
-            self.config.optim.grad_clip,
+            &self.clipping,
             1.0 / scale,
         )?;
         if !train_loss.is_finite() {
@@ -242,6 +237,9 @@ where
             Some(scaler) => scaler.update(grad_norm.is_finite()),
             None => true,
         };
+        if let Some(beta1) = self.schedule.beta1_at(step) {
+            self.optim.set_beta1(beta1 as f32);
+        }
         if apply {
             let model = self
                 .model

@@ -1,13 +1,11 @@
-//! Learning-rate schedules as closed forms of the step, so resuming only needs the step.
+//! nanoGPT's schedules: the linear warmup, then a cosine or a straight line down to
+//! `min_lr` at `decay_steps`, or a constant.
 
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::backend::Backend;
-use serde::{Deserialize, Serialize};
 
-/// A learning rate as a function of the optimizer step (0-based).
-pub trait LrSchedule: Send + Sync {
-    fn lr_at(&self, step: usize) -> f64;
-}
+use super::LrSchedule;
+use super::warmup::warmup;
 
 /// Linear warmup then cosine decay to `min_lr`, as in nanoGPT:
 ///
@@ -35,11 +33,6 @@ impl WarmupCosine {
             step: 0,
         }
     }
-}
-
-/// The learning rate of a linear warmup to `peak_lr` over `warmup_steps`, or `None` past it.
-fn warmup(peak_lr: f64, warmup_steps: usize, step: usize) -> Option<f64> {
-    (step < warmup_steps).then(|| peak_lr * (step + 1) as f64 / (warmup_steps + 1) as f64)
 }
 
 impl LrSchedule for WarmupCosine {
@@ -110,48 +103,5 @@ pub struct WarmupConstant {
 impl LrSchedule for WarmupConstant {
     fn lr_at(&self, step: usize) -> f64 {
         warmup(self.peak_lr, self.warmup_steps, step).unwrap_or(self.peak_lr)
-    }
-}
-
-/// The schedule a configuration names (`optim.schedule`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    /// [`WarmupCosine`] (nanoGPT's).
-    #[default]
-    Cosine,
-    /// [`WarmupLinear`].
-    Linear,
-    /// [`WarmupConstant`].
-    Constant,
-}
-
-impl ScheduleKind {
-    /// The schedule with these settings (`min_lr` and `decay_steps` unused by `Constant`).
-    pub fn build(
-        self,
-        peak_lr: f64,
-        min_lr: f64,
-        warmup_steps: usize,
-        decay_steps: usize,
-    ) -> Box<dyn LrSchedule> {
-        match self {
-            ScheduleKind::Cosine => Box::new(WarmupCosine::new(
-                peak_lr,
-                min_lr,
-                warmup_steps,
-                decay_steps,
-            )),
-            ScheduleKind::Linear => Box::new(WarmupLinear {
-                peak_lr,
-                min_lr,
-                warmup_steps,
-                decay_steps,
-            }),
-            ScheduleKind::Constant => Box::new(WarmupConstant {
-                peak_lr,
-                warmup_steps,
-            }),
-        }
     }
 }
