@@ -18,8 +18,10 @@ use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
 use crate::commands::merge::MergeArgs;
 use crate::commands::perplexity::PerplexityArgs;
+use crate::commands::prune::PruneArgs;
 use crate::commands::quantize::QuantizeArgs;
 use crate::commands::serve::ServeArgs;
+use crate::commands::soup::SoupArgs;
 use crate::commands::train::TrainArgs;
 
 use crate::backend::BackendName;
@@ -58,6 +60,10 @@ enum Command {
     Serve(ServeArgs),
     /// Store a model's weights as int8 or 4-bit for the host decoder (what `generate` and `serve` load).
     Quantize(QuantizeArgs),
+    /// Zero a model's smallest block weights (magnitude pruning) and write it as a Hugging Face directory.
+    Prune(PruneArgs),
+    /// Average models of one shape (uniform or greedy soup) into a Hugging Face directory.
+    Soup(SoupArgs),
     /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
@@ -80,6 +86,8 @@ fn main() -> ExitCode {
         Command::Merge(args) => runner.export(args.into()),
         Command::Serve(args) => runner.serve(args),
         Command::Quantize(args) => runner.quantize(args),
+        Command::Prune(args) => runner.prune(args),
+        Command::Soup(args) => runner.soup(args),
         Command::Info(args) => commands::info::run(args),
     });
     match result {

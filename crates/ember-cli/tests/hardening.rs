@@ -421,7 +421,7 @@ fn export_does_not_overwrite_what_is_not_ours() {
     let out = ember(&["export", "--model", run_s, "--out", other.to_str().unwrap()]);
     assert_fails(&out, 2, &["Ember checkpoint"]);
     let out = ember(&["export", "--model", run_s, "--out", run_s]);
-    assert_fails(&out, 2, &["is the --model directory"]);
+    assert_fails(&out, 2, &["is an input model's directory"]);
     assert!(snapshot(&other) == before);
     // An earlier export is replaced; --force replaces anything.
     let hf = tmp.path().join("hf");

@@ -44,9 +44,9 @@ pub use mlp::Mlp;
 pub use moe::{Moe, MoeAux, MoeLosses};
 pub use norm::{GroupNorm, LayerNorm, Norm, RmsNorm};
 pub use params::{
-    ParamInfo, ParamSource, assign_stable_ids, freeze_matching, matches_pattern, param_infos,
-    param_values, param_values_f32, replace_params, replace_params_where, stable_param_id,
-    trainable_values,
+    ParamInfo, ParamSource, assign_stable_ids, blend_params, freeze_matching, matches_pattern,
+    param_infos, param_values, param_values_f32, replace_params, replace_params_where,
+    set_trainable, stable_param_id, trainable_values,
 };
 pub use projection::{Adapter, Projection};
 pub use quantized::{QuantizedWeight, quantized_matmul};

@@ -315,3 +315,120 @@ pub fn param_values_f32<B: Backend, M: Module<B>>(
         })
         .collect()
 }
+
+struct Trainable<F> {
+    stack: PathStack,
+    trainable: F,
+}
+
+impl<B: Backend, F: FnMut(&str) -> bool> ModuleMapper<B> for Trainable<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let path = self.stack.path();
+        param.set_require_grad((self.trainable)(&path))
+    }
+}
+
+/// Sets every float parameter trainable or frozen as `trainable(path)` says (a frozen
+/// parameter gets no gradient, hence no optimizer state).
+pub fn set_trainable<B: Backend, M: Module<B>>(
+    module: M,
+    trainable: impl FnMut(&str) -> bool,
+) -> M {
+    module.map(&mut Trainable {
+        stack: PathStack::default(),
+        trainable,
+    })
+}
+
+/// Collects every float parameter flattened, in visiting order.
+struct Flattener<B: Backend> {
+    values: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Flattener<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.values.push(param.val().flatten(0, D - 1));
+    }
+}
+
+struct Blender<B: Backend> {
+    /// `source`'s parameters, in visiting order (consumed from the front).
+    source: std::vec::IntoIter<Tensor<B, 1>>,
+    t: f64,
+    mismatch: bool,
+}
+
+impl<B: Backend> ModuleMapper<B> for Blender<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(source) = self.source.next() else {
+            self.mismatch = true;
+            return param;
+        };
+        let shape = param.shape();
+        if source.dims()[0] != shape.num_elements() {
+            self.mismatch = true;
+            return param;
+        }
+        let (id, trains) = (param.id, param.is_require_grad());
+        let value = param.val();
+        drop(param);
+        let value = value.detach();
+        let blended = value.clone() + (source.reshape(shape) - value).mul_scalar(self.t);
+        Param::initialized(id, blended.set_require_grad(trains))
+    }
+}
+
+/// `target ← target + t · (source − target)` for every float parameter (EMA updates and
+/// weight averages): both modules must have the same structure and shapes, else `Err`.
+/// Ids and trainability of `target` are kept.
+pub fn blend_params<B: Backend, M: Module<B>>(target: M, source: &M, t: f64) -> Result<M, String> {
+    let mut flat = Flattener { values: Vec::new() };
+    source.visit(&mut flat);
+    let count = flat.values.len();
+    let mut blender = Blender {
+        source: flat.values.into_iter(),
+        t,
+        mismatch: false,
+    };
+    let target = target.map(&mut blender);
+    if blender.mismatch || blender.source.next().is_some() {
+        return Err(format!(
+            "the models differ in their parameters (the source has {count} tensors)"
+        ));
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod blend_tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::nn::{Linear, LinearConfig};
+
+    #[test]
+    fn blending_moves_each_weight_the_given_share_of_the_way() {
+        let device = Default::default();
+        let a: Linear<Flex> = LinearConfig::new(3, 2).init(&device);
+        let b: Linear<Flex> = LinearConfig::new(3, 2).init(&device);
+        let values = |m: &Linear<Flex>| -> Vec<f32> {
+            param_values(m)
+                .into_iter()
+                .flat_map(|(_, d)| d.to_vec::<f32>().unwrap())
+                .collect()
+        };
+        let (va, vb) = (values(&a), values(&b));
+        let blended = blend_params(a.clone(), &b, 0.25).unwrap();
+        for ((x, y), z) in va.iter().zip(&vb).zip(values(&blended)) {
+            assert!((z - (x + 0.25 * (y - x))).abs() < 1e-6);
+        }
+        // Different shapes are refused.
+        let c: Linear<Flex> = LinearConfig::new(4, 2).init(&device);
+        assert!(blend_params(a, &c, 0.5).is_err());
+    }
+}

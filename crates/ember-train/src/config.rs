@@ -138,6 +138,22 @@ pub struct LoopConfig {
     /// Focal loss's per-class `α`, one weight per vocabulary entry; empty = all 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub focal_alpha: Vec<f32>,
+    /// Globs over parameter paths (`layers.0.*`, `tok_embeddings.*`) that do not train:
+    /// no gradient, no optimizer state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+    /// Globs that train only from the given optimizer step on (frozen until then), e.g.
+    /// `{ "layers.0.*" = 500 }`; their optimizer state starts then.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub unfreeze: std::collections::BTreeMap<String, usize>,
+    /// An exponential moving average of the weights with this decay (e.g. 0.999), kept in
+    /// the checkpoint and evaluated beside the raw weights ([`crate::Ema`]); 0 = off.
+    #[serde(default)]
+    pub ema_decay: f64,
+    /// Gradual magnitude pruning during training: `{ sparsity = 0.5, start = 100, end =
+    /// 800, every = 50, scope = "global" }` ([`crate::prune::PruneConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::prune::PruneConfig>,
     /// What training minimises (see [`crate::objective`]): `"causal_lm"` (default),
     /// next-token cross-entropy (label-smoothed by `label_smoothing`) plus, for MoE
     /// models, the load-balancing and z-losses weighted by `model.moe.aux_loss_coef` and
@@ -486,6 +502,15 @@ impl TrainConfig {
                 format!("must be in [0, 1), got {}", t.label_smoothing),
             );
         }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return fail(
+                "train.ema_decay",
+                format!("must be in [0, 1) (0: no average), got {}", t.ema_decay),
+            );
+        }
+        if let Some(prune) = &t.prune {
+            prune.validate(t.steps).map_err(ConfigError)?;
+        }
         for (key, v) in [
             ("train.z_loss", t.z_loss),
             ("train.focal_gamma", t.focal_gamma),
@@ -586,9 +611,23 @@ const OPTIONAL_MODEL_KEYS: &[&str] = &[
     "moe",
 ];
 
+/// Keys of the other sections that presets leave out (each schedule's table, the
+/// recipes' settings).
+const OPTIONAL_KEYS: &[&str] = &[
+    "optim.inverse_sqrt",
+    "optim.wsd",
+    "optim.one_cycle",
+    "optim.cosine_restarts",
+    "train.focal_alpha",
+    "train.freeze",
+    "train.unfreeze",
+    "train.prune",
+];
+
 fn is_optional(path: &str) -> bool {
     path.strip_prefix("model.")
         .is_some_and(|key| OPTIONAL_MODEL_KEYS.contains(&key))
+        || OPTIONAL_KEYS.contains(&path)
 }
 
 /// Merges `from` into `into`; every key must already exist in `into`.

@@ -2,7 +2,9 @@
 //! step, with state that travels in the checkpoint, e.g. EMA weights, pruning masks or a
 //! schedule of layers to unfreeze.
 //!
-//! A hook is registered through [`crate::train_with`]. After every optimizer step the
+//! The configuration registers Ember's own: [`Ema`] (`train.ema_decay`) and
+//! [`GradualPrune`] (`train.prune`); any other is registered through
+//! [`crate::train_with`]. After every optimizer step the
 //! trainer calls each hook's [`StepHook::after_step`] in registration order, before
 //! evaluating, logging or saving. Every checkpoint holds each hook's
 //! [`StepHook::save_state`] as `hook-NAME.json` (its JSON value, and the names of its
@@ -16,9 +18,13 @@
 use burn::tensor::backend::AutodiffBackend;
 use ember_nn::Transformer;
 
+mod ema;
 mod files;
+mod gradual_prune;
 
+pub use ema::Ema;
 pub(crate) use files::{json_path, load_states, validate_names, write_states};
+pub use gradual_prune::GradualPrune;
 
 /// Where the run stands when a hook is called.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,4 +83,10 @@ pub trait StepHook<B: AutodiffBackend> {
     /// Restores the state [`StepHook::save_state`] returned, on `--resume`; an error
     /// message stops the run, naming the hook and its file.
     fn load_state(&mut self, state: HookState) -> Result<(), String>;
+
+    /// Weights of the hook's own to evaluate beside the model's whenever the run
+    /// evaluates (an average, say), logged as `hook_val_loss.NAME`.
+    fn evaluated(&self) -> Option<&Transformer<B::InnerBackend>> {
+        None
+    }
 }

@@ -49,6 +49,10 @@ pub struct StepMetrics {
     /// micro-batches; see [`crate::objective::ObjectiveOutput::metrics`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objective: BTreeMap<String, f64>,
+    /// On evaluating steps, the validation loss of each step hook's own weights (such as
+    /// `ema`), by hook name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hook_val_loss: BTreeMap<String, f64>,
 }
 
 /// A number, or NaN where JSON holds `null` (serde_json writes non-finite floats so).

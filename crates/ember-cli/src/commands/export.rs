@@ -37,29 +37,57 @@ pub enum DTypeArg {
     Bf16,
 }
 
-/// `ember export` on backend `B`.
-pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError> {
+/// Checks that `out` may receive a Hugging Face directory written from the models at
+/// `inputs` (not one of them, not a checkpoint unless `force`).
+pub fn check_out(inputs: &[&Path], out: &Path, force: bool) -> Result<(), CliError> {
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
-    if same(&args.model, &args.out) {
+    if inputs.iter().any(|input| same(input, out)) {
         return Err(CliError::Usage(format!(
-            "--out {}: is the --model directory; export to another directory",
-            args.out.display()
+            "--out {}: is an input model's directory; write to another directory",
+            out.display()
         )));
     }
-    if args.out.file_name().is_none() {
+    if out.file_name().is_none() {
         return Err(CliError::Usage(format!(
             "--out {}: not a directory name (give the export's own directory)",
-            args.out.display()
+            out.display()
         )));
     }
-    if !args.force && ember_model::checkpoint::is_checkpoint(&args.out) {
+    if !force && ember_model::checkpoint::is_checkpoint(out) {
         return Err(CliError::Usage(format!(
             "--out {}: holds an Ember checkpoint; exporting would replace it. Choose another --out, or pass --force to replace it",
-            args.out.display()
+            out.display()
         )));
     }
-    ember_hf::check_export_target(&args.out, args.force)
-        .map_err(|e| CliError::Usage(format!("--out {e}")))?;
+    ember_hf::check_export_target(out, force).map_err(|e| CliError::Usage(format!("--out {e}")))
+}
+
+/// Writes `model` (with `dir`'s tokenizer and generation settings) to `out` as a Hugging
+/// Face directory, atomically; prints what it wrote.
+pub fn write_model<B: FusedBackend>(
+    dir: &ModelDir,
+    model: &ember_nn::Transformer<B>,
+    out: &Path,
+    dtype: DTypeArg,
+) -> Result<(), CliError> {
+    let dtype = match dtype {
+        DTypeArg::F32 => WeightDType::F32,
+        DTypeArg::F16 => WeightDType::F16,
+        DTypeArg::Bf16 => WeightDType::Bf16,
+    };
+    let arch = ember_hf::export(model, dir.tokenizer(), &dir.generation_config(), out, dtype)?;
+    println!(
+        "exported {} ({}) to {}",
+        arch.model_type(),
+        arch.class_name(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `ember export` on backend `B`.
+pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError> {
+    check_out(&[&args.model], &args.out, args.force)?;
     let dir = ModelDir::open(&args.model)?;
     ember_hf::export_arch(dir.config())
         .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
@@ -73,24 +101,5 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ExportArgs) -> Result<(), CliError
                 .into(),
         ));
     }
-    let model = adapted.model;
-    let dtype = match args.dtype {
-        DTypeArg::F32 => WeightDType::F32,
-        DTypeArg::F16 => WeightDType::F16,
-        DTypeArg::Bf16 => WeightDType::Bf16,
-    };
-    let arch = ember_hf::export(
-        &model,
-        dir.tokenizer(),
-        &dir.generation_config(),
-        &args.out,
-        dtype,
-    )?;
-    println!(
-        "exported {} ({}) to {}",
-        arch.model_type(),
-        arch.class_name(),
-        args.out.display()
-    );
-    Ok(())
+    write_model(&dir, &adapted.model, &args.out, args.dtype)
 }

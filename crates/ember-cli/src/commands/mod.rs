@@ -8,9 +8,11 @@ pub mod info;
 pub mod logits;
 pub mod merge;
 pub mod perplexity;
+pub mod prune;
 pub mod quantize;
 mod runner;
 pub mod serve;
+pub mod soup;
 pub mod train;
 
 pub use runner::{On, Runner};

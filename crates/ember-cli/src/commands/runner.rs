@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
-use super::{export, finetune, generate, logits, perplexity, quantize, serve, train};
+use super::{export, finetune, generate, logits, perplexity, prune, quantize, serve, soup, train};
 use crate::error::CliError;
 
 /// The backend-specific commands.
@@ -18,6 +18,8 @@ pub trait Runner {
     fn export(&self, args: export::ExportArgs) -> Result<(), CliError>;
     fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError>;
     fn quantize(&self, args: quantize::QuantizeArgs) -> Result<(), CliError>;
+    fn prune(&self, args: prune::PruneArgs) -> Result<(), CliError>;
+    fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError>;
 }
 
 /// A [`Runner`] on backend `B`.
@@ -69,5 +71,13 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn quantize(&self, args: quantize::QuantizeArgs) -> Result<(), CliError> {
         quantize::run(self, args)
+    }
+
+    fn prune(&self, args: prune::PruneArgs) -> Result<(), CliError> {
+        prune::run(self, args)
+    }
+
+    fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError> {
+        soup::run(self, args)
     }
 }

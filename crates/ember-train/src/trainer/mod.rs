@@ -25,6 +25,7 @@
 mod clipping;
 mod error;
 mod evaluate;
+mod freezing;
 pub mod loss_scale;
 mod options;
 pub(crate) mod precision;

@@ -78,22 +78,31 @@ where
         let step = self.state.step;
         let done = step == t.steps;
         let mut val_loss = None;
+        let mut hook_val_loss = std::collections::BTreeMap::new();
         if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
-            let loss = super::precision::in_f32(|| {
-                evaluate(
-                    &self.model().valid(),
-                    &self.eval_loss,
-                    &self.splits.val,
-                    self.config
-                        .data
-                        .packing
-                        .then_some(self.splits.val_documents.as_slice()),
-                    t.eval_batches,
-                    t.batch_size,
-                    t.seed ^ 0x5eed_5eed_5eed_5eed,
-                    self.device,
-                )
-            });
+            let eval = |model: &ember_nn::Transformer<B::InnerBackend>| {
+                super::precision::in_f32(|| {
+                    evaluate(
+                        model,
+                        &self.eval_loss,
+                        &self.splits.val,
+                        self.config
+                            .data
+                            .packing
+                            .then_some(self.splits.val_documents.as_slice()),
+                        t.eval_batches,
+                        t.batch_size,
+                        t.seed ^ 0x5eed_5eed_5eed_5eed,
+                        self.device,
+                    )
+                })
+            };
+            let loss = eval(&self.model().valid());
+            for hook in &self.hooks {
+                if let Some(model) = hook.evaluated() {
+                    hook_val_loss.insert(hook.name().to_string(), eval(model));
+                }
+            }
             self.state.last_val_loss = Some(loss);
             val_loss = Some(loss);
         }
@@ -114,6 +123,7 @@ where
                 loss_scale: out.loss_scale,
                 skipped_step: out.skipped,
                 objective: out.metrics,
+                hook_val_loss,
                 ..Default::default()
             };
             if self.config.model.moe.is_some() {

@@ -12,6 +12,7 @@ use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
 
 use super::clipping::Clipping;
 use super::error::TrainError;
+use super::freezing::Freezing;
 use super::options::{TrainExtras, TrainOptions};
 use super::precision::PrecisionScope;
 use super::report::{MoeTally, Reporter};
@@ -33,6 +34,7 @@ pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) state: TrainState,
     pub(super) schedule: Box<dyn LrSchedule>,
     pub(super) clipping: Clipping,
+    pub(super) freezing: Freezing,
     pub(super) objective: Box<dyn Objective<B>>,
     pub(super) hooks: Vec<Box<dyn StepHook<B>>>,
     /// Validation loss: plain cross-entropy whatever the objective.
@@ -137,9 +139,26 @@ where
         };
         let infos = param_infos::<B, _>(&model);
         let clipping = Clipping::new(&config.optim, &infos);
+        let freezing = Freezing::new(&config.train.freeze, &config.train.unfreeze, &infos)?;
+        let model = match freezing.is_empty() {
+            true => model,
+            false => freezing.apply(model, state.step),
+        };
         let params = infos.into_iter().map(|p| (p.id, p.path, p.shape));
         let mut optim = AdamWGroups::new(&settings, params, decay_matrices);
-        let mut hooks = hooks;
+        // Ember's own hooks first: pruning, then the average of the pruned weights.
+        let mut hooks: Vec<Box<dyn StepHook<B>>> = hooks;
+        if config.train.ema_decay > 0.0 {
+            hooks.insert(
+                0,
+                Box::new(crate::hooks::Ema::new(config.train.ema_decay, &model)),
+            );
+        }
+        if let Some(prune) = &config.train.prune {
+            hooks.insert(0, Box::new(crate::hooks::GradualPrune::new(prune.clone())));
+        }
+        crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
+            .map_err(TrainError::Hooks)?;
         if let Some(ckpt) = &resume {
             optim = ckpt.load_optimizer(optim, device)?;
             restore_hooks(ckpt, &mut hooks)?;
@@ -210,6 +229,7 @@ where
             state,
             schedule,
             clipping,
+            freezing,
             objective,
             hooks,
             eval_loss,

@@ -134,6 +134,13 @@ where
         let step_start = Instant::now();
         // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
         B::seed(device, t.seed.wrapping_add(step as u64 + 1));
+        if self.freezing.changes_at(step) {
+            let model = self
+                .model
+                .take()
+                .expect("the model is in place between steps");
+            self.model = Some(self.freezing.apply(model, step));
+        }
         let model = self
             .model
             .as_ref()
