@@ -371,3 +371,121 @@ fn bad_checkpoints_and_prompts() {
         "model.n_layers: checkpoint 1, now 2",
     );
 }
+
+/// `ember prune` zeroes the requested share of block weights and reports perplexity;
+/// `ember soup` averages same-shaped models (uniform: the element-wise mean; greedy: by
+/// validation loss) and refuses models of another shape.
+#[test]
+fn prune_and_soup_write_loadable_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = corpus(dir);
+    let data = data.to_str().unwrap();
+    for seed in 1..=3 {
+        let set = format!("train.seed={seed}");
+        stdout_of(&train(dir, &format!("seed{seed}"), 4, &["--set", &set]));
+    }
+    let run = |seed: usize| dir.join(format!("seed{seed}"));
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let weight = "model.layers.0.mlp.up_proj.weight";
+
+    let pruned = dir.join("pruned");
+    let out = stdout_of(&ember(&[
+        "prune",
+        "--model",
+        &path(&run(1)),
+        "--sparsity",
+        "0.5",
+        "--scope",
+        "layer",
+        "--data",
+        data,
+        "--out",
+        &path(&pruned),
+    ]));
+    assert!(out.contains("sparsity: 50.00% of"), "{out}");
+    assert!(out.contains("perplexity: before"), "{out}");
+    let (_, values) = read_f32_tensor(&pruned.join("model.safetensors"), weight);
+    let zeros = values.iter().filter(|v| **v == 0.0).count();
+    assert_eq!(zeros, values.len() / 2, "layer scope: half of each matrix");
+    stdout_of(&ember(&[
+        "perplexity",
+        "--model",
+        &path(&pruned),
+        "--data",
+        data,
+    ]));
+
+    // The uniform soup is the element-wise mean of the ingredients' weights.
+    let soup = dir.join("soup");
+    let models: Vec<String> = (1..=3).map(|s| path(&run(s))).collect();
+    let mut args = vec!["soup", "--models"];
+    args.extend(models.iter().map(String::as_str));
+    let soup_path = path(&soup);
+    args.extend(["--out", &soup_path]);
+    let out = stdout_of(&ember(&args));
+    assert!(out.contains("uniform soup of 3 models"), "{out}");
+    let mut mean: Vec<f64> = Vec::new();
+    for s in 1..=3 {
+        let exported = dir.join(format!("export{s}"));
+        stdout_of(&ember(&[
+            "export",
+            "--model",
+            &path(&run(s)),
+            "--out",
+            &path(&exported),
+        ]));
+        let (_, v) = read_f32_tensor(&exported.join("model.safetensors"), weight);
+        mean.resize(v.len(), 0.0);
+        for (m, x) in mean.iter_mut().zip(v) {
+            *m += x as f64 / 3.0;
+        }
+    }
+    let (_, souped) = read_f32_tensor(&soup.join("model.safetensors"), weight);
+    for (a, b) in souped.iter().zip(&mean) {
+        assert!((*a as f64 - b).abs() < 1e-6, "{a} vs mean {b}");
+    }
+
+    let greedy = dir.join("greedy");
+    let mut args = vec!["soup", "--greedy", "--data", data, "--models"];
+    args.extend(models.iter().map(String::as_str));
+    let greedy_path = path(&greedy);
+    args.extend(["--out", &greedy_path]);
+    let out = stdout_of(&ember(&args));
+    assert!(out.contains("greedy soup of"), "{out}");
+    assert_eq!(out.matches("ingredient ").count(), 3, "{out}");
+
+    // Bad requests: another shape, a sparsity out of range, --greedy without --data.
+    stdout_of(&train(dir, "wide", 1, &["--set", "model.d_ff=96"]));
+    let wide = path(&dir.join("wide"));
+    let out = ember(&[
+        "soup",
+        "--models",
+        &models[0],
+        &wide,
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "its architecture differs");
+    let out = ember(&[
+        "prune",
+        "--model",
+        &models[0],
+        "--sparsity",
+        "1.5",
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "--sparsity: must be in [0, 1)");
+    let out = ember(&[
+        "soup",
+        "--greedy",
+        "--models",
+        &models[0],
+        &models[1],
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "--data");
+    assert!(!dir.join("bad").exists());
+}
