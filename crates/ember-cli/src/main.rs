@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::distill::DistillArgs;
 use crate::commands::export::ExportArgs;
 use crate::commands::finetune::FinetuneArgs;
 use crate::commands::generate::GenerateArgs;
@@ -44,6 +45,8 @@ struct Cli {
 enum Command {
     /// Train a model (from a preset or TOML config) on text files.
     Train(TrainArgs),
+    /// Train a student on text files with a teacher's soft targets (knowledge distillation).
+    Distill(DistillArgs),
     /// Fine-tune a model with LoRA, DoRA, IA3, prefix or prompt tuning on a .jsonl of examples.
     Finetune(FinetuneArgs),
     /// Generate text (or token ids) from an Ember checkpoint or a Hugging Face model.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runner.serve(args),
         Command::Quantize(args) => runner.quantize(args),
         Command::Prune(args) => runner.prune(args),
+        Command::Distill(args) => runner.distill(args),
         Command::Soup(args) => runner.soup(args),
         Command::Info(args) => commands::info::run(args),
     });

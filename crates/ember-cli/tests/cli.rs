@@ -489,3 +489,113 @@ fn prune_and_soup_write_loadable_models() {
     assert_fails(&out, 2, "--data");
     assert!(!dir.join("bad").exists());
 }
+
+/// `ember distill` trains a student on a teacher's soft targets (logged as `kd_loss`);
+/// a teacher with another tokenizer is refused by name; `ember train --init-from` starts
+/// from a pruned model's weights.
+#[test]
+fn distill_and_init_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    stdout_of(&train(dir, "teacher", 3, &["--set", "model.d_model=64"]));
+    let data = corpus(dir);
+    let student = dir.join("student");
+    let teacher = path(&dir.join("teacher"));
+    let distill = |teacher: &str, data: &Path, out: &Path| {
+        let (data, out) = (path(data), path(out));
+        let mut args = vec![
+            "distill",
+            "--teacher",
+            teacher,
+            "--alpha",
+            "0.7",
+            "--temperature",
+            "2.0",
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--set",
+            "train.steps=3",
+        ];
+        args.extend_from_slice(SMALL);
+        ember(&args)
+    };
+    let out = distill(&teacher, &data, &student);
+    stdout_of(&out);
+    let metrics = std::fs::read_to_string(student.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            record["objective"]["kd_loss"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+    }
+    // Another corpus makes another character vocabulary.
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "xyz XYZ 0123456789 qwerty\n".repeat(200)).unwrap();
+    let out = distill(&teacher, &other, &dir.join("mismatch"));
+    assert_fails(&out, 2, "--teacher");
+    assert_fails(&out, 2, "tokenizer");
+    let out = ember(&[
+        "distill",
+        "--teacher",
+        &teacher,
+        "--alpha",
+        "1.5",
+        "--data",
+        &path(&data),
+    ]);
+    assert_fails(&out, 2, "--alpha: must be in [0, 1]");
+
+    // Recovery training from a pruned model, keeping its sparsity.
+    let pruned = dir.join("pruned");
+    stdout_of(&ember(&[
+        "prune",
+        "--model",
+        &path(&student),
+        "--sparsity",
+        "0.5",
+        "--out",
+        &path(&pruned),
+    ]));
+    let recovered = dir.join("recovered");
+    stdout_of(&train(
+        dir,
+        "recovered",
+        2,
+        &[
+            "--init-from",
+            &path(&pruned),
+            "--set",
+            "train.prune={sparsity=0.5, start=0, end=1, every=1}",
+        ],
+    ));
+    let exported = dir.join("recovered-hf");
+    stdout_of(&ember(&[
+        "export",
+        "--model",
+        &path(&recovered),
+        "--out",
+        &path(&exported),
+    ]));
+    let (_, values) = read_f32_tensor(
+        &exported.join("model.safetensors"),
+        "model.layers.0.mlp.up_proj.weight",
+    );
+    let zeros = values.iter().filter(|v| **v == 0.0).count();
+    assert!(
+        zeros * 10 >= values.len() * 4,
+        "{zeros} of {}",
+        values.len()
+    );
+    // The weights must fit the configuration.
+    let out = train(
+        dir,
+        "misfit",
+        1,
+        &["--init-from", &path(&pruned), "--set", "model.d_ff=96"],
+    );
+    assert_fails(&out, 2, "--init-from: the model differs");
+}

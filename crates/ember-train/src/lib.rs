@@ -24,7 +24,7 @@ pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune};
 pub use hooks::{Ema, GradualPrune, HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::StepMetrics;
-pub use objective::{CausalLm, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
+pub use objective::{CausalLm, Distill, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
 pub use trainer::{
     LossScale, TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with,
 };

@@ -1,5 +1,6 @@
 //! The subcommands, one file each; the backend-generic ones run through [`Runner`].
 
+pub mod distill;
 pub mod export;
 pub mod finetune;
 pub mod generate;

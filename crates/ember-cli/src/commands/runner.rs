@@ -5,7 +5,9 @@ use std::marker::PhantomData;
 use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
-use super::{export, finetune, generate, logits, perplexity, prune, quantize, serve, soup, train};
+use super::{
+    distill, export, finetune, generate, logits, perplexity, prune, quantize, serve, soup, train,
+};
 use crate::error::CliError;
 
 /// The backend-specific commands.
@@ -19,6 +21,7 @@ pub trait Runner {
     fn serve(&self, args: serve::ServeArgs) -> Result<(), CliError>;
     fn quantize(&self, args: quantize::QuantizeArgs) -> Result<(), CliError>;
     fn prune(&self, args: prune::PruneArgs) -> Result<(), CliError>;
+    fn distill(&self, args: distill::DistillArgs) -> Result<(), CliError>;
     fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError>;
 }
 
@@ -75,6 +78,10 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn prune(&self, args: prune::PruneArgs) -> Result<(), CliError> {
         prune::run(self, args)
+    }
+
+    fn distill(&self, args: distill::DistillArgs) -> Result<(), CliError> {
+        distill::run(self, args)
     }
 
     fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError> {

@@ -1,12 +1,14 @@
 //! `ember train`: a model from a preset or TOML config, trained on text files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use ember_model::ModelDir;
 use ember_nn::{ActivationCheckpointing, FusedBackend};
-use ember_train::{TrainConfig, TrainOptions};
+use ember_train::{CausalLm, Distill, TrainConfig, TrainExtras, TrainOptions, TrainSummary};
 
 use crate::commands::On;
 use crate::error::CliError;
@@ -38,10 +40,33 @@ pub struct TrainArgs {
     /// No per-step output.
     #[arg(long)]
     pub quiet: bool,
+    /// Start from this model's weights (an Ember checkpoint or a Hugging Face directory of
+    /// the configuration's shape and the data's tokenizer) instead of a random
+    /// initialization: continued pre-training, or recovery after `ember prune`.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
+}
+
+/// `ember distill`'s teacher and its weighting.
+pub struct Teacher {
+    pub dir: PathBuf,
+    /// The weight `α` of the soft (teacher) term; `1 − α` goes to the student's own loss.
+    pub alpha: f64,
+    /// The softmax temperature `T`.
+    pub temperature: f64,
 }
 
 /// `ember train` on backend `B`.
 pub fn run<B: FusedBackend>(on: &On<B>, args: TrainArgs) -> Result<(), CliError> {
+    run_with(on, args, None)
+}
+
+/// `ember train` (or, with a teacher, `ember distill`) on backend `B`.
+pub fn run_with<B: FusedBackend>(
+    on: &On<B>,
+    args: TrainArgs,
+    teacher: Option<Teacher>,
+) -> Result<(), CliError> {
     crate::allocator::keep_freed_memory();
     let config = TrainConfig::resolve(
         args.preset.as_deref(),
@@ -59,10 +84,14 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: TrainArgs) -> Result<(), CliError>
     };
     // `selective` checkpointing is burn's balanced strategy: memory-bound ops run again in
     // the backward pass.
+    let start = Start {
+        init_from: args.init_from.as_deref(),
+        teacher: teacher.as_ref(),
+    };
     let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
-        ember_train::train::<Autodiff<B, BalancedCheckpointing>>(config, &options, &on.device)?
+        start.train::<Autodiff<B, BalancedCheckpointing>, B>(config, &options, &on.device)?
     } else {
-        ember_train::train::<Autodiff<B>>(config, &options, &on.device)?
+        start.train::<Autodiff<B>, B>(config, &options, &on.device)?
     };
     let speed = if summary.median_step_ms > 0.0 {
         format!(
@@ -85,4 +114,65 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: TrainArgs) -> Result<(), CliError>
     );
     println!("checkpoint: {}", summary.checkpoint.display());
     Ok(())
+}
+
+/// What a run starts from beyond its configuration.
+struct Start<'a> {
+    init_from: Option<&'a Path>,
+    teacher: Option<&'a Teacher>,
+}
+
+impl Start<'_> {
+    /// Trains on the autodiff backend `A` over `B`, with the initial weights and the
+    /// teacher loaded.
+    fn train<A, B>(
+        &self,
+        config: TrainConfig,
+        options: &TrainOptions,
+        device: &B::Device,
+    ) -> Result<TrainSummary, CliError>
+    where
+        A: AutodiffBackend<InnerBackend = B, Device = B::Device> + FusedBackend,
+        B: FusedBackend,
+    {
+        let mut extras = TrainExtras::<A>::default();
+        if let Some(path) = self.init_from {
+            let flag = format!("--init-from {}", path.display());
+            let dir = ModelDir::open(path)?;
+            extras.initial_model = Some(dir.load::<A>(device)?);
+            let tokenizer = dir.tokenizer().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{flag}: has no tokenizer to check against the data's"
+                ))
+            })?;
+            extras.same_tokenizer_as.push((flag, tokenizer.clone()));
+        }
+        if let Some(teacher) = self.teacher {
+            let flag = format!("--teacher {}", teacher.dir.display());
+            let dir = ModelDir::open(&teacher.dir)?;
+            let context = dir.config().max_seq_len;
+            if context < config.model.max_seq_len {
+                return Err(CliError::Usage(format!(
+                    "{flag}: its context of {context} tokens is shorter than the student's model.max_seq_len = {}",
+                    config.model.max_seq_len
+                )));
+            }
+            let tokenizer = dir.tokenizer().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{flag}: has no tokenizer to check against the student's"
+                ))
+            })?;
+            extras.same_tokenizer_as.push((flag, tokenizer.clone()));
+            let model = dir.load::<B>(device)?;
+            extras.objective = Some(Box::new(Distill::<A>::new(
+                model,
+                CausalLm::new(&config),
+                teacher.alpha,
+                teacher.temperature,
+            )));
+        }
+        Ok(ember_train::train_with::<A>(
+            config, options, extras, device,
+        )?)
+    }
 }

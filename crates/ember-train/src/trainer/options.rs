@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::backend::AutodiffBackend;
-use ember_nn::FusedBackend;
+use ember_nn::{FusedBackend, Transformer};
 
 use crate::hooks::StepHook;
 use crate::objective::Objective;
@@ -35,6 +35,13 @@ pub struct TrainExtras<B: AutodiffBackend + FusedBackend> {
     /// Called after every optimizer step, in this order; their state is checkpointed
     /// (see [`crate::hooks`]). Names must be distinct.
     pub hooks: Vec<Box<dyn StepHook<B>>>,
+    /// Weights a fresh run starts from instead of a random initialization (continued
+    /// pre-training, recovery after pruning): the model configuration must be the run's.
+    /// A resumed run continues from its checkpoint and refuses these.
+    pub initial_model: Option<Transformer<B>>,
+    /// Tokenizers the run's must equal (a teacher's, the initial model's), each with the
+    /// flag that named it for the error message.
+    pub same_tokenizer_as: Vec<(String, ember_data::Tokenizer)>,
 }
 
 impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
@@ -42,6 +49,8 @@ impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
         Self {
             objective: None,
             hooks: Vec::new(),
+            initial_model: None,
+            same_tokenizer_as: Vec::new(),
         }
     }
 }

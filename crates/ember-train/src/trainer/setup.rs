@@ -76,7 +76,12 @@ where
             config.train.activation_checkpointing,
             B::recomputes_memory_bound_ops(),
         )?;
-        let TrainExtras { objective, hooks } = extras;
+        let TrainExtras {
+            objective,
+            hooks,
+            initial_model,
+            same_tokenizer_as,
+        } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
         let precision = PrecisionScope::set(
@@ -107,6 +112,18 @@ where
             .into());
         }
         config.model.vocab_size = vocab;
+        let ids: Vec<u32> = (0..vocab as u32).collect();
+        for (flag, other) in &same_tokenizer_as {
+            if other.vocab_size() != vocab
+                || other.decode(&ids).ok() != cache.tokenizer.decode(&ids).ok()
+            {
+                return Err(ConfigError(format!(
+                    "{flag}: its tokenizer ({} entries) is not the one this run's data and data.tokenizer make ({vocab} entries); the models must share one tokenizer",
+                    other.vocab_size()
+                ))
+                .into());
+            }
+        }
         let alpha = config.train.focal_alpha.len();
         if alpha > 0 && alpha != vocab {
             return Err(ConfigError(format!(
@@ -130,7 +147,37 @@ where
             TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?
         };
 
-        let (model, state) = model_and_state::<B>(&config, resume.as_ref(), device)?;
+        let (mut model, state) = model_and_state::<B>(&config, resume.as_ref(), device)?;
+        if let Some(initial) = initial_model {
+            if resume.is_some() {
+                return Err(ConfigError(
+                    "--init-from: a resumed run continues from its checkpoint; give one of --init-from and --resume".into(),
+                )
+                .into());
+            }
+            // Initialization and regularization settings do not change the weights' shapes.
+            let diff: Vec<String> = model_diff(initial.config(), &config.model)
+                .into_iter()
+                .filter(|d| {
+                    ![
+                        "model.init:",
+                        "model.init_std:",
+                        "model.dropout:",
+                        "model.dtype:",
+                    ]
+                    .iter()
+                    .any(|key| d.starts_with(key))
+                })
+                .collect();
+            if !diff.is_empty() {
+                return Err(ConfigError(format!(
+                    "--init-from: the model differs from the run's configuration ({})",
+                    diff.join("; ")
+                ))
+                .into());
+            }
+            model = initial;
+        }
         let settings = AdamWSettings {
             beta1: config.optim.beta1,
             beta2: config.optim.beta2,

@@ -1,0 +1,16 @@
+//! What a training step minimises: an [`Objective`] turns the model and one micro-batch
+//! into the loss to differentiate and the numbers to log.
+//!
+//! The configuration picks one by name (`train.objective`, see [`ObjectiveKind`]);
+//! [`crate::train_with`] takes any other (distillation, contrastive, ...). The trainer
+//! scales the returned loss by the micro-batch's share of the step before the backward
+//! pass, so an objective returns the mean over its micro-batch's rows. Validation losses
+//! stay plain cross-entropy whatever the objective.
+
+mod causal_lm;
+mod distill;
+mod seam;
+
+pub use causal_lm::CausalLm;
+pub use distill::Distill;
+pub use seam::{MoeStats, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
