@@ -172,7 +172,7 @@ fn an_overflow_skips_the_step_and_halves_the_scale() {
         };
         let extras = TrainExtras {
             objective: Some(Box::new(objective)),
-            hooks: Vec::new(),
+            ..Default::default()
         };
         train_with::<B>(
             config,
