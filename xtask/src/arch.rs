@@ -159,7 +159,7 @@ pub fn bench_arch(data: &Path, steps: usize, only: Option<&str>, write_docs: boo
     )?;
     std::fs::write(bench_dir.join("arch.md"), &table)?;
     let png = bench_dir.join("arch-val-loss.png");
-    plot_curves(&outcomes, &png)?;
+    plot_arch_curves(&outcomes, &png)?;
     println!("xtask: wrote target/bench/arch.json, arch.md, arch-val-loss.png");
     if write_docs {
         let docs = root.join("docs");
@@ -218,10 +218,29 @@ fn markdown_table(outcomes: &[Outcome], steps: usize) -> String {
     t
 }
 
-fn plot_curves(outcomes: &[Outcome], path: &PathBuf) -> Result<()> {
-    let points = outcomes.iter().flat_map(|o| o.curve.iter());
+fn plot_arch_curves(outcomes: &[Outcome], path: &Path) -> Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = outcomes
+        .iter()
+        .map(|o| (o.name.to_string(), o.curve.clone()))
+        .collect();
+    plot_curves(
+        &series,
+        "Validation loss, Tiny Shakespeare (char), nanoGPT CPU size",
+        "val loss",
+        path,
+    )
+}
+
+/// Line plot of named `(step, value)` series, one colour each, to a PNG at `path`.
+pub fn plot_curves(
+    series: &[(String, Vec<(f64, f64)>)],
+    caption: &str,
+    y_desc: &str,
+    path: &Path,
+) -> Result<()> {
+    let points = series.iter().flat_map(|(_, curve)| curve.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::MAX, f64::MIN);
-    for &(x, y) in points {
+    for &(x, y) in points.filter(|(_, y)| y.is_finite()) {
         x_max = x_max.max(x);
         y_min = y_min.min(y);
         y_max = y_max.max(y);
@@ -232,10 +251,7 @@ fn plot_curves(outcomes: &[Outcome], path: &PathBuf) -> Result<()> {
     let root_area = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root_area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root_area)
-        .caption(
-            "Validation loss, Tiny Shakespeare (char), nanoGPT CPU size",
-            ("sans-serif", 24),
-        )
+        .caption(caption, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
@@ -243,16 +259,16 @@ fn plot_curves(outcomes: &[Outcome], path: &PathBuf) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("val loss")
+        .y_desc(y_desc)
         .draw()?;
-    for (i, o) in outcomes.iter().enumerate() {
+    for (i, (name, curve)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(
-                o.curve.iter().copied(),
+                curve.iter().copied().filter(|(_, y)| y.is_finite()),
                 color.stroke_width(2),
             ))?
-            .label(o.name)
+            .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });

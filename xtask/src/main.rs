@@ -15,6 +15,7 @@ mod finetune;
 mod gpt_wide;
 mod memory;
 mod micro;
+mod recipes;
 mod serve;
 
 fn main() -> ExitCode {
@@ -343,6 +344,9 @@ fn bench(args: &[String]) -> Result<()> {
     if flag("--suite") == Some("memory") {
         return memory::bench(&data, number("--steps", 6)?);
     }
+    if flag("--suite") == Some("recipes") {
+        return recipes::bench(&data, number("--steps", 400)?);
+    }
     if !data.exists() {
         bail!(
             "{}: benchmark data not found (pass --data FILE)",
@@ -364,7 +368,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, memory, serve)"
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, memory, recipes, serve)"
             )
         }
     }
