@@ -2,7 +2,7 @@
 //! Shakespeare at nanoGPT's CPU size and step budget; a table and a PNG of the
 //! validation curves.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
