@@ -226,6 +226,20 @@ impl Tokenizer {
         }
     }
 
+    /// Whether `other` has as many entries and gives every id the same text, special
+    /// tokens included (an id either cannot decode counts as a difference).
+    pub fn same_vocabulary(&self, other: &Tokenizer) -> bool {
+        let piece = |t: &Tokenizer, id: u32| match t {
+            Tokenizer::Char(c) => c.decode(&[id]),
+            Tokenizer::Bpe(b) => b.decode_with(&[id], false),
+        };
+        self.vocab_size() == other.vocab_size()
+            && (0..self.vocab_size() as u32).all(|id| match (piece(self, id), piece(other, id)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            })
+    }
+
     /// Like [`Self::encode`], with the tokenizer's special markers added (Hugging Face
     /// tokenizers with a post-processor; character vocabularies have none).
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>, DataError> {

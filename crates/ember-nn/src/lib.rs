@@ -16,6 +16,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod capture;
 pub mod checkpoint;
 pub mod config;
 pub mod context;
@@ -32,6 +33,7 @@ pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
+pub use capture::{ActivationCapture, ActivationStats, captured_module};
 pub use checkpoint::{ActivationCheckpointing, BlockCheckpoints};
 pub use config::{
     ConfigError, DTypeName, InitScheme, MlpKind, MoeConfig, NormKind, NormPlacement, PositionKind,

@@ -346,32 +346,33 @@ pub fn set_trainable<B: Backend, M: Module<B>>(
     })
 }
 
-/// Collects every float parameter flattened, in visiting order.
+/// Collects every float parameter flattened, with its shape, in visiting order.
 struct Flattener<B: Backend> {
-    values: Vec<Tensor<B, 1>>,
+    values: Vec<(Vec<usize>, Tensor<B, 1>)>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for Flattener<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.values.push(param.val().flatten(0, D - 1));
+        let shape = param.shape().dims::<D>().to_vec();
+        self.values.push((shape, param.val().flatten(0, D - 1)));
     }
 }
 
 struct Blender<B: Backend> {
     /// `source`'s parameters, in visiting order (consumed from the front).
-    source: std::vec::IntoIter<Tensor<B, 1>>,
+    source: std::vec::IntoIter<(Vec<usize>, Tensor<B, 1>)>,
     t: f64,
     mismatch: bool,
 }
 
 impl<B: Backend> ModuleMapper<B> for Blender<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let Some(source) = self.source.next() else {
+        let Some((source_shape, source)) = self.source.next() else {
             self.mismatch = true;
             return param;
         };
         let shape = param.shape();
-        if source.dims()[0] != shape.num_elements() {
+        if source_shape.as_slice() != shape.dims::<D>().as_slice() {
             self.mismatch = true;
             return param;
         }

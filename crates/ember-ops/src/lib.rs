@@ -20,6 +20,7 @@
 
 pub mod alibi;
 pub mod attention;
+pub mod custom_op;
 pub mod flex_attention;
 pub mod fused;
 pub mod kernels;

@@ -146,6 +146,14 @@ pub struct LoopConfig {
     /// `{ "layers.0.*" = 500 }`; their optimizer state starts then.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub unfreeze: std::collections::BTreeMap<String, usize>,
+    /// Modules whose activations and gradients are summarised in `metrics.jsonl` (RMS,
+    /// max |x|, dead units, gradient norm), by glob over `layers.N.attn`, `layers.N.mlp`
+    /// and `layers.N`, e.g. `["layers.*.mlp"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capture: Vec<String>,
+    /// Steps between two captures; 0: every `log_every`.
+    #[serde(default)]
+    pub capture_every: usize,
     /// An exponential moving average of the weights with this decay (e.g. 0.999), kept in
     /// the checkpoint and evaluated beside the raw weights ([`crate::Ema`]); 0 = off.
     #[serde(default)]
@@ -377,6 +385,45 @@ impl TrainConfig {
                     crate::objective::ObjectiveKind::EXPECTED
                 )));
             }
+        }
+        // The recipe tables: serde's messages inside them do not name the table.
+        let sub = |section: &str, key: &str| table.get(section).and_then(|t| t.get(key)).cloned();
+        let named = |key: &str, result: Result<(), toml::de::Error>| {
+            result.map_err(|e| ConfigError(format!("{origin}: {key}: {}", e.message())))
+        };
+        if let Some(v) = sub("optim", "one_cycle") {
+            named(
+                "optim.one_cycle",
+                v.try_into::<ember_optim::OneCycleArgs>().map(drop),
+            )?;
+        }
+        if let Some(v) = sub("optim", "wsd") {
+            named("optim.wsd", v.try_into::<ember_optim::WsdArgs>().map(drop))?;
+        }
+        if let Some(v) = sub("optim", "inverse_sqrt") {
+            named(
+                "optim.inverse_sqrt",
+                v.try_into::<ember_optim::InverseSqrtArgs>().map(drop),
+            )?;
+        }
+        if let Some(v) = sub("optim", "cosine_restarts") {
+            named(
+                "optim.cosine_restarts",
+                v.try_into::<ember_optim::CosineRestartsArgs>().map(drop),
+            )?;
+        }
+        if let Some(v) = sub("train", "prune") {
+            named(
+                "train.prune",
+                v.try_into::<crate::prune::PruneConfig>().map(drop),
+            )?;
+        }
+        if let Some(v) = sub("train", "unfreeze") {
+            named(
+                "train.unfreeze",
+                v.try_into::<std::collections::BTreeMap<String, usize>>()
+                    .map(drop),
+            )?;
         }
         if let Some(value) = table.get("train").and_then(|t| t.get("loss"))
             && value.clone().try_into::<crate::loss::LossKind>().is_err()
@@ -619,6 +666,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "optim.one_cycle",
     "optim.cosine_restarts",
     "train.focal_alpha",
+    "train.capture",
     "train.freeze",
     "train.unfreeze",
     "train.prune",

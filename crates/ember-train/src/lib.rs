@@ -23,7 +23,7 @@ pub use config::{ConfigError, PRESETS, Precision, TrainConfig};
 pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune};
 pub use hooks::{Ema, GradualPrune, HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
-pub use metrics::StepMetrics;
+pub use metrics::{CapturedModule, StepMetrics};
 pub use objective::{CausalLm, Distill, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
 pub use trainer::{
     LossScale, TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with,

@@ -53,6 +53,21 @@ pub struct StepMetrics {
     /// `ema`), by hook name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hook_val_loss: BTreeMap<String, f64>,
+    /// `train.capture`: per captured module (`layers.N.attn`, `layers.N.mlp`,
+    /// `layers.N`), its output's statistics on the step's first micro-batch and its
+    /// parameters' gradient norm (before clipping).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capture: BTreeMap<String, CapturedModule>,
+}
+
+/// One captured module of a logged step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapturedModule {
+    #[serde(flatten)]
+    pub stats: ember_nn::ActivationStats,
+    /// The L2 norm of the module's parameters' gradients (`None`: it has none, e.g. a
+    /// frozen module).
+    pub grad_norm: Option<f64>,
 }
 
 /// A number, or NaN where JSON holds `null` (serde_json writes non-finite floats so).

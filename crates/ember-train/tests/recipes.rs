@@ -229,7 +229,16 @@ fn recipe_settings_that_cannot_work_name_their_key() {
         ),
         (
             &["optim.one_cycle={pct_start=0.3, bogus=1}"],
-            "unknown field `bogus`",
+            "optim.one_cycle: unknown field `bogus`",
+        ),
+        (
+            &["optim.wsd={decay_type=\"cubic\"}"],
+            "optim.wsd: unknown variant `cubic`",
+        ),
+        (&["train.unfreeze={\"layers.0.*\"=-3}"], "train.unfreeze:"),
+        (
+            &["train.prune={sparsity=0.5, start=1, end=4, scope=\"row\"}"],
+            "train.prune: unknown variant `row`",
         ),
         (
             &["train.loss=\"hinge\""],
@@ -289,6 +298,52 @@ fn recipe_settings_that_cannot_work_name_their_key() {
     let msg = fails(&["train.loss=\"focal\"", "train.focal_alpha=[1.0, 2.0]"]);
     assert!(
         msg.contains("train.focal_alpha: 2 weights, but the vocabulary has"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn captured_modules_are_logged_on_their_steps() {
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vec![corpus(tmp.path())];
+    let options = quiet_options(tmp.path().join("run"), &data, None);
+    let c = config(&[
+        "train.steps=4",
+        "train.capture=[\"layers.*.mlp\", \"layers.1\"]",
+        "train.capture_every=2",
+        "train.freeze=[\"layers.0.mlp.*\"]",
+    ]);
+    train::<B>(c, &options, &Default::default()).unwrap();
+    for m in metrics(&tmp.path().join("run")) {
+        if m.step % 2 == 1 {
+            assert!(m.capture.is_empty(), "step {}", m.step);
+            continue;
+        }
+        let names: Vec<&str> = m.capture.keys().map(String::as_str).collect();
+        assert_eq!(names, ["layers.0.mlp", "layers.1", "layers.1.mlp"]);
+        for (name, c) in &m.capture {
+            assert!(
+                c.stats.rms > 0.0 && c.stats.max_abs >= c.stats.rms,
+                "{name}"
+            );
+            assert!((0.0..=1.0).contains(&c.stats.dead_fraction), "{name}");
+        }
+        // The frozen module has no gradient; the others do.
+        assert_eq!(m.capture["layers.0.mlp"].grad_norm, None);
+        assert!(m.capture["layers.1.mlp"].grad_norm.unwrap() > 0.0);
+        assert!(m.capture["layers.1"].grad_norm.unwrap() > 0.0);
+    }
+    let msg = TrainConfig::resolve(None, None, &["train.capture=[\"encoder\"]".to_string()])
+        .map(|c| {
+            let options = quiet_options(tmp.path().join("bad"), &data, None);
+            train::<B>(c, &options, &Default::default())
+                .unwrap_err()
+                .to_string()
+        })
+        .unwrap();
+    assert!(
+        msg.contains("train.capture: `encoder` matches no module"),
         "{msg}"
     );
 }

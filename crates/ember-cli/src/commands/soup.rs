@@ -50,7 +50,6 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: SoupArgs) -> Result<(), CliError> 
     let first = &dirs[0];
     ember_hf::export_arch(first.config())
         .map_err(|e| CliError::Runtime(format!("--models {}: {e}", args.models[0].display())))?;
-    let vocab: Vec<u32> = (0..first.config().vocab_size as u32).collect();
     for (dir, path) in dirs.iter().zip(&args.models).skip(1) {
         if dir.config() != first.config() {
             return Err(CliError::Usage(format!(
@@ -59,7 +58,12 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: SoupArgs) -> Result<(), CliError> 
                 args.models[0].display()
             )));
         }
-        if dir.decode(&vocab) != first.decode(&vocab) {
+        let same = match (dir.tokenizer(), first.tokenizer()) {
+            (Some(a), Some(b)) => a.same_vocabulary(b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
             return Err(CliError::Usage(format!(
                 "--models {}: its tokenizer differs from {}'s",
                 path.display(),

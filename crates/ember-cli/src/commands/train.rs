@@ -162,6 +162,13 @@ impl Start<'_> {
                     "{flag}: has no tokenizer to check against the student's"
                 ))
             })?;
+            if dir.config().vocab_size != tokenizer.vocab_size() {
+                return Err(CliError::Usage(format!(
+                    "{flag}: its logits cover {} ids but its tokenizer {}; the student's vocabulary must be the teacher's",
+                    dir.config().vocab_size,
+                    tokenizer.vocab_size()
+                )));
+            }
             extras.same_tokenizer_as.push((flag, tokenizer.clone()));
             let model = dir.load::<B>(device)?;
             extras.objective = Some(Box::new(Distill::<A>::new(

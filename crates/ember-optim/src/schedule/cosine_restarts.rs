@@ -34,9 +34,13 @@ pub struct CosineRestarts {
 impl LrSchedule for CosineRestarts {
     fn lr_at(&self, t: usize) -> f64 {
         let (mut t_cur, mut t_i) = (t, self.t_0.max(1));
+        if self.t_mult <= 1 {
+            t_cur %= t_i;
+        }
+        // Cycles grow geometrically: at most log_{T_mult}(t) of them to walk.
         while t_cur >= t_i {
             t_cur -= t_i;
-            t_i = t_i.saturating_mul(self.t_mult.max(1));
+            t_i = t_i.saturating_mul(self.t_mult);
         }
         let cos = (std::f64::consts::PI * t_cur as f64 / t_i as f64).cos();
         self.eta_min + (self.peak_lr - self.eta_min) * (1.0 + cos) / 2.0

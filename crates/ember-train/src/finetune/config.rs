@@ -394,6 +394,18 @@ impl FinetuneConfig {
         }
         self.optim.validate()?;
         self.optim.schedule(self.train.steps)?;
+        if self.optim.clip == ember_optim::ClipKind::Agc {
+            return fail(
+                "optim.clip",
+                "\"agc\" scales each unit's gradient by its weight norm, which stalls adapters whose matrices start at zero (LoRA's B); use \"norm\" or \"value\" for fine-tuning".into(),
+            );
+        }
+        if self.optim.clip == ember_optim::ClipKind::Agc {
+            return fail(
+                "optim.clip",
+                "\"agc\" scales each unit's gradient by its weight norm, which stalls adapters whose matrices start at zero (LoRA's B); use \"norm\" or \"value\" for fine-tuning".into(),
+            );
+        }
         let t = &self.train;
         for (key, v, max) in [
             ("train.batch_size", t.batch_size, 1 << 20),

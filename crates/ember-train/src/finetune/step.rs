@@ -126,8 +126,15 @@ where
                 accumulator.accumulate(tuned, grads);
             }
         }
-        let (grads, grad_norm) =
-            step_gradients(tuned, accumulator, train_loss, step, &self.clipping, 1.0)?;
+        let (grads, grad_norm) = step_gradients(
+            tuned,
+            accumulator,
+            train_loss,
+            step,
+            &self.clipping,
+            1.0,
+            &mut |_| {},
+        )?;
         let lr = self.schedule.lr_at(step);
         if let Some(beta1) = self.schedule.beta1_at(step) {
             self.optim.set_beta1(beta1 as f32);

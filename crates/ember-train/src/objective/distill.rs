@@ -11,7 +11,8 @@ use super::{CausalLm, Objective, ObjectiveBatch, ObjectiveOutput};
 /// student's own loss as `train.loss` sets it ([`CausalLm`], its MoE terms included).
 /// `T²` keeps the soft term's gradients on the scale of the hard one's. The KL term is
 /// logged as `objective.kd_loss` (already times `T²`); `train_loss` stays the student's
-/// own cross-entropy, comparable with a run without a teacher.
+/// own loss (its cross-entropy unless `train.loss` says otherwise), comparable with a run
+/// without a teacher.
 pub struct Distill<B: AutodiffBackend> {
     teacher: Transformer<B::InnerBackend>,
     student: CausalLm,
@@ -79,6 +80,9 @@ where
             .filter(|&i| targets[i as usize] != ember_data::sft::IGNORE)
             .collect();
         let n = kept.len();
+        if n == 0 {
+            return out;
+        }
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [n]), &device);
         let student = logits.reshape([b * s, vocab]).select(0, rows.clone());
         let teacher = Tensor::<B, 2>::from_inner(

@@ -22,10 +22,12 @@
 //! - `report`: `metrics.jsonl`, the progress bar, verbose lines, MoE tallies.
 //! - `evaluate`: the validation loss (plain cross-entropy whatever the objective).
 
+mod capture;
 mod clipping;
 mod error;
 mod evaluate;
 mod freezing;
+mod init_from;
 pub mod loss_scale;
 mod options;
 pub(crate) mod precision;

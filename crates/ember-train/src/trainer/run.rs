@@ -124,6 +124,7 @@ where
                 skipped_step: out.skipped,
                 objective: out.metrics,
                 hook_val_loss,
+                capture: out.capture,
                 ..Default::default()
             };
             if self.config.model.moe.is_some() {

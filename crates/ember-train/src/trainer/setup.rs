@@ -10,6 +10,7 @@ use ember_data::{BatchSampler, TokenCache, TokenSplits, Tokenizer};
 use ember_nn::{FusedBackend, Transformer, TransformerConfig, param_infos};
 use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
 
+use super::capture::Capture;
 use super::clipping::Clipping;
 use super::error::TrainError;
 use super::freezing::Freezing;
@@ -35,6 +36,7 @@ pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) schedule: Box<dyn LrSchedule>,
     pub(super) clipping: Clipping,
     pub(super) freezing: Freezing,
+    pub(super) capture: Option<Capture>,
     pub(super) objective: Box<dyn Objective<B>>,
     pub(super) hooks: Vec<Box<dyn StepHook<B>>>,
     /// Validation loss: plain cross-entropy whatever the objective.
@@ -112,11 +114,8 @@ where
             .into());
         }
         config.model.vocab_size = vocab;
-        let ids: Vec<u32> = (0..vocab as u32).collect();
         for (flag, other) in &same_tokenizer_as {
-            if other.vocab_size() != vocab
-                || other.decode(&ids).ok() != cache.tokenizer.decode(&ids).ok()
-            {
+            if !other.same_vocabulary(&cache.tokenizer) {
                 return Err(ConfigError(format!(
                     "{flag}: its tokenizer ({} entries) is not the one this run's data and data.tokenizer make ({vocab} entries); the models must share one tokenizer",
                     other.vocab_size()
@@ -155,28 +154,7 @@ where
                 )
                 .into());
             }
-            // Initialization and regularization settings do not change the weights' shapes.
-            let diff: Vec<String> = model_diff(initial.config(), &config.model)
-                .into_iter()
-                .filter(|d| {
-                    ![
-                        "model.init:",
-                        "model.init_std:",
-                        "model.dropout:",
-                        "model.dtype:",
-                    ]
-                    .iter()
-                    .any(|key| d.starts_with(key))
-                })
-                .collect();
-            if !diff.is_empty() {
-                return Err(ConfigError(format!(
-                    "--init-from: the model differs from the run's configuration ({})",
-                    diff.join("; ")
-                ))
-                .into());
-            }
-            model = initial;
+            model = super::init_from::copy_weights(model, &initial, &config.model)?;
         }
         let settings = AdamWSettings {
             beta1: config.optim.beta1,
@@ -187,6 +165,7 @@ where
         let infos = param_infos::<B, _>(&model);
         let clipping = Clipping::new(&config.optim, &infos);
         let freezing = Freezing::new(&config.train.freeze, &config.train.unfreeze, &infos)?;
+        let capture = Capture::new(&config.train, config.model.n_layers, &infos)?;
         let model = match freezing.is_empty() {
             true => model,
             false => freezing.apply(model, state.step),
@@ -202,7 +181,10 @@ where
             );
         }
         if let Some(prune) = &config.train.prune {
-            hooks.insert(0, Box::new(crate::hooks::GradualPrune::new(prune.clone())));
+            hooks.insert(
+                0,
+                Box::new(crate::hooks::GradualPrune::new(prune.clone(), &model)),
+            );
         }
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
@@ -277,6 +259,7 @@ where
             schedule,
             clipping,
             freezing,
+            capture,
             objective,
             hooks,
             eval_loss,
@@ -361,18 +344,22 @@ fn restore_hooks<B: AutodiffBackend>(
 }
 
 /// A different model configuration between a checkpoint and a resumed run, key by key.
-fn model_diff(saved: &TransformerConfig, now: &TransformerConfig) -> Vec<String> {
+pub(super) fn model_diff(saved: &TransformerConfig, now: &TransformerConfig) -> Vec<String> {
     let to_table = |c: &TransformerConfig| match toml::Value::try_from(c) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
     };
     let (a, b) = (to_table(saved), to_table(now));
-    a.iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, v)| {
+    // Both ways: a key only one side sets (an optional one) is a difference too.
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&toml::Value>| v.map_or("-".into(), |x| x.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
             format!(
-                "model.{k}: checkpoint {v}, now {}",
-                b.get(k).map_or("-".into(), |x| x.to_string())
+                "model.{k}: checkpoint {}, now {}",
+                show(a.get(k)),
+                show(b.get(k))
             )
         })
         .collect()

@@ -36,6 +36,8 @@ pub(super) struct StepOutcome {
     pub(super) loss_scale: Option<f64>,
     /// Loss scaling: the gradients were not finite and the optimizer skipped the step.
     pub(super) skipped: bool,
+    /// `train.capture` on this step: per module, activation and gradient statistics.
+    pub(super) capture: BTreeMap<String, crate::metrics::CapturedModule>,
 }
 
 /// What one micro-batch (or one shard of it) contributes to a step.
@@ -101,6 +103,7 @@ pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     step: usize,
     clipping: &Clipping,
     unscale: f64,
+    before_clipping: &mut dyn FnMut(&GradientsParams),
 ) -> Result<(GradientsParams, f64), TrainError> {
     if !train_loss.is_finite() {
         return Err(TrainError::Diverged {
@@ -112,6 +115,7 @@ pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     if unscale != 1.0 {
         ember_optim::scale_grads(model, &mut grads, unscale);
     }
+    before_clipping(&grads);
     let norm = clipping.apply(model, &mut grads);
     Ok((grads, norm))
 }
@@ -221,6 +225,8 @@ where
         } else {
             train_loss
         };
+        let capturing = self.capture.as_ref().filter(|c| c.due(step + 1));
+        let mut grad_norms = BTreeMap::new();
         let (grads, mut grad_norm) = step_gradients(
             model,
             accumulator,
@@ -228,7 +234,19 @@ where
             step,
             &self.clipping,
             1.0 / scale,
+            &mut |grads| {
+                if let Some(capture) = capturing {
+                    grad_norms = capture.grad_norms(model, grads);
+                }
+            },
         )?;
+        // The activations the step's weights produce, before the update.
+        let capture = match capturing {
+            Some(capture) => super::precision::in_f32(|| {
+                capture.record(&model.valid(), &batches[0], &grad_norms, device)
+            }),
+            None => BTreeMap::new(),
+        };
         if !train_loss.is_finite() {
             grad_norm = f64::NAN;
         }
@@ -271,6 +289,7 @@ where
             step_ms,
             loss_scale,
             skipped: !apply,
+            capture,
         })
     }
 }
