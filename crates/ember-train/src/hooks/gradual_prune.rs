@@ -26,9 +26,7 @@ impl GradualPrune {
     pub fn new<B: Backend, M: Module<B>>(config: PruneConfig, model: &M) -> Self {
         let masks: BTreeMap<String, Vec<bool>> = ember_nn::param_values_f32(model)
             .into_iter()
-            .filter(|(path, (shape, values))| {
-                prunable(path, shape) && values.contains(&0.0)
-            })
+            .filter(|(path, (shape, values))| prunable(path, shape) && values.contains(&0.0))
             .map(|(path, (_, values))| (path, values.iter().map(|v| *v != 0.0).collect()))
             .collect();
         Self {
