@@ -580,10 +580,14 @@ fn distill_and_init_from() {
         "--out",
         &path(&exported),
     ]));
-    let (_, values) = read_f32_tensor(
-        &exported.join("model.safetensors"),
-        "model.layers.0.mlp.up_proj.weight",
-    );
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let (_, values) = read_f32_tensor(&exported.join("model.safetensors"), name);
+    let (_, before) = read_f32_tensor(&pruned.join("model.safetensors"), name);
+    // Every weight the pruned model had at zero is still zero: the recovery run kept
+    // the cuts from its first step.
+    for (i, (b, a)) in before.iter().zip(&values).enumerate() {
+        assert!(*b != 0.0 || *a == 0.0, "weight {i} regrew: {a}");
+    }
     let zeros = values.iter().filter(|v| **v == 0.0).count();
     assert!(
         zeros * 10 >= values.len() * 4,
