@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
+use ember_ops::fused::{FusedBackend, GradientSink};
 use serde::{Deserialize, Serialize};
 
 use crate::context::ForwardHooks;
@@ -101,6 +102,57 @@ impl<B: Backend> ForwardHooks<B> for ActivationCapture<B> {
     }
 }
 
+/// Per captured name, `(rms, max |·|)` of the gradient that reached its output.
+pub type GradientStats = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (f64, f64)>>>;
+
+/// The backward side of a capture: passes the outputs matching its globs through
+/// [`FusedBackend::observe_gradient`], so the backward pass records the RMS and max |·|
+/// of the gradient with respect to each (on an autodiff backend; elsewhere nothing).
+pub struct GradientCapture {
+    patterns: Vec<String>,
+    /// Filled during the backward pass.
+    pub stats: GradientStats,
+}
+
+impl GradientCapture {
+    pub fn new(patterns: &[String]) -> Self {
+        Self {
+            patterns: patterns.to_vec(),
+            stats: GradientStats::default(),
+        }
+    }
+
+    fn observe<B: FusedBackend>(&mut self, name: String, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if !self.patterns.iter().any(|p| matches_pattern(p, &name)) {
+            return x;
+        }
+        let stats = self.stats.clone();
+        let sink = GradientSink(std::sync::Arc::new(move |rms, max_abs| {
+            if let Ok(mut stats) = stats.lock() {
+                stats.insert(name.clone(), (rms, max_abs));
+            }
+        }));
+        Tensor::from_primitive(TensorPrimitive::Float(B::observe_gradient(
+            x.into_primitive().tensor(),
+            sink,
+        )))
+    }
+}
+
+impl<B: FusedBackend> ForwardHooks<B> for GradientCapture {
+    fn attention_output(&mut self, layer: usize, out: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.observe(format!("layers.{layer}.attn"), out)
+    }
+
+    fn ffn_output(&mut self, layer: usize, out: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.observe(format!("layers.{layer}.mlp"), out)
+    }
+
+    fn block_output(&mut self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.observe(format!("layers.{layer}"), x)
+    }
+}
+
 /// The captured module a parameter at `path` belongs to, among `n_layers` layers'
 /// `layers.N.attn`, `layers.N.mlp` (MoE experts too) and `layers.N`, the most specific
 /// that `patterns` capture.
@@ -122,8 +174,31 @@ pub fn captured_module(path: &str, patterns: &[String]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::backend::{Autodiff, Flex};
     use burn::tensor::TensorData;
+
+    #[test]
+    fn the_gradient_reaching_an_output_is_recorded() {
+        // Through `block_output`, `x` reaches `loss = Σ w ⊙ x`: its gradient is `w`.
+        let device = Default::default();
+        let w: Vec<f32> = vec![0.5, -3.0, 1.0, 2.0, 0.0, -1.0];
+        let x = Tensor::<Autodiff<Flex>, 3>::from_data(
+            TensorData::new(vec![1.0f32; 6], [1, 2, 3]),
+            &device,
+        )
+        .require_grad();
+        let mut capture = GradientCapture::new(&["layers.*".to_string()]);
+        let y = ForwardHooks::block_output(&mut capture, 2, x.clone());
+        let weights = Tensor::from_data(TensorData::new(w.clone(), [1, 2, 3]), &device);
+        let grads = (y * weights).sum().backward();
+        let (rms, max_abs) = capture.stats.lock().unwrap()["layers.2"];
+        let want = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / 6.0).sqrt();
+        assert!((rms - want).abs() < 1e-6, "{rms} vs {want}");
+        assert_eq!(max_abs, 3.0);
+        // The gradient itself passes on unchanged.
+        let dx: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        assert_eq!(dx, w);
+    }
 
     #[test]
     fn statistics_are_the_written_out_ones() {

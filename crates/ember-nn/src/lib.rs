@@ -33,7 +33,9 @@ pub mod transformer;
 
 pub use attention::{Attention, KvPrefix};
 pub use block::Block;
-pub use capture::{ActivationCapture, ActivationStats, captured_module};
+pub use capture::{
+    ActivationCapture, ActivationStats, GradientCapture, GradientStats, captured_module,
+};
 pub use checkpoint::{ActivationCheckpointing, BlockCheckpoints};
 pub use config::{
     ConfigError, DTypeName, InitScheme, MlpKind, MoeConfig, NormKind, NormPlacement, PositionKind,

@@ -68,6 +68,13 @@ pub struct CapturedModule {
     /// The L2 norm of the module's parameters' gradients (`None`: it has none, e.g. a
     /// frozen module).
     pub grad_norm: Option<f64>,
+    /// RMS of the loss's gradient with respect to the module's output, on one shard of
+    /// the step's first micro-batch.
+    #[serde(default)]
+    pub activation_grad_rms: Option<f64>,
+    /// Max |·| of that gradient.
+    #[serde(default)]
+    pub activation_grad_max_abs: Option<f64>,
 }
 
 /// A number, or NaN where JSON holds `null` (serde_json writes non-finite floats so).

@@ -329,6 +329,15 @@ fn captured_modules_are_logged_on_their_steps() {
             );
             assert!((0.0..=1.0).contains(&c.stats.dead_fraction), "{name}");
         }
+        // Gradients reach every captured output, frozen or not (layer 0 still trains its
+        // attention).
+        for (name, c) in &m.capture {
+            let (rms, max) = (
+                c.activation_grad_rms.unwrap(),
+                c.activation_grad_max_abs.unwrap(),
+            );
+            assert!(rms > 0.0 && max >= rms, "{name}: {rms} {max}");
+        }
         // The frozen module has no gradient; the others do.
         assert_eq!(m.capture["layers.0.mlp"].grad_norm, None);
         assert!(m.capture["layers.1.mlp"].grad_norm.unwrap() > 0.0);

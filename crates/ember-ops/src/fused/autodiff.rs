@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 
 use super::autocast::{attention_in_f32, gelu_in_f32, prim_back, prim_to_f32, rope_in_f32};
 use super::retro::{NormKind, RetroGelu, RetroNorm};
-use super::{FusedBackend, MatmulPrecision, composed};
+use super::{FusedBackend, GradientSink, MatmulPrecision, composed};
 use crate::quant::QuantSpec;
 
 #[derive(Debug)]
@@ -189,7 +189,37 @@ impl<B: FusedBackend> Backward<B, 1> for QuantizedMatmulBackward {
     }
 }
 
+#[derive(Debug)]
+struct ObserveBackward;
+
+impl<B: FusedBackend> Backward<B, 1> for ObserveBackward {
+    type State = GradientSink;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let sink = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
+            let g = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(dy.clone()));
+            let rms = g.clone().square().mean().sqrt().into_scalar().elem::<f64>();
+            let max_abs = g.abs().max().into_scalar().elem::<f64>();
+            (sink.0)(rms, max_abs);
+            dy
+        });
+    }
+}
+
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    fn observe_gradient(x: FloatTensor<Self>, sink: GradientSink) -> FloatTensor<Self> {
+        match ObserveBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(sink, x.primitive),
+            OpsKind::UnTracked(prep) => prep.finish(x.primitive),
+        }
+    }
+
     fn recomputes_memory_bound_ops() -> bool {
         std::any::TypeId::of::<C>() == std::any::TypeId::of::<BalancedCheckpointing>()
     }

@@ -40,8 +40,26 @@ use crate::quant::QuantSpec;
 ///
 /// Shapes: the normalisations and GELU take any rank and work on the last dimension;
 /// attention takes `q: [batch, n_heads, seq_q, head_dim]`,
+/// Receives `(rms, max_abs)` of a gradient ([`FusedBackend::observe_gradient`]).
+#[derive(Clone)]
+pub struct GradientSink(pub std::sync::Arc<dyn Fn(f64, f64) + Send + Sync>);
+
+impl std::fmt::Debug for GradientSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GradientSink")
+    }
+}
+
 /// `k, v: [batch, n_kv_heads, seq_kv, head_dim]`.
 pub trait FusedBackend: Backend {
+    /// `x` unchanged, `[batch, seq, d]`; on an autodiff backend the backward pass hands
+    /// `sink` the RMS and max |·| of the gradient arriving at `x` (activation capture's
+    /// backward side), then passes the gradient on unchanged.
+    fn observe_gradient(x: FloatTensor<Self>, sink: GradientSink) -> FloatTensor<Self> {
+        let _ = sink;
+        x
+    }
+
     /// Whether the backward pass runs memory-bound ops (norms, activations, reshapes)
     /// again instead of keeping their outputs: `Autodiff<_, BalancedCheckpointing>`,
     /// Ember's `selective` activation checkpointing.

@@ -54,12 +54,18 @@ impl CausalLm {
         batch: ObjectiveBatch<'_, B>,
     ) -> (ObjectiveOutput<B>, Tensor<B, 3>) {
         let mut moe_losses = MoeLosses::default();
+        let mut hooks = batch.hooks;
         // Packed rows: each document attends to itself, positions restart per document,
         // and the boundary targets are ignored.
         let (mask, positions) = crate::trainer::packing_of(batch.batch);
         let options = ForwardOptions {
             moe: self.moe_coefs.is_some().then_some(&mut moe_losses),
             checkpoints: batch.checkpoints,
+            // Reborrowed: the trait object's lifetime shrinks to this pass's.
+            hooks: match hooks {
+                Some(ref mut h) => Some(&mut **h),
+                None => None,
+            },
             documents: mask.as_ref(),
             positions,
             ..Default::default()

@@ -21,6 +21,9 @@ pub struct ObjectiveBatch<'a, B: Backend> {
     /// Activation checkpointing: pass it on in the model's [`ember_nn::ForwardOptions`]; the trainer
     /// differentiates the loss through it.
     pub checkpoints: Option<&'a mut BlockCheckpoints<B>>,
+    /// Forward hooks to pass on in the model's [`ember_nn::ForwardOptions`] (the
+    /// trainer's activation-gradient capture, on `train.capture` steps).
+    pub hooks: Option<&'a mut dyn ember_nn::ForwardHooks<B>>,
 }
 
 /// A micro-batch's MoE auxiliary losses (unweighted) and routing counts.

@@ -81,6 +81,11 @@ impl Capture {
         }))
     }
 
+    /// The globs of the captured modules.
+    pub(crate) fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
     /// Whether the step that ends with `done` steps completed is captured.
     pub(crate) fn due(&self, done: usize) -> bool {
         done.is_multiple_of(self.every)
@@ -112,6 +117,7 @@ impl Capture {
         model: &Transformer<B>,
         batch: &Batch,
         grad_norms: &BTreeMap<String, f64>,
+        activation_grads: &BTreeMap<String, (f64, f64)>,
         device: &B::Device,
     ) -> BTreeMap<String, CapturedModule> {
         let mut capture = ActivationCapture::<B>::new(&self.patterns, false);
@@ -131,7 +137,14 @@ impl Capture {
             .into_iter()
             .map(|(name, stats)| {
                 let grad_norm = grad_norms.get(&name).copied();
-                (name, CapturedModule { stats, grad_norm })
+                let activation_grad = activation_grads.get(&name);
+                let module = CapturedModule {
+                    stats,
+                    grad_norm,
+                    activation_grad_rms: activation_grad.map(|g| g.0),
+                    activation_grad_max_abs: activation_grad.map(|g| g.1),
+                };
+                (name, module)
             })
             .collect()
     }

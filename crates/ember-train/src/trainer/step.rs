@@ -11,7 +11,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::Batch;
-use ember_nn::{BlockCheckpoints, FusedBackend, Transformer};
+use ember_nn::{BlockCheckpoints, FusedBackend, GradientCapture, GradientStats, Transformer};
 
 use super::error::TrainError;
 use super::evaluate::batch_tensors;
@@ -52,6 +52,13 @@ struct MicroBatch {
     metrics: Vec<(String, f64)>,
 }
 
+/// What a micro-batch's forward pass carries besides its rows.
+struct Pass<'h, B: AutodiffBackend> {
+    checkpoints: BlockCheckpoints<B>,
+    /// Capture steps: the hooks recording the gradients reaching captured outputs.
+    hooks: Option<&'h mut dyn ember_nn::ForwardHooks<B>>,
+}
+
 /// Forward and backward over `batch`; the loss is scaled by `weight` before the backward
 /// pass, so summing the gradients of a step's micro-batches gives the step's mean.
 fn micro_batch<B: AutodiffBackend + FusedBackend>(
@@ -61,8 +68,12 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     weight: f64,
     loss_scale: f64,
     device: &B::Device,
-    mut checkpoints: BlockCheckpoints<B>,
+    pass: Pass<'_, B>,
 ) -> MicroBatch {
+    let Pass {
+        mut checkpoints,
+        mut hooks,
+    } = pass;
     let (inputs, targets) = batch_tensors::<B>(batch, device);
     let out = objective.loss(
         model,
@@ -72,6 +83,11 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
             batch,
             device,
             checkpoints: Some(&mut checkpoints),
+            // Reborrowed: the trait object's lifetime shrinks to this call's.
+            hooks: match hooks {
+                Some(ref mut h) => Some(&mut **h),
+                None => None,
+            },
         },
     );
     let loss = if weight * loss_scale != 1.0 {
@@ -183,6 +199,12 @@ where
             })
             .collect();
         let step_weight: f64 = batches.iter().map(Rows::weight).sum();
+        let capture_patterns = self
+            .capture
+            .as_ref()
+            .filter(|c| c.due(step + 1))
+            .map(|c| c.patterns());
+        let activation_grads = GradientStats::default();
         for (micro, batch) in batches.iter().enumerate() {
             let share = if step_weight > 0.0 {
                 batch.weight() / step_weight
@@ -195,6 +217,13 @@ where
                 if dropout_seeds {
                     checkpoints = checkpoints.with_dropout_seed(seed);
                 }
+                // Capture steps: the first micro-batch's pass records the gradients
+                // reaching the captured outputs (that pass checkpoints nothing).
+                let mut hooks = capture_patterns.filter(|_| micro == 0).map(|patterns| {
+                    let mut hooks = GradientCapture::new(patterns);
+                    hooks.stats = activation_grads.clone();
+                    hooks
+                });
                 micro_batch(
                     model,
                     objective,
@@ -202,7 +231,12 @@ where
                     weight * share,
                     scale,
                     device,
-                    checkpoints,
+                    Pass {
+                        checkpoints,
+                        hooks: hooks
+                            .as_mut()
+                            .map(|h| h as &mut dyn ember_nn::ForwardHooks<B>),
+                    },
                 )
             });
             for part in parts {
@@ -242,9 +276,21 @@ where
         )?;
         // The activations the step's weights produce, before the update.
         let capture = match capturing {
-            Some(capture) => super::precision::in_f32(|| {
-                capture.record(&model.valid(), &batches[0], &grad_norms, device)
-            }),
+            Some(capture) => {
+                let activation_grads = activation_grads
+                    .lock()
+                    .map(|stats| stats.clone())
+                    .unwrap_or_default();
+                super::precision::in_f32(|| {
+                    capture.record(
+                        &model.valid(),
+                        &batches[0],
+                        &grad_norms,
+                        &activation_grads,
+                        device,
+                    )
+                })
+            }
             None => BTreeMap::new(),
         };
         if !train_loss.is_finite() {
