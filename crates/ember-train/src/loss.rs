@@ -50,27 +50,8 @@ pub fn masked_cross_entropy<B: Backend>(
     targets: &[i64],
     ignore: i64,
 ) -> Tensor<B, 1> {
-    let [batch, seq, vocab] = logits.dims();
-    let device = logits.device();
-    let kept: Vec<i64> = (0..targets.len() as i64)
-        .filter(|&i| targets[i as usize] != ignore)
-        .collect();
-    if kept.is_empty() {
-        return Tensor::zeros([1], &device);
-    }
-    let n = kept.len();
-    let labels: Vec<i64> = kept.iter().map(|&i| targets[i as usize]).collect();
-    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [n]), &device);
-    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
-    // Only the covered rows go through the softmax: prompts and padding cost nothing.
-    let picked = logits.reshape([batch * seq, vocab]).select(0, rows);
-    let log_probs = burn::tensor::activation::log_softmax(picked, 1);
-    log_probs
-        .gather(1, labels)
-        .reshape([n])
-        .sum()
-        .neg()
-        .div_scalar(n as f64)
+    // Plain cross-entropy is the token loss with nothing added.
+    TokenLoss::default().forward(logits, targets, ignore).loss
 }
 
 /// What `train.loss` names.
