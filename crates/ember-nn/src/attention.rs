@@ -148,6 +148,18 @@ impl<B: FusedBackend> Attention<B> {
             None => KvView::dense(k, v),
         };
         let (k, v, mask) = self.keys_and_mask(view, ctx.prefix, ctx.documents);
+        if let Some(hooks) = ctx.hooks.as_deref_mut()
+            && hooks.wants_attention_probs(ctx.layer)
+        {
+            let probs = ember_ops::attention_probabilities(
+                q.clone(),
+                k.clone(),
+                &self.score_mod(),
+                &mask,
+                None,
+            );
+            hooks.attention_probs(ctx.layer, probs);
+        }
         // Masks are aligned at the bottom-right corner, covering the cache and the prefix.
         let out = flex_attention(q, k, v, &self.score_mod(), &mask, &FlexOptions::default());
         let out = out

@@ -94,6 +94,20 @@ pub trait ForwardHooks<B: Backend> {
         let _ = layer;
         x
     }
+
+    /// Whether [`Self::attention_probs`] wants `layer`'s probabilities (computing them
+    /// costs a `[seq_q, seq_kv]` matrix per head; attention's fast paths never form it).
+    fn wants_attention_probs(&self, layer: usize) -> bool {
+        let _ = layer;
+        false
+    }
+
+    /// `layer`'s attention probabilities, `[batch, n_heads, seq_q, seq_kv]` (keys: the
+    /// prefix, the cache, then this pass; rows padded on the left when cached lengths
+    /// differ), when [`Self::wants_attention_probs`] says so.
+    fn attention_probs(&mut self, layer: usize, probs: Tensor<B, 4>) {
+        let _ = (layer, probs);
+    }
 }
 
 /// Everything one layer reads besides its input.

@@ -33,7 +33,8 @@ pub mod rope;
 pub use alibi::alibi_slopes;
 pub use attention::{repeat_kv, scaled_dot_product_attention};
 pub use flex_attention::{
-    AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind, flex_attention,
+    AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind,
+    attention_probabilities, flex_attention,
 };
 pub use fused::FusedBackend;
 pub use quant::{QuantFormat, QuantSpec};

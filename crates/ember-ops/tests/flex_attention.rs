@@ -8,7 +8,7 @@ use burn::tensor::{Distribution, Tensor, TensorData, Tolerance};
 use ember_ops::alibi_slopes;
 use ember_ops::flex_attention::{
     AttentionPath, BlockMask, FlexOptions, MaskMod, ScoreIndex, ScoreMod, TileKind, alibi_bias,
-    flex_attention,
+    attention_probabilities, flex_attention,
 };
 use ember_ops::reference::explicit_flex_attention;
 
@@ -646,5 +646,136 @@ fn attention_weights_follow_the_literal_mask_tables() {
             &[&DOCUMENT_CAUSAL_0, &DOCUMENT_CAUSAL_1],
             seq_q,
         );
+    }
+}
+
+/// Attention probabilities written out element by element in f64: scores `q·k / √d`,
+/// ALiBi's `-slope[h]·|i - j|` and soft-capping as their definitions say, the mask
+/// entry by entry, then a softmax over the kept keys.
+fn scalar_probabilities(
+    q: &[f32],
+    k: &[f32],
+    (batch, h, kv, sq, skv, d): (usize, usize, usize, usize, usize, usize),
+    mask: &MaskMod,
+    alibi: Option<&[f32]>,
+    softcap: Option<f64>,
+) -> Vec<f64> {
+    let mut out = vec![0.0; batch * h * sq * skv];
+    for b in 0..batch {
+        for head in 0..h {
+            let kv_head = head / (h / kv);
+            for row in 0..sq {
+                let i = row + skv - sq;
+                let mut scores = vec![f64::NEG_INFINITY; skv];
+                for (j, score) in scores.iter_mut().enumerate() {
+                    if !mask.keep(b, head, i, j) {
+                        continue;
+                    }
+                    let qa = &q[((b * h + head) * sq + row) * d..][..d];
+                    let ka = &k[((b * kv + kv_head) * skv + j) * d..][..d];
+                    let mut s: f64 = qa.iter().zip(ka).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    s /= (d as f64).sqrt();
+                    if let Some(cap) = softcap {
+                        s = cap * (s / cap).tanh();
+                    }
+                    if let Some(slopes) = alibi {
+                        s -= slopes[head] as f64 * (i as f64 - j as f64).abs();
+                    }
+                    *score = s;
+                }
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                if max == f64::NEG_INFINITY {
+                    continue;
+                }
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                for (j, e) in exps.iter().enumerate() {
+                    out[((b * h + head) * sq + row) * skv + j] = e / total;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_probabilities_match_a_scalar_softmax() {
+    for (h, kv, sq, skv) in SHAPES {
+        let q = random::<B>([2, h, sq, 8], 11);
+        let k = random::<B>([2, kv, skv, 8], 12);
+        let (qv, kvv) = (
+            q.to_data().to_vec::<f32>().unwrap(),
+            k.to_data().to_vec::<f32>().unwrap(),
+        );
+        let slopes = alibi_slopes(h);
+        let mods: [(&str, ScoreMod<B>, Option<&[f32]>, Option<f64>); 3] = [
+            ("none", ScoreMod::none(), None, None),
+            (
+                "alibi",
+                ScoreMod::Alibi(slopes.clone()),
+                Some(&slopes),
+                None,
+            ),
+            (
+                "softcap>alibi",
+                ScoreMod::SoftCap(2.0).then(ScoreMod::Alibi(slopes.clone())),
+                Some(&slopes),
+                Some(2.0),
+            ),
+        ];
+        for (mask_name, mask) in masks(skv) {
+            for (mod_name, score_mod, alibi, softcap) in &mods {
+                let got = attention_probabilities(q.clone(), k.clone(), score_mod, &mask, None)
+                    .to_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let want = scalar_probabilities(
+                    &qv,
+                    &kvv,
+                    (2, h, kv, sq, skv, 8),
+                    &mask,
+                    *alibi,
+                    *softcap,
+                );
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    diff < 1e-5,
+                    "probabilities differ by {diff} for mask {mask_name}, {mod_name}, shape {:?}",
+                    (h, kv, sq, skv)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_probabilities_times_values_is_the_attention_output() {
+    let (h, kv, sq, skv) = (4, 2, 11, 11);
+    let q = random::<B>([2, h, sq, 8], 21);
+    let k = random::<B>([2, kv, skv, 8], 22);
+    let v = random::<B>([2, kv, skv, 8], 23);
+    let heads = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(vec![0i64, 0, 1, 1], [4]),
+        &Default::default(),
+    );
+    for (mask_name, mask) in masks(skv) {
+        for (mod_name, score_mod) in score_mods::<B>(h) {
+            let probs = attention_probabilities(q.clone(), k.clone(), &score_mod, &mask, None);
+            let got = probs.matmul(v.clone().select(1, heads.clone()));
+            let want = flex_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &score_mod,
+                &mask,
+                &FlexOptions::default(),
+            );
+            let diff = max_diff(got, want);
+            assert!(diff < 2e-5, "{mask_name} {mod_name}: {diff}");
+        }
     }
 }

@@ -19,10 +19,12 @@
 pub mod block_mask;
 mod chunked;
 pub mod mask_mod;
+pub mod probabilities;
 pub mod score_mod;
 
 pub use block_mask::BlockMask;
 pub use mask_mod::{MaskFn, MaskMod, TileKind};
+pub use probabilities::attention_probabilities;
 pub use score_mod::{FusedScoreMod, ScoreFn, ScoreIndex, ScoreMod, alibi_bias};
 
 use burn::tensor::Tensor;
