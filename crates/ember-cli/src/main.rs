@@ -6,12 +6,16 @@ mod backend;
 mod commands;
 mod error;
 mod ids;
+mod tui;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::attention::AttentionArgs;
+use crate::commands::chat::ChatArgs;
 use crate::commands::distill::DistillArgs;
+use crate::commands::eval::EvalArgs;
 use crate::commands::export::ExportArgs;
 use crate::commands::finetune::FinetuneArgs;
 use crate::commands::generate::GenerateArgs;
@@ -19,6 +23,7 @@ use crate::commands::info::InfoArgs;
 use crate::commands::logits::LogitsArgs;
 use crate::commands::merge::MergeArgs;
 use crate::commands::perplexity::PerplexityArgs;
+use crate::commands::plot::PlotArgs;
 use crate::commands::prune::PruneArgs;
 use crate::commands::quantize::QuantizeArgs;
 use crate::commands::serve::ServeArgs;
@@ -67,6 +72,15 @@ enum Command {
     Prune(PruneArgs),
     /// Average models of one shape (uniform or greedy soup) into a Hugging Face directory.
     Soup(SoupArgs),
+    /// Generate completions of a .jsonl of prompts (or read predictions) and score them:
+    /// BLEU, chrF, ROUGE, exact match, perplexity.
+    Eval(EvalArgs),
+    /// Heatmaps and a summary of a prompt's attention (per-head patterns, entropy, rollout).
+    Attention(AttentionArgs),
+    /// Training curves of one or more runs (loss, learning rate, gradient norm, tokens/s).
+    Plot(PlotArgs),
+    /// Chat with a model in the terminal through its chat template, replies streamed.
+    Chat(ChatArgs),
     /// Show a model's configuration and size (and a checkpoint's step and last validation loss).
     Info(InfoArgs),
 }
@@ -92,6 +106,10 @@ fn main() -> ExitCode {
         Command::Prune(args) => runner.prune(args),
         Command::Distill(args) => runner.distill(args),
         Command::Soup(args) => runner.soup(args),
+        Command::Eval(args) => runner.eval(args),
+        Command::Attention(args) => runner.attention(args),
+        Command::Chat(args) => runner.chat(args),
+        Command::Plot(args) => commands::plot::run(args),
         Command::Info(args) => commands::info::run(args),
     });
     match result {

@@ -4,5 +4,6 @@
 
 pub mod attention;
 pub mod metrics;
+pub mod perplexity;
 pub mod plot;
 pub mod report;

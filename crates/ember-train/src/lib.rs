@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod loss;
 pub mod metrics;
 pub mod objective;
+pub mod observer;
 pub mod prune;
 pub mod run_dir;
 mod shards;
@@ -25,6 +26,7 @@ pub use hooks::{Ema, GradualPrune, HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::{CapturedModule, StepMetrics};
 pub use objective::{CausalLm, Distill, Objective, ObjectiveBatch, ObjectiveKind, ObjectiveOutput};
+pub use observer::TrainObserver;
 pub use trainer::{
     LossScale, TrainError, TrainExtras, TrainOptions, TrainSummary, train, train_with,
 };

@@ -6,7 +6,8 @@ use burn::tensor::backend::Backend;
 use ember_nn::FusedBackend;
 
 use super::{
-    distill, export, finetune, generate, logits, perplexity, prune, quantize, serve, soup, train,
+    attention, chat, distill, eval, export, finetune, generate, logits, perplexity, prune,
+    quantize, serve, soup, train,
 };
 use crate::error::CliError;
 
@@ -23,6 +24,9 @@ pub trait Runner {
     fn prune(&self, args: prune::PruneArgs) -> Result<(), CliError>;
     fn distill(&self, args: distill::DistillArgs) -> Result<(), CliError>;
     fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError>;
+    fn eval(&self, args: eval::EvalArgs) -> Result<(), CliError>;
+    fn attention(&self, args: attention::AttentionArgs) -> Result<(), CliError>;
+    fn chat(&self, args: chat::ChatArgs) -> Result<(), CliError>;
 }
 
 /// A [`Runner`] on backend `B`.
@@ -86,5 +90,17 @@ impl<B: FusedBackend> Runner for On<B> {
 
     fn soup(&self, args: soup::SoupArgs) -> Result<(), CliError> {
         soup::run(self, args)
+    }
+
+    fn eval(&self, args: eval::EvalArgs) -> Result<(), CliError> {
+        eval::run(self, args)
+    }
+
+    fn attention(&self, args: attention::AttentionArgs) -> Result<(), CliError> {
+        attention::run(self, args)
+    }
+
+    fn chat(&self, args: chat::ChatArgs) -> Result<(), CliError> {
+        chat::run(self, args)
     }
 }

@@ -85,21 +85,23 @@ fn positive(flag: &str, value: usize) -> Result<usize, CliError> {
     Ok(value)
 }
 
-/// The host decoder `serve` runs: a quantized directory as stored, any other model
-/// loaded on backend `B`, its adapter merged, in the weights `--weights` asks for.
-fn load_decoder<B: FusedBackend>(
+/// The host decoder a command runs (`serve`, `eval`, `chat`): a quantized directory as
+/// stored, any other model loaded on backend `B`, its adapter merged, in `weights`.
+pub fn load_host_decoder<B: FusedBackend>(
     on: &On<B>,
     dir: &ModelDir,
-    args: &ServeArgs,
+    adapter: Option<&std::path::Path>,
+    weights: Option<WeightsArg>,
+    command: &str,
 ) -> Result<HostDecoder, CliError> {
     if let ModelDir::Quantized(q) = dir {
-        if args.adapter.is_some() {
+        if adapter.is_some() {
             return Err(CliError::Usage(format!(
                 "--adapter: {} holds quantized weights; apply the adapter when quantizing (`ember quantize --adapter`)",
                 q.dir.display()
             )));
         }
-        if args.weights.is_some() {
+        if weights.is_some() {
             return Err(CliError::Usage(format!(
                 "--weights: {} is already quantized ({}); it runs as stored",
                 q.dir.display(),
@@ -110,20 +112,20 @@ fn load_decoder<B: FusedBackend>(
             .map_err(|e| CliError::Runtime(format!("--model: {e}")));
     }
     let model = dir.load::<B>(&on.device)?;
-    let adapted = crate::adapter::apply(dir, model, args.adapter.as_deref(), &on.device)?
-        .without_bottleneck("`ember serve`")?;
+    let adapted = crate::adapter::apply(dir, model, adapter, &on.device)?
+        .without_bottleneck(&format!("`{command}`"))?;
     if adapted.prompt.is_some() {
-        return Err(CliError::Usage(
-            "--adapter: prefix- and prompt-tuning adapters are not served yet; merge-able adapters (LoRA, DoRA, IA3) are".into(),
-        ));
+        return Err(CliError::Usage(format!(
+            "--adapter: prefix- and prompt-tuning adapters do not run on the host decoder `{command}` uses; merge-able adapters (LoRA, DoRA, IA3) do"
+        )));
     }
-    let weights = match args.weights.unwrap_or(WeightsArg::F32) {
+    let weights = match weights.unwrap_or(WeightsArg::F32) {
         WeightsArg::F32 => HostWeights::F32,
         WeightsArg::Int8 => HostWeights::Int8,
         WeightsArg::Int4 => HostWeights::Int4,
     };
     HostDecoder::new(&adapted.model, weights)
-        .map_err(|e| CliError::Usage(format!("--model: `ember serve` runs the host decoder: {e}")))
+        .map_err(|e| CliError::Usage(format!("--model: `{command}` runs the host decoder: {e}")))
 }
 
 /// `ember serve` on backend `B` (which loads the weights; the host decoder runs them).
@@ -163,7 +165,13 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ServeArgs) -> Result<(), CliError>
             args.kv_cache_mb, config.max_seq_len
         )));
     }
-    let decoder = load_decoder(on, &dir, &args)?;
+    let decoder = load_host_decoder(
+        on,
+        &dir,
+        args.adapter.as_deref(),
+        args.weights,
+        "ember serve",
+    )?;
     let weights = decoder.weights();
     let codec = Arc::new(Codec::of(&dir).map_err(|e| CliError::Usage(format!("--model: {e}")))?);
     let model_name = args.served_model_name.clone().unwrap_or_else(|| {

@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// initialization: continued pre-training, or recovery after `ember prune`.
     #[arg(long, conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
+    /// A live dashboard in the terminal (loss curves, speed, ETA, memory; `q` stops with a
+    /// checkpoint). Plain progress lines when stdout is not a terminal.
+    #[arg(long, conflicts_with = "quiet")]
+    pub tui: bool,
 }
 
 /// `ember distill`'s teacher and its weighting.
@@ -87,6 +91,7 @@ pub fn run_with<B: FusedBackend>(
     let start = Start {
         init_from: args.init_from.as_deref(),
         teacher: teacher.as_ref(),
+        tui: args.tui,
     };
     let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
         start.train::<Autodiff<B, BalancedCheckpointing>, B>(config, &options, &on.device)?
@@ -113,6 +118,13 @@ pub fn run_with<B: FusedBackend>(
             .map_or("-".into(), |l| format!("{l:.4}")),
     );
     println!("checkpoint: {}", summary.checkpoint.display());
+    // The run's curves beside its metrics; the trained model is already safe, so a
+    // figure that cannot be drawn is a warning.
+    let figure = args.out.join("curves.png");
+    match ember_eval::plot::plot_runs(std::slice::from_ref(&args.out), &figure) {
+        Ok(_) => println!("curves: {}", figure.display()),
+        Err(e) => eprintln!("warning: no curves figure: {e}"),
+    }
     Ok(())
 }
 
@@ -120,6 +132,8 @@ pub fn run_with<B: FusedBackend>(
 struct Start<'a> {
     init_from: Option<&'a Path>,
     teacher: Option<&'a Teacher>,
+    /// `--tui`: the dashboard, when stdout is a terminal.
+    tui: bool,
 }
 
 impl Start<'_> {
@@ -136,6 +150,19 @@ impl Start<'_> {
         B: FusedBackend,
     {
         let mut extras = TrainExtras::<A>::default();
+        if self.tui {
+            use std::io::IsTerminal;
+            if !std::io::stdout().is_terminal() {
+                eprintln!("--tui: stdout is not a terminal; printing progress lines instead");
+            } else {
+                match crate::tui::TuiObserver::start() {
+                    Ok(observer) => extras.observer = Some(Box::new(observer)),
+                    Err(e) => eprintln!(
+                        "--tui: cannot take over the terminal ({e}); printing progress lines instead"
+                    ),
+                }
+            }
+        }
         if let Some(path) = self.init_from {
             let flag = format!("--init-from {}", path.display());
             let dir = ModelDir::open(path)?;

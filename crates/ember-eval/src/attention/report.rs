@@ -76,10 +76,13 @@ fn pattern_name(p: Pattern) -> String {
         .unwrap_or_default()
 }
 
-/// Which single-head heatmaps to draw.
+/// Which per-layer figures and single-head heatmaps to draw (the overview, rollout and
+/// summary always cover every layer).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeadSelection {
-    /// One head of every analysed layer; every head when `None`.
+    /// One layer; every layer when `None`.
+    pub layer: Option<usize>,
+    /// One head of each drawn layer; every head when `None`.
     pub head: Option<usize>,
 }
 
@@ -125,6 +128,9 @@ pub fn write_report(
     written.push("overview.png".into());
 
     for (&layer, m) in maps {
+        if selection.layer.is_some_and(|l| l != layer) {
+            continue;
+        }
         let cells = vec![
             (0..m.heads)
                 .map(|h| {

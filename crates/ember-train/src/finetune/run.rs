@@ -291,7 +291,8 @@ where
         };
         let schedule = config.optim.schedule(config.train.steps)?;
         let resumed_at = resume.as_ref().map(|c| (c.dir.as_path(), c.state.step));
-        let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
+        let mut report =
+            Reporter::open(&options.out_dir, resumed_at, replace, options.verbose, None)?;
         let t = &config.train;
         let no_dropout = config.peft.lora_dropout == 0.0 && tuned.model.config().dropout == 0.0;
         let (shards, n_shards) = Shards::for_run(

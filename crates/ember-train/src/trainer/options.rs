@@ -7,6 +7,7 @@ use ember_nn::{FusedBackend, Transformer};
 
 use crate::hooks::StepHook;
 use crate::objective::Objective;
+use crate::observer::TrainObserver;
 
 /// Where the run reads and writes.
 #[derive(Debug, Clone)]
@@ -42,6 +43,9 @@ pub struct TrainExtras<B: AutodiffBackend + FusedBackend> {
     /// Tokenizers the run's must equal (a teacher's, the initial model's), each with the
     /// flag that named it for the error message.
     pub same_tokenizer_as: Vec<(String, ember_data::Tokenizer)>,
+    /// A live view of the run (`ember train --tui`); the run then prints no progress of
+    /// its own, and stops (with a checkpoint) when it asks.
+    pub observer: Option<Box<dyn TrainObserver>>,
 }
 
 impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
@@ -51,6 +55,7 @@ impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
             hooks: Vec::new(),
             initial_model: None,
             same_tokenizer_as: Vec::new(),
+            observer: None,
         }
     }
 }

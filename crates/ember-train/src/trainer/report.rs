@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::error::{TrainError, io_error};
 use crate::metrics::StepMetrics;
 use crate::objective::MoeStats;
+use crate::observer::TrainObserver;
 use crate::run_dir;
 
 /// The run's metrics file and, when verbose, its terminal output.
@@ -17,6 +18,8 @@ pub(crate) struct Reporter {
     metrics_file: std::fs::File,
     progress: Option<ProgressBar>,
     verbose: bool,
+    /// A live view that replaces the bar and the lines.
+    observer: Option<Box<dyn TrainObserver>>,
 }
 
 impl Reporter {
@@ -27,6 +30,7 @@ impl Reporter {
         resume: Option<(&Path, usize)>,
         replace: bool,
         verbose: bool,
+        observer: Option<Box<dyn TrainObserver>>,
     ) -> Result<Self, TrainError> {
         run_dir::start_metrics(out, resume, replace)?;
         let metrics_path = run_dir::metrics_path(out);
@@ -40,12 +44,17 @@ impl Reporter {
             metrics_file,
             progress: None,
             verbose,
+            observer,
         })
     }
 
     /// Shows the progress bar (verbose, on a terminal) at `step` of `steps`, and prints
     /// `banner` (verbose).
     pub(crate) fn start(&mut self, steps: usize, step: usize, banner: impl FnOnce() -> String) {
+        if let Some(observer) = &mut self.observer {
+            observer.started(steps, step, &banner());
+            return;
+        }
         self.progress = (self.verbose && std::io::stdout().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
@@ -73,6 +82,10 @@ impl Reporter {
             serde_json::to_string(record).unwrap()
         )
         .map_err(io_error(&self.metrics_path))?;
+        if let Some(observer) = &mut self.observer {
+            observer.record(record);
+            return Ok(());
+        }
         if !self.verbose {
             return Ok(());
         }
@@ -110,7 +123,10 @@ impl Reporter {
     }
 
     /// Moves the progress bar to `step`.
-    pub(crate) fn progress(&self, step: usize, train_loss: f64, tokens_per_s: f64) {
+    pub(crate) fn progress(&mut self, step: usize, train_loss: f64, tokens_per_s: f64) {
+        if let Some(observer) = &mut self.observer {
+            observer.step(step, train_loss, tokens_per_s);
+        }
         if let Some(bar) = &self.progress {
             bar.set_position(step as u64);
             bar.set_message(format!("loss {train_loss:.4} | {tokens_per_s:.0} tok/s"));
@@ -119,9 +135,19 @@ impl Reporter {
 
     /// Clears the progress bar.
     pub(crate) fn finish(&mut self) {
+        if let Some(observer) = &mut self.observer {
+            observer.finished();
+        }
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl Reporter {
+    /// Whether the observer asked the run to stop.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.observer.as_ref().is_some_and(|o| o.stop_requested())
     }
 }
 

@@ -44,6 +44,11 @@ where
 {
     let mut run = Run::open(config, options, extras, device)?;
     while !run.done() {
+        if run.report.stop_requested() {
+            // Asked to stop: a checkpoint at this step, resumable with `--resume`.
+            run.save()?;
+            break;
+        }
         let out = run.step()?;
         run.after_step(out)?;
     }
@@ -141,7 +146,7 @@ where
     }
 
     /// Writes the checkpoint: model, optimizer, state and every hook's state.
-    fn save(&self) -> Result<(), TrainError> {
+    pub(super) fn save(&self) -> Result<(), TrainError> {
         let hooks: Vec<(String, HookState)> = self
             .hooks
             .iter()

@@ -83,6 +83,7 @@ where
             hooks,
             initial_model,
             same_tokenizer_as,
+            observer,
         } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
@@ -199,7 +200,13 @@ where
         let resumed_at = resume
             .as_ref()
             .map(|ckpt| (ckpt.dir.as_path(), ckpt.state.step));
-        let mut report = Reporter::open(&options.out_dir, resumed_at, replace, options.verbose)?;
+        let mut report = Reporter::open(
+            &options.out_dir,
+            resumed_at,
+            replace,
+            options.verbose,
+            observer,
+        )?;
         let t = &config.train;
         let tokens_per_step = t.batch_size * block * t.grad_accum;
         let no_dropout = config.model.dropout == 0.0;

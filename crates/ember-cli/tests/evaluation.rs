@@ -1,0 +1,692 @@
+//! Evaluation and analysis as users run them: `ember eval` (scores equal to the reference
+//! packages' on the committed corpus; generated predictions equal to `ember generate`'s),
+//! `ember attention`, `ember plot`, `ember chat` on piped input, and `ember train --tui`
+//! driven in a pseudo-terminal.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn gpt2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ember-hf/tests/fixtures/gpt2")
+}
+
+fn eval_fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-eval/tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn tiny_corpus(dir: &Path) -> PathBuf {
+    let text: String = (0..300)
+        .map(|i| format!("line {i}: all the world's a stage {}.\n", i % 7))
+        .collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const TINY: &[&str] = &[
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_layers=1",
+    "--set",
+    "model.d_ff=64",
+    "--set",
+    "model.max_seq_len=16",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.eval_every=2",
+    "--set",
+    "train.eval_batches=1",
+];
+
+#[test]
+fn eval_of_predictions_reproduces_sacrebleu_and_rouge_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = eval_fixture("eval_corpus.json");
+    let examples = corpus["examples"].as_array().unwrap();
+    let data: Vec<Value> = examples
+        .iter()
+        .map(|e| json!({"prompt": "p", "references": e["references"]}))
+        .collect();
+    let predictions: Vec<Value> = examples
+        .iter()
+        .map(|e| json!({"prediction": e["hypothesis"]}))
+        .collect();
+    let (data_path, pred_path) = (dir.path().join("data.jsonl"), dir.path().join("pred.jsonl"));
+    write_jsonl(&data_path, &data);
+    write_jsonl(&pred_path, &predictions);
+    let out = dir.path().join("report.json");
+    for stemmer in [false, true] {
+        let mut args = vec![
+            "eval",
+            "--data",
+            data_path.to_str().unwrap(),
+            "--predictions",
+            pred_path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if stemmer {
+            args.push("--rouge-stemmer");
+        }
+        let run = ember(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        // sacrebleu with each example's own references (`nrefs:var`).
+        let bleu = eval_fixture("bleu.json")["corpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["refs"] == "variable" && c["tokenize"] == "13a")
+            .unwrap()
+            .clone();
+        assert!(
+            (report["bleu"]["score"].as_f64().unwrap() - bleu["score"].as_f64().unwrap()).abs()
+                < 1e-9
+        );
+        assert_eq!(report["bleu"]["signature"], bleu["signature"]);
+        let chrf = eval_fixture("chrf.json")["corpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["refs"] == "variable" && c["word_order"] == 0)
+            .unwrap()
+            .clone();
+        assert!(
+            (report["chrf"]["score"].as_f64().unwrap() - chrf["score"].as_f64().unwrap()).abs()
+                < 1e-9
+        );
+        let rouge = &eval_fixture("rouge.json")["configs"][usize::from(stemmer)];
+        assert_eq!(rouge["use_stemmer"], stemmer);
+        for kind in ["rouge1", "rouge2", "rougeL", "rougeLsum"] {
+            for field in ["precision", "recall", "fmeasure"] {
+                let (got, want) = (
+                    report[kind][field].as_f64().unwrap(),
+                    rouge["mean_multi"][kind][field].as_f64().unwrap(),
+                );
+                assert!((got - want).abs() < 1e-9, "{kind} {field}: {got} vs {want}");
+            }
+        }
+        let markdown = std::fs::read_to_string(out.with_extension("md")).unwrap();
+        assert!(markdown.contains("| BLEU |") && markdown.contains("| rougeLsum F |"));
+    }
+
+    // Bad input: exit 2 naming the file and line.
+    std::fs::write(dir.path().join("bad.jsonl"), "{\"prompt\": \"a\"}\n").unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    assert_fails(
+        &ember(&[
+            "eval",
+            "--data",
+            bad.to_str().unwrap(),
+            "--predictions",
+            pred_path.to_str().unwrap(),
+        ]),
+        2,
+        "bad.jsonl:1: no `reference` or `references` key",
+    );
+    write_jsonl(&dir.path().join("short.jsonl"), &predictions[..3]);
+    let short = dir.path().join("short.jsonl");
+    assert_fails(
+        &ember(&[
+            "eval",
+            "--data",
+            data_path.to_str().unwrap(),
+            "--predictions",
+            short.to_str().unwrap(),
+        ]),
+        2,
+        "3 predictions for 46 examples",
+    );
+    assert_fails(
+        &ember(&[
+            "eval",
+            "--data",
+            data_path.to_str().unwrap(),
+            "--predictions",
+            pred_path.to_str().unwrap(),
+            "--metrics",
+            "bleu,meteor",
+        ]),
+        2,
+        "--metrics: unknown metric `meteor`",
+    );
+    assert_fails(
+        &ember(&[
+            "eval",
+            "--data",
+            data_path.to_str().unwrap(),
+            "--predictions",
+            pred_path.to_str().unwrap(),
+            "--tokenize",
+            "zh",
+        ]),
+        2,
+        "--tokenize",
+    );
+    assert_fails(
+        &ember(&["eval", "--data", data_path.to_str().unwrap()]),
+        2,
+        "--model or --predictions",
+    );
+}
+
+#[test]
+fn eval_generates_what_ember_generate_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = [
+        "Hello, my name is",
+        "The quick brown fox",
+        "In the beginning",
+    ];
+    let data: Vec<Value> = prompts
+        .iter()
+        .map(|p| json!({"prompt": p, "reference": "some text"}))
+        .collect();
+    let data_path = dir.path().join("data.jsonl");
+    write_jsonl(&data_path, &data);
+    let out = dir.path().join("gen.json");
+    let model = gpt2();
+    let run = ember(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data_path.to_str().unwrap(),
+        "--max-new-tokens",
+        "6",
+        "--metrics",
+        "bleu,exact_match,perplexity",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let generated = ember(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--decoder",
+            "host",
+        ]);
+        assert!(generated.status.success());
+        let text = String::from_utf8_lossy(&generated.stdout);
+        let continuation = text
+            .strip_prefix(prompt)
+            .unwrap_or(&text)
+            .trim_end_matches('\n');
+        // The engine, as the server, ends a completion cut inside a character with
+        // U+FFFD; `ember generate` leaves the incomplete character out.
+        let predicted = report["per_example"][i]["prediction"].as_str().unwrap();
+        assert_eq!(
+            predicted.trim_end_matches('\u{fffd}'),
+            continuation,
+            "prompt {prompt:?}"
+        );
+    }
+    let ppl = &report["perplexity"];
+    assert!(ppl["tokens"].as_u64().unwrap() >= 6 && ppl["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(
+        (ppl["mean_nll"].as_f64().unwrap().exp() - ppl["perplexity"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
+}
+
+#[test]
+fn attention_writes_heatmaps_and_a_summary_and_compares_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gpt2();
+    let out = dir.path().join("att");
+    let run = ember(&[
+        "attention",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hello world, hello",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let layers = summary["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    let heads = layers[0]["heads"].as_array().unwrap().len();
+    for file in [
+        "overview.png",
+        "rollout.png",
+        "layer0.png",
+        "layer0_head0.png",
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{file}");
+    }
+    for layer in layers {
+        for head in layer["heads"].as_array().unwrap() {
+            let label = head["pattern"].as_str().unwrap();
+            assert!(
+                [
+                    "previous-token",
+                    "first-token",
+                    "diagonal",
+                    "local",
+                    "broad",
+                    "mixed"
+                ]
+                .contains(&label)
+            );
+        }
+    }
+    assert_eq!(
+        summary["rollout"].as_array().unwrap().len(),
+        summary["tokens"].as_array().unwrap().len()
+    );
+
+    let cmp = dir.path().join("cmp");
+    let run = ember(&[
+        "attention",
+        "--compare",
+        model.to_str().unwrap(),
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hello world",
+        "--layer",
+        "0",
+        "--head",
+        "1",
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let comparison: Value =
+        serde_json::from_str(&std::fs::read_to_string(cmp.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(
+        comparison["heads"].as_array().unwrap().len(),
+        layers.len() * heads
+    );
+    for h in comparison["heads"].as_array().unwrap() {
+        assert_eq!(h["pattern_a"], h["pattern_b"]);
+        assert_eq!(h["entropy_a"], h["entropy_b"]);
+    }
+    assert!(cmp.join("a/layer0_head1.png").exists() && !cmp.join("a/layer0_head0.png").exists());
+
+    assert_fails(
+        &ember(&[
+            "attention",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--layer",
+            "99",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        2,
+        "--layer 99",
+    );
+    assert_fails(
+        &ember(&[
+            "attention",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        2,
+        "--prompt",
+    );
+}
+
+#[test]
+fn plot_draws_runs_and_refuses_what_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for (run, lr) in [("a", "1e-3"), ("b", "3e-3")] {
+        let data = tiny_corpus(dir.path());
+        let out = dir.path().join(run);
+        let lr = format!("optim.lr={lr}");
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=6",
+            "--set",
+            &lr,
+            "--quiet",
+        ];
+        args.extend_from_slice(TINY);
+        let train = ember(&args);
+        assert!(
+            train.status.success(),
+            "{}",
+            String::from_utf8_lossy(&train.stderr)
+        );
+        // `ember train` draws its own curves at the end.
+        assert!(
+            std::fs::read(out.join("curves.png"))
+                .unwrap()
+                .starts_with(b"\x89PNG")
+        );
+    }
+    let figure = dir.path().join("both.png");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let run = ember(&[
+        "plot",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        figure.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let logged = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("a: {logged} steps logged")));
+    assert!(std::fs::read(&figure).unwrap().starts_with(b"\x89PNG"));
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_fails(
+        &ember(&[
+            "plot",
+            empty.to_str().unwrap(),
+            "--out",
+            figure.to_str().unwrap(),
+        ]),
+        2,
+        "no metrics.jsonl here",
+    );
+    let torn = dir.path().join("torn.jsonl");
+    std::fs::write(
+        &torn,
+        "{\"step\": 1, \"train_loss\": 2.0}\nnot json\n{\"step\": 3, \"train_loss\": 1.0}\n",
+    )
+    .unwrap();
+    assert_fails(
+        &ember(&[
+            "plot",
+            torn.to_str().unwrap(),
+            "--out",
+            figure.to_str().unwrap(),
+        ]),
+        2,
+        "torn.jsonl: line 2: not JSON",
+    );
+    assert_fails(
+        &ember(&[
+            "plot",
+            a.to_str().unwrap(),
+            "--out",
+            dir.path().join("x.jpg").to_str().unwrap(),
+        ]),
+        2,
+        ".png",
+    );
+}
+
+#[test]
+fn chat_streams_replies_and_resets() {
+    let model = gpt2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "5",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello there\nhow are you\n/reset\nhello there\n/system be brief\n/nonsense\n/quit\nnever read\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Reply, reply, reset notice, reply: the first reply again (greedy, same history).
+    assert_eq!(lines[2], "[conversation reset]");
+    assert_eq!(
+        lines[0], lines[3],
+        "after /reset the same message gets the same reply"
+    );
+    assert!(!lines[0].trim().is_empty());
+    assert!(text.contains("[system message set; conversation reset]"));
+    assert!(text.contains("[unknown command /nonsense]"));
+    assert!(!text.contains("never read"));
+}
+
+/// A pseudo-terminal: the master side, and the slave for a child's stdio.
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; no name buffer or termios is passed.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: both descriptors were just opened and are owned here.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// `ember train --tui` in a pseudo-terminal (its own session, the pty its controlling
+/// terminal); `keys` are typed once the dashboard shows. Returns the exit status and
+/// everything the terminal received.
+fn train_in_pty(
+    dir: &Path,
+    out: &Path,
+    steps: usize,
+    keys: Option<&[u8]>,
+) -> (std::process::ExitStatus, String) {
+    let data = tiny_corpus(dir);
+    let (master, slave) = open_pty();
+    let steps = format!("train.steps={steps}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command
+        .args([
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            &steps,
+            "--tui",
+        ])
+        .args(TINY)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .env("TERM", "xterm-256color");
+    let slave_fd = slave.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            libc::ioctl(slave_fd, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    drop(slave);
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut writer = std::fs::File::from(master);
+    let (mut screen, mut typed) = (Vec::new(), keys.is_none());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            screen.extend(chunk);
+        }
+        if !typed && String::from_utf8_lossy(&screen).contains("q or Ctrl-C") {
+            writer.write_all(keys.unwrap()).unwrap();
+            typed = true;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                screen.extend(chunk);
+            }
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ember train --tui did not finish"
+        );
+    };
+    (status, String::from_utf8_lossy(&screen).into_owned())
+}
+
+#[test]
+fn train_tui_draws_the_dashboard_in_a_terminal_and_stops_on_q() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (status, screen) = train_in_pty(dir.path(), &out, 8, None);
+    assert!(status.success(), "{screen}");
+    for want in ["q or Ctrl-C", "loss", "tok/s", "memory", "step 8/8"] {
+        assert!(
+            screen.contains(want),
+            "`{want}` not on the screen:\n{screen}"
+        );
+    }
+    // The alternate screen was left and the summary printed after it.
+    assert!(
+        screen.contains("\u{1b}[?1049l"),
+        "the terminal was not restored"
+    );
+    assert!(screen.contains("done: step 8"));
+
+    // `q` stops a long run at a checkpoint that `--resume` continues.
+    let long = dir.path().join("long");
+    let (status, screen) = train_in_pty(dir.path(), &long, 100_000, Some(b"q"));
+    assert!(status.success(), "{screen}");
+    let done = screen
+        .lines()
+        .find(|l| l.contains("done: step"))
+        .expect("a summary line");
+    let step: usize = done
+        .split("done: step ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(step < 100_000, "{done}");
+    let info = ember(&["info", "--model", long.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains(&format!("step: {step}")),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+
+    // Not a terminal: plain lines.
+    let plain = dir.path().join("plain");
+    let data = tiny_corpus(dir.path());
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+        "--set",
+        "train.steps=4",
+        "--tui",
+    ];
+    args.extend_from_slice(TINY);
+    let run = ember(&args);
+    assert!(run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--tui: stdout is not a terminal"));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("step     4/4"));
+}
