@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use plotters::prelude::*;
 
 use crate::{build_ember, median_step_ms, read_metrics, root, run, summary_line};
 
@@ -231,54 +230,31 @@ fn plot_arch_curves(outcomes: &[Outcome], path: &Path) -> Result<()> {
     )
 }
 
-/// Line plot of named `(step, value)` series, one colour each, to a PNG at `path`.
+/// Line plot of named `(step, value)` series, one colour each, to a PNG at `path`
+/// (`ember-plot`'s chart, with its embedded font).
 pub fn plot_curves(
     series: &[(String, Vec<(f64, f64)>)],
     caption: &str,
     y_desc: &str,
     path: &Path,
 ) -> Result<()> {
-    let points = series.iter().flat_map(|(_, curve)| curve.iter());
-    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::MAX, f64::MIN);
-    for &(x, y) in points.filter(|(_, y)| y.is_finite()) {
-        x_max = x_max.max(x);
-        y_min = y_min.min(y);
-        y_max = y_max.max(y);
-    }
-    if y_min > y_max {
-        (y_min, y_max) = (0.0, 1.0);
-    }
-    let root_area = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
-    root_area.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root_area)
-        .caption(caption, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, (y_min - 0.05)..(y_max + 0.05))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_desc)
-        .draw()?;
-    for (i, (name, curve)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                curve.iter().copied().filter(|(_, y)| y.is_finite()),
-                color.stroke_width(2),
-            ))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root_area.present()?;
+    let series: Vec<ember_plot::Series> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, points))| ember_plot::Series {
+            name: name.clone(),
+            points: points.clone(),
+            dashed: false,
+            color: i,
+        })
+        .collect();
+    let chart = ember_plot::Chart {
+        caption,
+        x_desc: "step",
+        y_desc,
+        log_y: false,
+        series: &series,
+    };
+    ember_plot::write_chart(path, &chart, (1000, 640))?;
     Ok(())
 }

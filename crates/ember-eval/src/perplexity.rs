@@ -7,7 +7,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ember_nn::{ForwardOptions, FusedBackend, Transformer};
 
 /// `(Σ −log p(continuation[k] | prompt, continuation[..k]), continuation.len())`, in nats.
-/// `prompt` must hold at least one token and `prompt + continuation` fit the context.
+/// `prompt` must hold at least one token, and the model reads `prompt` and all of
+/// `continuation` but its last token, which must fit its context.
 pub fn continuation_nll<B: FusedBackend>(
     model: &Transformer<B>,
     prompt: &[u32],
@@ -21,7 +22,7 @@ pub fn continuation_nll<B: FusedBackend>(
             "the prompt is empty: the first reference token has nothing to condition on".into(),
         );
     }
-    if total > max {
+    if total > max + 1 {
         return Err(format!(
             "prompt and reference are {total} tokens, more than the model's context of {max}"
         ));
@@ -47,6 +48,7 @@ pub fn continuation_nll<B: FusedBackend>(
     let targets: Vec<i64> = continuation.iter().map(|&t| i64::from(t)).collect();
     let targets =
         Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [continuation.len(), 1]), device);
+    let scored = ember_ops::fused::autocast::to_f32(scored);
     let picked = log_softmax(scored, 1).gather(1, targets);
     let values = picked
         .into_data()

@@ -15,6 +15,10 @@ use ember_nn::FusedBackend;
 use crate::commands::On;
 use crate::error::CliError;
 
+/// Prompt tokens at most: the maps take `layers · heads · n²` floats and the figures
+/// `n²` cells per head.
+const MAX_PROMPT_TOKENS: usize = 512;
+
 #[derive(Args)]
 pub struct AttentionArgs {
     /// Ember checkpoint (or run directory) or Hugging Face model directory.
@@ -23,10 +27,11 @@ pub struct AttentionArgs {
     /// The text whose attention is shown.
     #[arg(long)]
     pub prompt: String,
-    /// Draw this layer's figures only (the overview and summary cover every layer).
+    /// Draw this layer's figures only, with a labelled heatmap per head (the overview,
+    /// rollout and summary cover every layer).
     #[arg(long)]
     pub layer: Option<usize>,
-    /// Draw this head's heatmap only (of each drawn layer).
+    /// Draw this head's labelled heatmap (of each drawn layer).
     #[arg(long)]
     pub head: Option<usize>,
     /// Output directory (created if missing).
@@ -67,13 +72,20 @@ fn analyse<B: FusedBackend>(
             config.n_heads - 1
         )));
     }
+    if dir.tokenizer().is_none() {
+        return Err(CliError::Usage(format!(
+            "--model {}: has no tokenizer (tokenizer.json) to turn --prompt into tokens",
+            model.display()
+        )));
+    }
     let ids = dir.encode(&args.prompt, "--prompt")?;
     if ids.is_empty() {
         return Err(CliError::Usage("--prompt: the prompt is empty".into()));
     }
-    if ids.len() > config.max_seq_len {
+    let limit = config.max_seq_len.min(MAX_PROMPT_TOKENS);
+    if ids.len() > limit {
         return Err(CliError::Usage(format!(
-            "--prompt: {} tokens, more than the model's context of {}",
+            "--prompt: {} tokens; attention maps are drawn for at most {limit} (the model's context is {}, the maps' limit {MAX_PROMPT_TOKENS})",
             ids.len(),
             config.max_seq_len
         )));

@@ -142,13 +142,14 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ChatArgs) -> Result<(), CliError> 
             role: "user".into(),
             content: input.to_string(),
         });
-        // The oldest turns go first when the conversation outgrows the context.
+        // The oldest turns go first when the conversation leaves no room for a full reply.
+        let max = local.codec.max_seq_len();
         let ids = loop {
             let ids = local
                 .codec
                 .encode_chat(&conversation.messages())
                 .map_err(CliError::Runtime)?;
-            if ids.len() < local.codec.max_seq_len() || conversation.turns.len() <= 1 {
+            if ids.len() + args.max_new_tokens <= max || conversation.turns.len() <= 1 {
                 break ids;
             }
             conversation
@@ -156,12 +157,14 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: ChatArgs) -> Result<(), CliError> 
                 .drain(..2.min(conversation.turns.len() - 1));
             eprintln!("[the conversation outgrew the context: the oldest turn was dropped]");
         };
-        if ids.len() >= local.codec.max_seq_len() {
+        if ids.len() >= max {
             conversation.turns.pop();
-            println!(
-                "[that message is longer than the model's context of {} tokens]",
-                local.codec.max_seq_len()
-            );
+            let what = if conversation.system.is_some() {
+                "the system message and this message are"
+            } else {
+                "this message is"
+            };
+            println!("[{what} longer than the model's context of {max} tokens]");
             continue;
         }
         let sampling = SamplingConfig {

@@ -215,8 +215,11 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: EvalArgs) -> Result<(), CliError> 
     }
     let examples = read_examples(&args.data)?;
     let references: Vec<Vec<String>> = examples.iter().map(|e| e.references.clone()).collect();
+    let text_metrics = metrics.iter().any(|m| *m != MetricName::Perplexity);
     let predictions = match &args.predictions {
         Some(path) => read_predictions(path, examples.len())?,
+        // Perplexity alone scores the references: nothing to generate.
+        None if !text_metrics => vec![String::new(); examples.len()],
         None => {
             let model = args.model.as_deref().unwrap_or(Path::new("."));
             generate(on, model, &args, &examples)?
@@ -228,27 +231,25 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: EvalArgs) -> Result<(), CliError> 
         rouge_stemmer: args.rouge_stemmer,
         ..EvalConfig::default()
     };
-    let text_metrics: Vec<MetricName> = metrics
-        .iter()
-        .copied()
-        .filter(|m| *m != MetricName::Perplexity)
-        .collect();
-    let mut report = if text_metrics.is_empty() {
-        score(
-            &predictions,
-            &references,
-            &EvalConfig {
-                metrics: vec![],
-                ..config
-            },
-        )
+    let scored = if text_metrics {
+        config
     } else {
-        score(&predictions, &references, &config)
-    }
-    .map_err(|e| usage(format!("--data {}: {e}", args.data.display())))?;
+        EvalConfig {
+            metrics: Vec::new(),
+            ..config
+        }
+    };
+    let mut report = score(&predictions, &references, &scored)
+        .map_err(|e| usage(format!("--data {}: {e}", args.data.display())))?;
     if wants_perplexity {
         let model = args.model.as_deref().unwrap_or(Path::new("."));
-        report.perplexity = Some(perplexity(on, model, args.adapter.as_deref(), &examples)?);
+        report.perplexity = Some(perplexity(
+            on,
+            model,
+            args.adapter.as_deref(),
+            &args.data,
+            &examples,
+        )?);
     }
     write_report(&args.out, &report)
 }
@@ -311,24 +312,41 @@ fn perplexity<B: FusedBackend>(
     on: &On<B>,
     model: &Path,
     adapter: Option<&Path>,
+    data: &Path,
     examples: &[Example],
 ) -> Result<PerplexityReport, CliError> {
     let dir = ModelDir::open(model)?;
+    let tokenizer = dir.tokenizer().cloned().ok_or_else(|| {
+        usage(format!(
+            "--model {}: perplexity needs the model's tokenizer (tokenizer.json)",
+            model.display()
+        ))
+    })?;
     let loaded = dir.load::<B>(&on.device)?;
     let adapted = crate::adapter::apply(&dir, loaded, adapter, &on.device)?
         .without_bottleneck("`ember eval --metrics perplexity`")?;
+    if adapted.prompt.is_some() {
+        return Err(usage(
+            "--adapter: perplexity takes projection adapters (LoRA, DoRA, IA3); prefix- and prompt-tuning adapters are not applied here".into(),
+        ));
+    }
     let (mut nll, mut tokens) = (0.0, 0usize);
     for (i, e) in examples.iter().enumerate() {
-        let prompt = dir.encode(&e.prompt, "--data")?;
-        // The first reference is the one scored; the others are alternatives for the
-        // text metrics.
-        let tokenizer = dir.tokenizer().ok_or_else(|| {
-            usage("--model: perplexity needs the model's tokenizer (tokenizer.json)".into())
-        })?;
-        // Without special markers: the reference continues the prompt.
+        let at = |what: &str, err: ember_data::DataError| {
+            usage(format!(
+                "--data {} example {}: {what}: {err}",
+                data.display(),
+                i + 1
+            ))
+        };
+        // The prompt with the tokenizer's markers (a Llama `<s>`), as generation encodes
+        // it; the reference without them, continuing the prompt.
+        let prompt = tokenizer
+            .encode_with_special(&e.prompt)
+            .map_err(|err| at("prompt", err))?;
         let reference = tokenizer
             .encode(&e.references[0])
-            .map_err(|err| usage(format!("--data example {}: reference: {err}", i + 1)))?;
+            .map_err(|err| at("reference", err))?;
         let (sum, n) = ember_eval::perplexity::continuation_nll(
             &adapted.model,
             &prompt,

@@ -99,7 +99,7 @@ impl LocalEngine {
                 let room = max_seq_len.saturating_sub(prompt.len());
                 if room == 0 {
                     return Err(CliError::Usage(format!(
-                        "example {}: the prompt is {} tokens, leaving no room in the model's context of {max_seq_len}",
+                        "--data example {}: the prompt is {} tokens, leaving no room in the model's context of {max_seq_len}",
                         base + i + 1,
                         prompt.len()
                     )));

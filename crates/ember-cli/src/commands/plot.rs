@@ -18,7 +18,7 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: PlotArgs) -> Result<(), CliError> {
-    let runs = ember_eval::plot::plot_runs(&args.runs, &args.out).map_err(plot_error)?;
+    let runs = ember_plot::plot_runs(&args.runs, &args.out).map_err(plot_error)?;
     for run in &runs {
         let last = run.train_loss.last().map_or(f64::NAN, |p| p.1);
         let val = run
@@ -35,17 +35,12 @@ pub fn run(args: PlotArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Bad input (a missing or malformed run, a bad --out name) is a usage error; failing to
-/// draw or write is a runtime one.
-pub fn plot_error(e: ember_eval::plot::PlotError) -> CliError {
-    use ember_eval::plot::PlotError;
-    match e {
-        PlotError::Input { .. } => CliError::Usage(e.to_string()),
-        PlotError::Output { ref message, .. }
-            if message.contains(".png") || message.contains("not a directory") =>
-        {
-            CliError::Usage(format!("--out: {e}"))
-        }
-        _ => CliError::Runtime(e.to_string()),
+/// Bad input (a missing or malformed run, an unusable --out) is a usage error; failing
+/// to read, draw or write is a runtime one.
+pub fn plot_error(e: ember_plot::PlotError) -> CliError {
+    if e.is_bad_input() {
+        CliError::Usage(e.to_string())
+    } else {
+        CliError::Runtime(e.to_string())
     }
 }

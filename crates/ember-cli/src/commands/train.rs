@@ -78,6 +78,7 @@ pub fn run_with<B: FusedBackend>(
         &args.overrides,
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    let config_steps = config.train.steps;
     let options = TrainOptions {
         out_dir: args.out.clone(),
         data: args.data.clone(),
@@ -118,10 +119,18 @@ pub fn run_with<B: FusedBackend>(
             .map_or("-".into(), |l| format!("{l:.4}")),
     );
     println!("checkpoint: {}", summary.checkpoint.display());
+    if summary.stopped {
+        println!(
+            "stopped at step {} of {} on request; continue with --resume {}",
+            summary.step,
+            config_steps,
+            args.out.display()
+        );
+    }
     // The run's curves beside its metrics; the trained model is already safe, so a
     // figure that cannot be drawn is a warning.
     let figure = args.out.join("curves.png");
-    match ember_eval::plot::plot_runs(std::slice::from_ref(&args.out), &figure) {
+    match ember_plot::plot_runs(std::slice::from_ref(&args.out), &figure) {
         Ok(_) => println!("curves: {}", figure.display()),
         Err(e) => eprintln!("warning: no curves figure: {e}"),
     }
@@ -152,15 +161,10 @@ impl Start<'_> {
         let mut extras = TrainExtras::<A>::default();
         if self.tui {
             use std::io::IsTerminal;
-            if !std::io::stdout().is_terminal() {
-                eprintln!("--tui: stdout is not a terminal; printing progress lines instead");
+            if std::io::stdout().is_terminal() {
+                extras.observer = Some(Box::new(crate::tui::TuiObserver::new()));
             } else {
-                match crate::tui::TuiObserver::start() {
-                    Ok(observer) => extras.observer = Some(Box::new(observer)),
-                    Err(e) => eprintln!(
-                        "--tui: cannot take over the terminal ({e}); printing progress lines instead"
-                    ),
-                }
+                eprintln!("--tui: stdout is not a terminal; printing progress lines instead");
             }
         }
         if let Some(path) = self.init_from {

@@ -1,7 +1,7 @@
 //! `ember train --tui`: a [`TrainObserver`] whose thread owns the terminal (alternate
-//! screen, raw mode), redraws the [`Dashboard`] at most every 100 ms, and turns `q` or
-//! Ctrl-C into a stop request. The terminal is restored when the run ends (or panics:
-//! ratatui's hook).
+//! screen, raw mode) from the run's start, redraws the [`Dashboard`] at most every
+//! 100 ms, and turns `q` or Ctrl-C into a stop request (a second one leaves at once,
+//! exit 130). The terminal is restored when the run ends, or panics (ratatui's hook).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,50 +16,76 @@ use super::render::render;
 use super::state::Dashboard;
 
 enum Update {
-    Started {
-        total: usize,
-        step: usize,
-        banner: String,
-    },
     Step {
         step: usize,
         loss: f64,
         tokens_per_s: f64,
     },
     Record(Box<StepMetrics>),
+    /// The run ended: draw the last state and give the terminal back.
     Finished,
+    /// The run is unwinding from a panic: give the terminal back without drawing.
+    Abandon,
 }
 
-/// The dashboard's handle in the training loop.
+/// The dashboard's handle in the training loop. The terminal is taken when the run
+/// starts (after its setup has printed what it prints), not when this is created.
 pub struct TuiObserver {
-    updates: Sender<Update>,
+    updates: Option<Sender<Update>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl TuiObserver {
-    /// Takes over the terminal; fails (leaving it as it was) when it is not one.
-    pub fn start() -> std::io::Result<Self> {
-        let terminal = ratatui::try_init()?;
+    pub fn new() -> Self {
+        Self {
+            updates: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// Takes over the terminal and starts drawing; on failure the run goes on with no
+    /// view (the reason on stderr).
+    fn start(&mut self, dashboard: Dashboard) {
+        let terminal = match ratatui::try_init() {
+            Ok(terminal) => terminal,
+            Err(e) => {
+                ratatui::restore();
+                eprintln!("--tui: cannot take over the terminal ({e}); no live view");
+                return;
+            }
+        };
         let (updates, receiver) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
+        let flag = self.stop.clone();
+        let spawned = std::thread::Builder::new()
             .name("ember-tui".into())
             .spawn(move || {
                 let mut terminal = terminal;
-                draw_loop(&mut terminal, &receiver, &flag);
+                draw_loop(&mut terminal, dashboard, &receiver, &flag);
                 ratatui::restore();
-            })?;
-        Ok(Self {
-            updates,
-            stop,
-            thread: Some(thread),
-        })
+            });
+        match spawned {
+            Ok(thread) => {
+                self.updates = Some(updates);
+                self.thread = Some(thread);
+            }
+            Err(e) => {
+                ratatui::restore();
+                eprintln!("--tui: cannot start the view's thread ({e}); no live view");
+            }
+        }
     }
 
-    fn close(&mut self) {
-        let _ = self.updates.send(Update::Finished);
+    fn send(&self, update: Update) {
+        if let Some(updates) = &self.updates {
+            let _ = updates.send(update);
+        }
+    }
+
+    fn close(&mut self, update: Update) {
+        self.send(update);
+        self.updates = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -68,23 +94,19 @@ impl TuiObserver {
 
 fn draw_loop(
     terminal: &mut ratatui::DefaultTerminal,
+    mut dashboard: Dashboard,
     updates: &Receiver<Update>,
     stop: &AtomicBool,
 ) {
-    let mut dashboard = Dashboard::default();
-    let mut drawn = Instant::now() - Duration::from_secs(1);
+    let throttle = Duration::from_millis(100);
+    let mut drawn: Option<Instant> = None;
+    let mut dirty = true;
     loop {
-        let mut dirty = false;
         match updates.recv_timeout(Duration::from_millis(50)) {
             Ok(update) => {
                 let mut next = Some(update);
                 while let Some(update) = next.take() {
                     match update {
-                        Update::Started {
-                            total,
-                            step,
-                            banner,
-                        } => dashboard.started(total, step, &banner, Instant::now()),
                         Update::Step {
                             step,
                             loss,
@@ -96,6 +118,7 @@ fn draw_loop(
                             let _ = terminal.draw(|frame| render(frame, &dashboard));
                             return;
                         }
+                        Update::Abandon => return,
                     }
                     dirty = true;
                     next = updates.try_recv().ok();
@@ -105,39 +128,46 @@ fn draw_loop(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         while event::poll(Duration::ZERO).unwrap_or(false) {
-            if let Ok(Event::Key(key)) = event::read()
-                && key.kind == KeyEventKind::Press
-            {
-                let ctrl_c =
-                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-                if key.code == KeyCode::Char('q') || ctrl_c {
-                    stop.store(true, Ordering::Release);
-                    dashboard.stopping = true;
-                    dirty = true;
+            match event::read() {
+                Ok(Event::Key(key)) if key.kind == KeyEventKind::Press => {
+                    let ctrl_c = key.code == KeyCode::Char('c')
+                        && key.modifiers.contains(KeyModifiers::CONTROL);
+                    if key.code == KeyCode::Char('q') || ctrl_c {
+                        if dashboard.stopping {
+                            // Asked twice: leave now. The last checkpoint on disk stays
+                            // loadable (checkpoints are written atomically).
+                            ratatui::restore();
+                            eprintln!(
+                                "ember train: interrupted; resume from the last checkpoint with --resume"
+                            );
+                            std::process::exit(130);
+                        }
+                        stop.store(true, Ordering::Release);
+                        dashboard.stopping = true;
+                        dirty = true;
+                    }
                 }
-            } else {
-                // A resize or other event: redraw.
-                dirty = true;
+                Ok(_) => dirty = true,
+                Err(_) => break,
             }
         }
-        if dirty && drawn.elapsed() >= Duration::from_millis(100) {
+        if dirty && drawn.is_none_or(|t| t.elapsed() >= throttle) {
             let _ = terminal.draw(|frame| render(frame, &dashboard));
-            drawn = Instant::now();
+            drawn = Some(Instant::now());
+            dirty = false;
         }
     }
 }
 
 impl TrainObserver for TuiObserver {
     fn started(&mut self, total: usize, step: usize, banner: &str) {
-        let _ = self.updates.send(Update::Started {
-            total,
-            step,
-            banner: banner.to_string(),
-        });
+        let mut dashboard = Dashboard::default();
+        dashboard.started(total, step, banner, Instant::now());
+        self.start(dashboard);
     }
 
     fn step(&mut self, step: usize, train_loss: f64, tokens_per_s: f64) {
-        let _ = self.updates.send(Update::Step {
+        self.send(Update::Step {
             step,
             loss: train_loss,
             tokens_per_s,
@@ -145,11 +175,11 @@ impl TrainObserver for TuiObserver {
     }
 
     fn record(&mut self, record: &StepMetrics) {
-        let _ = self.updates.send(Update::Record(Box::new(record.clone())));
+        self.send(Update::Record(Box::new(record.clone())));
     }
 
     fn finished(&mut self) {
-        self.close();
+        self.close(Update::Finished);
     }
 
     fn stop_requested(&self) -> bool {
@@ -159,6 +189,11 @@ impl TrainObserver for TuiObserver {
 
 impl Drop for TuiObserver {
     fn drop(&mut self) {
-        self.close();
+        let update = if std::thread::panicking() {
+            Update::Abandon
+        } else {
+            Update::Finished
+        };
+        self.close(update);
     }
 }

@@ -19,6 +19,8 @@ pub enum Pattern {
     FirstToken,
     /// Most weight on the query's own token.
     Diagonal,
+    /// Most weight on white-space and punctuation tokens (word or line boundaries).
+    Delimiter,
     /// Most weight within a few tokens before the query, none of them dominant.
     Local,
     /// Spread over the context (high entropy).
@@ -29,6 +31,8 @@ pub enum Pattern {
 
 /// Share of a head's attention (averaged over queries) at or above which a pattern names it.
 pub const DOMINANT: f64 = 0.5;
+/// Share of the weight within the local window above which a head is local.
+pub const LOCAL: f64 = 0.6;
 /// Normalised entropy (entropy / log of the keys visible) above which a head is broad.
 pub const BROAD_ENTROPY: f64 = 0.75;
 
@@ -47,16 +51,20 @@ pub struct HeadStats {
     pub diagonal: f64,
     /// Weight on the query and the [`LOCAL_WINDOW`] tokens before it.
     pub local: f64,
+    /// Weight on white-space and punctuation tokens other than the first.
+    pub delimiter: f64,
     pub pattern: Pattern,
 }
 
 /// The statistics of every head of `maps` (`layer`'s). Rows are query positions aligned
-/// at the end of the keys (keys `keys - queries + i` is query `i`'s own token).
-pub fn head_stats(layer: usize, maps: &LayerMaps) -> Vec<HeadStats> {
+/// at the end of the keys (key `keys - queries + i` is query `i`'s own token).
+/// `delimiters[j]` says whether key `j` is white space or punctuation (no delimiter share
+/// when `None`).
+pub fn head_stats(layer: usize, maps: &LayerMaps, delimiters: Option<&[bool]>) -> Vec<HeadStats> {
     let offset = maps.keys - maps.queries;
     (0..maps.heads)
         .map(|h| {
-            let mut sums = [0.0f64; 6];
+            let mut sums = [0.0f64; 7];
             let mut rows = 0usize;
             for i in 0..maps.queries {
                 let pos = i + offset;
@@ -78,6 +86,12 @@ pub fn head_stats(layer: usize, maps: &LayerMaps) -> Vec<HeadStats> {
                 sums[5] += row[pos.saturating_sub(LOCAL_WINDOW)..=pos]
                     .iter()
                     .sum::<f64>();
+                if let Some(d) = delimiters {
+                    sums[6] += (1..maps.keys)
+                        .filter(|&j| d.get(j) == Some(&true))
+                        .map(|j| row[j])
+                        .sum::<f64>();
+                }
             }
             let n = rows.max(1) as f64;
             let [
@@ -87,6 +101,7 @@ pub fn head_stats(layer: usize, maps: &LayerMaps) -> Vec<HeadStats> {
                 first_token,
                 diagonal,
                 local,
+                delimiter,
             ] = sums.map(|s| s / n);
             let mut stats = HeadStats {
                 layer,
@@ -97,6 +112,7 @@ pub fn head_stats(layer: usize, maps: &LayerMaps) -> Vec<HeadStats> {
                 first_token,
                 diagonal,
                 local,
+                delimiter,
                 pattern: Pattern::Mixed,
             };
             stats.pattern = label(&stats);
@@ -105,9 +121,9 @@ pub fn head_stats(layer: usize, maps: &LayerMaps) -> Vec<HeadStats> {
         .collect()
 }
 
-/// The pattern a head's statistics show: the first of previous-token, first-token and
-/// diagonal that holds [`DOMINANT`] of the weight, else local (that much in the window),
-/// else broad (normalised entropy above [`BROAD_ENTROPY`]), else mixed.
+/// The pattern a head's statistics show: the first of previous-token, first-token,
+/// diagonal and delimiter that holds [`DOMINANT`] of the weight, else local ([`LOCAL`] of
+/// it in the window), else broad (normalised entropy above [`BROAD_ENTROPY`]), else mixed.
 pub fn label(stats: &HeadStats) -> Pattern {
     if stats.previous_token >= DOMINANT {
         Pattern::PreviousToken
@@ -115,7 +131,9 @@ pub fn label(stats: &HeadStats) -> Pattern {
         Pattern::FirstToken
     } else if stats.diagonal >= DOMINANT {
         Pattern::Diagonal
-    } else if stats.local >= DOMINANT + 0.25 {
+    } else if stats.delimiter >= DOMINANT {
+        Pattern::Delimiter
+    } else if stats.local >= LOCAL {
         Pattern::Local
     } else if stats.normalized_entropy >= BROAD_ENTROPY {
         Pattern::Broad
@@ -194,12 +212,24 @@ mod tests {
     fn labels_previous_token_sink_and_uniform_heads() {
         let n = 6;
         let prev = layer(n, |i| one_hot(n, i.saturating_sub(1)));
-        let s = head_stats(0, &prev)[0];
+        let s = head_stats(0, &prev, None)[0];
         assert_eq!(s.pattern, Pattern::PreviousToken);
         assert!((s.previous_token - 1.0).abs() < 1e-9 && s.entropy.abs() < 1e-9);
 
         let sink = layer(n, |_| one_hot(n, 0));
-        assert_eq!(head_stats(0, &sink)[0].pattern, Pattern::FirstToken);
+        assert_eq!(head_stats(0, &sink, None)[0].pattern, Pattern::FirstToken);
+
+        // Every query looks at the last delimiter (positions 1 and 3) at or before it.
+        let delimiters = [false, true, false, true, false, false];
+        let last_delimiter = layer(n, |i| match i {
+            0 => one_hot(n, 0),
+            1..=2 => one_hot(n, 1),
+            _ => one_hot(n, 3),
+        });
+        let s = head_stats(0, &last_delimiter, Some(&delimiters))[0];
+        assert!((s.delimiter - 1.0).abs() < 1e-9, "{}", s.delimiter);
+        assert!(s.previous_token < 0.5 && s.diagonal < 0.5);
+        assert_eq!(s.pattern, Pattern::Delimiter);
 
         // Long enough that a uniform row is not mostly its last three keys.
         let n = 20;
@@ -208,7 +238,7 @@ mod tests {
                 .map(|j| if j <= i { 1.0 / (i + 1) as f32 } else { 0.0 })
                 .collect()
         });
-        let s = head_stats(0, &uniform)[0];
+        let s = head_stats(0, &uniform, None)[0];
         assert_eq!(s.pattern, Pattern::Broad);
         assert!((s.normalized_entropy - 1.0).abs() < 1e-6);
         // Rows 1..20 see 2..20 keys: mean entropy is the mean of ln(k).

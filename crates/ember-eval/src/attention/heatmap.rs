@@ -1,6 +1,7 @@
 //! Attention heatmaps as PNGs: one head with token labels on both axes, every head of a
 //! layer in a grid, every layer × head in one overview, and any `[n][n]` matrix (attention
-//! rollout). Colours are viridis from 0 to the matrix's largest value.
+//! rollout). Colours are viridis from 0 to the matrix's largest value outside its first
+//! row ([`color_max`]).
 
 use std::path::Path;
 
@@ -10,8 +11,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::analysis::{HeadStats, Pattern};
 use super::maps::LayerMaps;
-use crate::plot::font::{self, FAMILY};
-use crate::plot::{PlotError, write_png};
+use ember_plot::font::{self, FAMILY};
+use ember_plot::{PlotError, write_png};
 
 /// A row-major `rows × cols` matrix to draw.
 #[derive(Debug, Clone, Copy)]
@@ -46,10 +47,20 @@ pub fn pattern_tag(p: Pattern) -> &'static str {
         Pattern::PreviousToken => "prev",
         Pattern::FirstToken => "sink",
         Pattern::Diagonal => "self",
+        Pattern::Delimiter => "delim",
         Pattern::Local => "local",
         Pattern::Broad => "broad",
         Pattern::Mixed => "mixed",
     }
+}
+
+/// The top of a matrix's colour scale: its largest value outside the first row when it
+/// has more than one (a causal map's first row is always a single 1, which would wash
+/// out every other row).
+pub fn color_max(m: &Matrix<'_>) -> f32 {
+    let skip = if m.rows > 1 { m.cols } else { 0 };
+    let max = m.values.iter().skip(skip).cloned().fold(0.0f32, f32::max);
+    if max > 0.0 { max } else { 1.0 }
 }
 
 fn viridis(value: f32, max: f32) -> RGBColor {
@@ -61,7 +72,21 @@ fn viridis(value: f32, max: f32) -> RGBColor {
     ViridisRGB::get_color(t)
 }
 
-/// Fills `area` (pixel coordinates `x0, y0` and cells of `cell` pixels) with `m`.
+/// `m` max-pooled to at most `rows × cols` cells (unchanged when it is no larger).
+pub fn pooled(m: Matrix<'_>, rows: usize, cols: usize) -> (usize, usize, Vec<f32>) {
+    let (r, c) = (m.rows.min(rows.max(1)), m.cols.min(cols.max(1)));
+    let mut out = vec![0.0f32; r * c];
+    for i in 0..m.rows {
+        for j in 0..m.cols {
+            let slot = &mut out[(i * r / m.rows) * c + j * c / m.cols];
+            *slot = slot.max(m.values[i * m.cols + j]);
+        }
+    }
+    (r, c, out)
+}
+
+/// Fills `area` with `m` from pixel `(x0, y0)`, cells of `cell` pixels (matrices with
+/// more cells than pixels are max-pooled to one cell per pixel first).
 fn draw_cells<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     m: Matrix<'_>,
@@ -71,9 +96,12 @@ fn draw_cells<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let max = m.values.iter().cloned().fold(0.0f32, f32::max);
-    for i in 0..m.rows {
-        for j in 0..m.cols {
+    let max = color_max(&m);
+    let (width, height) = (m.cols as f64 * cell.0, m.rows as f64 * cell.1);
+    let (rows, cols, values) = pooled(m, height.max(1.0) as usize, width.max(1.0) as usize);
+    let cell = (width / cols as f64, height / rows as f64);
+    for i in 0..rows {
+        for j in 0..cols {
             let (left, top) = (
                 x0 + (j as f64 * cell.0) as i32,
                 y0 + (i as f64 * cell.1) as i32,
@@ -82,7 +110,7 @@ where
                 x0 + ((j + 1) as f64 * cell.0) as i32,
                 y0 + ((i + 1) as f64 * cell.1) as i32,
             );
-            let color = viridis(m.values[i * m.cols + j], max);
+            let color = viridis(values[i * cols + j], max);
             area.draw(&Rectangle::new(
                 [(left, top), (right, bottom)],
                 color.filled(),
@@ -115,7 +143,7 @@ pub fn write_labelled(
     let (x0, y0) = (label_px, 48);
     let width = x0 + (cell * m.cols as f64) as i32 + 110;
     let height = y0 + (cell * m.rows as f64) as i32 + label_px;
-    let max = m.values.iter().cloned().fold(0.0f32, f32::max);
+    let max = color_max(&m);
     write_png(path, (width as u32, height as u32), |area| {
         let text = |size: i32| TextStyle::from((FAMILY, size).into_font()).color(&BLACK);
         area.draw(&Text::new(title.to_string(), (8, 14), text(18)))
@@ -221,6 +249,15 @@ pub fn write_head(
     tokens: &[String],
     stats: &HeadStats,
 ) -> Result<(), PlotError> {
+    if tokens.len() != maps.keys || maps.queries > maps.keys || head >= maps.heads {
+        return Err(PlotError::Draw(format!(
+            "layer {layer} head {head}: {} token labels for {} keys, {} queries and {} heads",
+            tokens.len(),
+            maps.keys,
+            maps.queries,
+            maps.heads
+        )));
+    }
     let labels: Vec<String> = tokens.iter().map(|t| token_label(t)).collect();
     let rows = &labels[labels.len() - maps.queries..];
     write_labelled(
@@ -238,4 +275,40 @@ pub fn write_head(
         rows,
         &labels,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_scale_skips_the_first_row_and_pooling_keeps_maxima() {
+        let values = [1.0, 0.0, 0.0, 0.25, 0.75, 0.0, 0.5, 0.1, 0.4];
+        let m = Matrix {
+            rows: 3,
+            cols: 3,
+            values: &values,
+        };
+        assert_eq!(color_max(&m), 0.75);
+        assert_eq!(
+            color_max(&Matrix {
+                rows: 1,
+                cols: 3,
+                values: &values[..3]
+            }),
+            1.0
+        );
+        assert_eq!(
+            color_max(&Matrix {
+                rows: 2,
+                cols: 1,
+                values: &[1.0, 0.0]
+            }),
+            1.0
+        );
+        let (r, c, p) = pooled(m, 2, 2);
+        // Rows {0, 1} and {2}; columns {0, 1} and {2}.
+        assert_eq!((r, c, p), (2, 2, vec![1.0, 0.0, 0.5, 0.4]));
+        assert_eq!(pooled(m, 5, 5).2, values.to_vec());
+    }
 }

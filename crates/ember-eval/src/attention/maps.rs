@@ -60,7 +60,7 @@ impl<B: Backend> ForwardHooks<B> for AttentionMaps {
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
-            .unwrap_or_default();
+            .expect("f32 data converts to f32 values");
         self.maps.insert(
             layer,
             LayerMaps {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::analysis::{HeadStats, Pattern, head_stats, rollout};
 use super::heatmap::{Matrix, pattern_tag, token_label, write_grid, write_head, write_labelled};
 use super::maps::LayerMaps;
-use crate::plot::PlotError;
+use ember_plot::PlotError;
 
 /// What one prompt's attention shows.
 #[derive(Debug, Clone, Serialize)]
@@ -36,11 +36,16 @@ impl AttentionSummary {
     /// The summary of `maps` (by layer) over `tokens`; `all_layers` says whether `maps`
     /// holds every layer of the model (rollout needs them all).
     pub fn new(maps: &BTreeMap<usize, LayerMaps>, tokens: &[String], all_layers: bool) -> Self {
+        let delimiters: Vec<bool> = tokens.iter().map(|t| is_delimiter(t)).collect();
         let layers: Vec<LayerSummary> = maps
             .iter()
             .map(|(&layer, m)| LayerSummary {
                 layer,
-                heads: head_stats(layer, m),
+                heads: head_stats(
+                    layer,
+                    m,
+                    (delimiters.len() == m.keys).then_some(&delimiters[..]),
+                ),
             })
             .collect();
         let mut pattern_counts = BTreeMap::new();
@@ -69,6 +74,14 @@ impl AttentionSummary {
     }
 }
 
+/// Whether a token is white space or punctuation only (a word or line boundary).
+pub fn is_delimiter(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| c.is_whitespace() || c.is_ascii_punctuation())
+}
+
 fn pattern_name(p: Pattern) -> String {
     serde_json::to_value(p)
         .ok()
@@ -77,7 +90,8 @@ fn pattern_name(p: Pattern) -> String {
 }
 
 /// Which per-layer figures and single-head heatmaps to draw (the overview, rollout and
-/// summary always cover every layer).
+/// summary always cover every layer). Single-head heatmaps (token labels on both axes)
+/// are drawn only when a layer or a head is chosen.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeadSelection {
     /// One layer; every layer when `None`.
@@ -151,9 +165,10 @@ pub fn write_report(
             &[],
         )?;
         written.push(name);
-        let heads: Vec<usize> = match selection.head {
-            Some(h) => vec![h],
-            None => (0..m.heads).collect(),
+        let heads: Vec<usize> = match (selection.layer, selection.head) {
+            (_, Some(h)) => vec![h],
+            (Some(_), None) => (0..m.heads).collect(),
+            (None, None) => Vec::new(),
         };
         for h in heads {
             let Some(stats) = summary.head(layer, h) else {
@@ -260,7 +275,7 @@ impl Comparison {
 
 /// Writes `bytes` to `path` through a temporary file renamed over it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
-    let output = |e: std::io::Error| PlotError::Output {
+    let output = |e: std::io::Error| PlotError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
     };

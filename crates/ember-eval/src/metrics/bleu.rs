@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::bleu_tokenizer::BleuTokenizer;
+use super::error::{MetricError, check_corpus};
 use super::ngrams::{NgramCounts, clipped_matches, python_rstrip, python_split, word_ngrams};
-use super::{MetricError, check_corpus};
 
 /// The sacrebleu release whose definitions these scores reproduce (it names them in the
 /// signature).

@@ -35,9 +35,10 @@ impl Default for Bootstrap {
 }
 
 impl Bootstrap {
-    /// The interval of the mean of `values` (`None` for no values).
+    /// The interval of the mean of `values` (`None` for no values, no resamples, or a
+    /// confidence outside 0–1).
     pub fn interval(&self, values: &[f64]) -> Option<Interval> {
-        if values.is_empty() || self.samples == 0 {
+        if values.is_empty() || self.samples == 0 || !(0.0..=1.0).contains(&self.confidence) {
             return None;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);

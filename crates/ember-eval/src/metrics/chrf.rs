@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::bleu::SACREBLEU_VERSION;
+use super::error::{MetricError, check_corpus};
 use super::ngrams::{
     NgramCounts, char_ngrams, clipped_matches, is_python_space, python_split, word_ngrams,
 };
-use super::{MetricError, check_corpus};
 
 /// The punctuation chrF++ splits off the ends of words.
 const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";

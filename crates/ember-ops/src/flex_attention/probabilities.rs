@@ -17,6 +17,9 @@ use crate::fused::FusedBackend;
 /// - `scale`: `None` is `1 / sqrt(head_dim)`
 /// - returns `[batch, n_heads, seq_q, seq_kv]`: each row sums to 1 over the keys the mask
 ///   keeps, 0 on the others; a row with every key masked is all zeros.
+///
+/// # Panics
+/// On shapes, masks or modifiers [`super::flex_attention`] refuses.
 pub fn attention_probabilities<B: FusedBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -35,6 +38,12 @@ pub fn attention_probabilities<B: FusedBackend>(
         q.dims(),
         k.dims()
     );
+    if let Err(e) = mask.check(batch, seq_kv) {
+        panic!("attention_probabilities: mask: {e}");
+    }
+    if let Err(e) = score_mod.check(n_heads) {
+        panic!("attention_probabilities: score modifier: {e}");
+    }
     let group = n_heads / n_kv_heads;
     let k = if group > 1 {
         let heads: Vec<i64> = (0..n_heads).map(|h| (h / group) as i64).collect();

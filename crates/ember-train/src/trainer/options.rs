@@ -92,4 +92,7 @@ pub struct TrainSummary {
     /// MoE models: share of routed assignments per expert over this invocation, all
     /// layers together.
     pub expert_load: Option<Vec<f64>>,
+    /// The run ended before `train.steps` because its observer asked (the checkpoint is
+    /// at `step`, resumable).
+    pub stopped: bool,
 }

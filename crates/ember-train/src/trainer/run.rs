@@ -43,16 +43,18 @@ where
     B::InnerBackend: FusedBackend,
 {
     let mut run = Run::open(config, options, extras, device)?;
+    let mut stopped = false;
     while !run.done() {
         if run.report.stop_requested() {
             // Asked to stop: a checkpoint at this step, resumable with `--resume`.
             run.save()?;
+            stopped = true;
             break;
         }
         let out = run.step()?;
         run.after_step(out)?;
     }
-    run.finish()
+    run.finish(stopped)
 }
 
 impl<B> Run<'_, B>
@@ -165,12 +167,13 @@ where
     }
 
     /// Ends the run: a checkpoint even when no step ran, and the summary.
-    pub(super) fn finish(mut self) -> Result<TrainSummary, TrainError> {
-        self.report.finish();
+    pub(super) fn finish(mut self, stopped: bool) -> Result<TrainSummary, TrainError> {
         if !self.checkpoint_dir.exists() {
             // Resumed at or past the final step: still leave a checkpoint behind.
             self.save()?;
         }
+        // The observer hears of the end once the checkpoint is on disk.
+        self.report.finish();
         Ok(TrainSummary {
             checkpoint: self.checkpoint_dir.clone(),
             step: self.state.step,
@@ -184,6 +187,7 @@ where
                 .moe
                 .is_some()
                 .then(|| shares(&self.tally.total)),
+            stopped,
         })
     }
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::PlotError;
-use super::curves::{self, Chart, Series};
+use crate::curves::{self, Chart, Series};
+use crate::png::PlotError;
 
 /// One run's curves against step.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -30,17 +30,20 @@ impl RunCurves {
         } else {
             run.to_path_buf()
         };
-        let input = |message: String| PlotError::Input {
+        let input = |message: String| PlotError::BadInput {
             path: file.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            input(match e.kind() {
-                std::io::ErrorKind::NotFound if run.is_dir() => {
-                    "no metrics.jsonl here: not an `ember train` run directory".into()
-                }
-                _ => e.to_string(),
-            })
+        let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if run.is_dir() => {
+                input("no metrics.jsonl here: not an `ember train` run directory".into())
+            }
+            std::io::ErrorKind::NotFound => input("no such file".into()),
+            std::io::ErrorKind::InvalidData => input("not UTF-8 text".into()),
+            _ => PlotError::Read {
+                path: file.clone(),
+                message: e.to_string(),
+            },
         })?;
         let name = if run.is_dir() {
             run
@@ -155,10 +158,84 @@ pub fn write_figure(runs: &[RunCurves], out: &Path) -> Result<(), PlotError> {
             series: &speed,
         },
     ];
-    super::write_png(out, (1400, 900), |area| {
+    crate::png::write_png(out, (1400, 900), |area| {
         for (cell, chart) in area.split_evenly((2, 2)).iter().zip(&charts) {
             curves::draw(cell, chart)?;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+        let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    #[test]
+    fn reads_records_skips_a_torn_last_line_and_draws_each_run_in_its_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for (name, scale) in [("a", 1.0), ("b", 2.0)] {
+            let run = dir.path().join(name);
+            std::fs::create_dir(&run).unwrap();
+            let mut text = String::new();
+            for step in 1..=20 {
+                let val = if step % 5 == 0 {
+                    format!(", \"val_loss\": {}", scale * 2.0)
+                } else {
+                    String::new()
+                };
+                text += &format!(
+                    "{{\"step\": {step}, \"train_loss\": {}, \"lr\": 0.001, \"grad_norm\": null, \"tokens_per_s\": 100.0{val}}}\n",
+                    scale * 3.0 / step as f64
+                );
+            }
+            text += "{\"step\": 21, \"train_lo";
+            std::fs::write(run.join("metrics.jsonl"), text).unwrap();
+            runs.push(run);
+        }
+        let out = dir.path().join("fig.png");
+        let curves = plot_runs(&runs, &out).unwrap();
+        assert_eq!(curves[0].name, "a");
+        assert_eq!(curves[0].train_loss.len(), 20);
+        assert_eq!(curves[1].train_loss[1], (2.0, 3.0));
+        assert_eq!(
+            curves[1].val_loss,
+            vec![(5.0, 4.0), (10.0, 4.0), (15.0, 4.0), (20.0, 4.0)]
+        );
+        // `null` gradient norms (skipped steps) are left out.
+        assert!(curves[0].grad_norm.is_empty());
+        let (w, h, pixels) = decode(&out);
+        assert_eq!((w, h), (1400, 900));
+        for run in 0..2 {
+            let c = crate::curves::color(run);
+            let count = pixels.chunks(3).filter(|p| p == &[c.0, c.1, c.2]).count();
+            assert!(count > 200, "run {run}'s colour covers {count} pixels");
+        }
+        // A bad line in the middle is an error naming the file and line.
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(
+            &bad,
+            "{\"step\": 1, \"train_loss\": 1}\n{oops}\n{\"step\": 2, \"train_loss\": 1}\n",
+        )
+        .unwrap();
+        let err = RunCurves::read(&bad).unwrap_err();
+        assert!(
+            err.is_bad_input() && err.to_string().contains("line 2"),
+            "{err}"
+        );
+        let err = plot_runs(&runs, &dir.path().join("fig.jpg")).unwrap_err();
+        assert!(
+            err.is_bad_input() && err.to_string().contains(".png"),
+            "{err}"
+        );
+    }
 }

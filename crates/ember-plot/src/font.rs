@@ -5,7 +5,7 @@ use std::sync::Once;
 
 use plotters::style::FontStyle;
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 
 /// The family name figures ask for.
 pub const FAMILY: &str = "sans-serif";

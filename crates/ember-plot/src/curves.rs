@@ -6,8 +6,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::PlotError;
-use super::font::{self, FAMILY};
+use crate::font::{self, FAMILY};
+use crate::png::PlotError;
 
 /// A named curve.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,5 +138,5 @@ where
 
 /// Writes `chart` alone as a `width × height` PNG at `path` (atomically).
 pub fn write_chart(path: &Path, chart: &Chart<'_>, size: (u32, u32)) -> Result<(), PlotError> {
-    super::write_png(path, size, |area| draw(&area, chart))
+    crate::png::write_png(path, size, |area| draw(&area, chart))
 }
