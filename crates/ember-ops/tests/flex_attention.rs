@@ -698,6 +698,9 @@ fn scalar_probabilities(
     out
 }
 
+/// A score modifier and what the scalar reference applies for it: ALiBi slopes, a cap.
+type ScalarCase<'a> = (&'static str, ScoreMod<B>, Option<&'a [f32]>, Option<f64>);
+
 #[test]
 fn attention_probabilities_match_a_scalar_softmax() {
     for (h, kv, sq, skv) in SHAPES {
@@ -708,7 +711,7 @@ fn attention_probabilities_match_a_scalar_softmax() {
             k.to_data().to_vec::<f32>().unwrap(),
         );
         let slopes = alibi_slopes(h);
-        let mods: [(&str, ScoreMod<B>, Option<&[f32]>, Option<f64>); 3] = [
+        let mods: [ScalarCase<'_>; 3] = [
             ("none", ScoreMod::none(), None, None),
             (
                 "alibi",

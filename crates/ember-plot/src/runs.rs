@@ -103,9 +103,12 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path) -> Result<Vec<RunCurves>, PlotErr
     Ok(curves)
 }
 
+/// One curve of a run for a panel: a suffix for its name, its points, whether dashed.
+type Pick<'r> = (&'static str, &'r Vec<(f64, f64)>, bool);
+
 /// The four-panel figure of `runs`.
 pub fn write_figure(runs: &[RunCurves], out: &Path) -> Result<(), PlotError> {
-    let panel = |pick: &dyn Fn(&RunCurves) -> Vec<(&'static str, &Vec<(f64, f64)>, bool)>| {
+    let panel = |pick: &dyn Fn(&RunCurves) -> Vec<Pick<'_>>| {
         runs.iter()
             .enumerate()
             .flat_map(|(i, run)| {

@@ -86,12 +86,12 @@ fn usage(m: String) -> CliError {
     CliError::Usage(m)
 }
 
+/// A line of a `.jsonl` file: its number (from 1) and its object.
+type JsonLine = (usize, serde_json::Map<String, Value>);
+
 /// Reads `path`'s lines as JSON objects (blank lines skipped), naming file and line in
 /// every error.
-fn read_jsonl(
-    flag: &str,
-    path: &Path,
-) -> Result<Vec<(usize, serde_json::Map<String, Value>)>, CliError> {
+fn read_jsonl(flag: &str, path: &Path) -> Result<Vec<JsonLine>, CliError> {
     let text = ember_data::files::read_user_text(path).map_err(|e| CliError::from_data(flag, e))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {

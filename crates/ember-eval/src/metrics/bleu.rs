@@ -157,10 +157,10 @@ impl Bleu {
             correct: vec![0; order],
             total: vec![0; order],
         };
-        for n in 0..order {
+        for (n, reference) in reference_counts.iter().enumerate() {
             let grams = word_ngrams(&tokens, n + 1);
             stats.total[n] = grams.values().sum();
-            stats.correct[n] = clipped_matches(&grams, &reference_counts[n]);
+            stats.correct[n] = clipped_matches(&grams, reference);
         }
         stats
     }
