@@ -329,3 +329,71 @@ fn rouge_matches_rouge_score_with_and_without_the_stemmer() {
         }
     }
 }
+
+#[test]
+fn settings_beyond_the_defaults_match_sacrebleu() {
+    use ember_eval::metrics::Smoothing;
+    for (file, is_bleu) in [("bleu.json", true), ("chrf.json", false)] {
+        let f = fixture(file);
+        let variants = f["variants"].as_array().unwrap();
+        assert!(variants.len() >= 14);
+        for case in variants {
+            let refs = case["refs"].as_str().unwrap();
+            let c = streams(refs);
+            let s = &case["settings"];
+            let what = format!("{file} {refs} {s}");
+            if is_bleu {
+                let smoothing = match s["smooth_method"].as_str() {
+                    None | Some("exp") => Smoothing::Exp,
+                    Some("none") => Smoothing::None,
+                    Some("floor") => Smoothing::Floor(s["smooth_value"].as_f64().unwrap_or(0.1)),
+                    Some("add-k") => Smoothing::AddK(s["smooth_value"].as_f64().unwrap_or(1.0)),
+                    Some(other) => panic!("{other}"),
+                };
+                let mut bleu = Bleu::new(BleuConfig {
+                    tokenizer: s["tokenize"].as_str().unwrap().parse().unwrap(),
+                    lowercase: s["lowercase"].as_bool().unwrap_or(false),
+                    smoothing,
+                    max_ngram_order: s["max_ngram_order"].as_u64().unwrap_or(4) as usize,
+                    effective_order: s["effective_order"].as_bool().unwrap_or(false),
+                });
+                let got = bleu.corpus_score(&c.hypotheses, &c.references).unwrap();
+                check_bleu(&got, case, &what);
+                assert_eq!(
+                    bleu.signature(),
+                    case["signature"].as_str().unwrap(),
+                    "{what}"
+                );
+            } else {
+                let config = ChrfConfig {
+                    char_order: s["char_order"].as_u64().unwrap_or(6) as usize,
+                    word_order: s["word_order"].as_u64().unwrap_or(0) as usize,
+                    beta: s["beta"].as_u64().unwrap_or(2) as u32,
+                    lowercase: s["lowercase"].as_bool().unwrap_or(false),
+                    whitespace: s["whitespace"].as_bool().unwrap_or(false),
+                    eps_smoothing: s["eps_smoothing"].as_bool().unwrap_or(false),
+                };
+                let got = corpus_chrf(&config, &c.hypotheses, &c.references).unwrap();
+                let want = case["score"].as_f64().unwrap();
+                assert!(
+                    close(got.score, want, 1e-12),
+                    "{what}: {} vs {want}",
+                    got.score
+                );
+                let nrefs = case["signature"]
+                    .as_str()
+                    .unwrap()
+                    .split('|')
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("nrefs:")
+                    .to_string();
+                assert_eq!(
+                    config.signature(&nrefs),
+                    case["signature"].as_str().unwrap(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}

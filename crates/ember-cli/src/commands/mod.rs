@@ -4,6 +4,7 @@ pub mod attention;
 pub mod chat;
 pub mod distill;
 pub mod eval;
+mod eval_data;
 pub mod export;
 pub mod finetune;
 pub mod generate;
