@@ -116,14 +116,22 @@ fn open_pty() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
 
+/// What the test does once the dashboard shows.
+#[derive(Clone, Copy)]
+enum Poke {
+    Nothing,
+    Type(&'static [u8]),
+    Signal(libc::c_int),
+}
+
 /// `ember train --tui` in a pseudo-terminal (its own session, the pty its controlling
-/// terminal); `keys` are typed once the dashboard shows. Returns the exit status and
+/// terminal); `poke` happens once the dashboard shows. Returns the exit status and
 /// everything the terminal received.
 fn train_in_pty(
     dir: &Path,
     out: &Path,
     steps: usize,
-    keys: Option<&[u8]>,
+    poke: Poke,
 ) -> (std::process::ExitStatus, String) {
     let data = tiny_corpus(dir);
     let (master, slave) = open_pty();
@@ -167,14 +175,21 @@ fn train_in_pty(
         }
     });
     let mut writer = std::fs::File::from(master);
-    let (mut screen, mut typed) = (Vec::new(), keys.is_none());
+    let (mut screen, mut typed) = (Vec::new(), matches!(poke, Poke::Nothing));
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
             screen.extend(chunk);
         }
         if !typed && String::from_utf8_lossy(&screen).contains("q or Ctrl-C") {
-            writer.write_all(keys.unwrap()).unwrap();
+            match poke {
+                Poke::Type(keys) => writer.write_all(keys).unwrap(),
+                Poke::Signal(signal) => {
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                }
+                Poke::Nothing => {}
+            }
             typed = true;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -198,7 +213,7 @@ fn train_in_pty(
 fn train_tui_draws_the_dashboard_in_a_terminal_and_stops_on_q() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let (status, screen) = train_in_pty(dir.path(), &out, 8, None);
+    let (status, screen) = train_in_pty(dir.path(), &out, 8, Poke::Nothing);
     assert!(status.success(), "{screen}");
     for want in ["q or Ctrl-C", "loss", "tok/s", "memory", "step 8/8"] {
         assert!(
@@ -215,7 +230,7 @@ fn train_tui_draws_the_dashboard_in_a_terminal_and_stops_on_q() {
 
     // `q` stops a long run at a checkpoint that `--resume` continues.
     let long = dir.path().join("long");
-    let (status, screen) = train_in_pty(dir.path(), &long, 100_000, Some(b"q"));
+    let (status, screen) = train_in_pty(dir.path(), &long, 100_000, Poke::Type(b"q"));
     assert!(status.success(), "{screen}");
     let done = screen
         .lines()
@@ -244,6 +259,13 @@ fn train_tui_draws_the_dashboard_in_a_terminal_and_stops_on_q() {
         "{}",
         String::from_utf8_lossy(&info.stdout)
     );
+
+    // SIGTERM stops it the same way: a checkpoint, the terminal given back.
+    let killed = dir.path().join("killed");
+    let (status, screen) = train_in_pty(dir.path(), &killed, 100_000, Poke::Signal(libc::SIGTERM));
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("\u{1b}[?1049l") && screen.contains("continue with --resume"));
+    assert!(killed.join("checkpoint").exists());
 
     // Not a terminal: plain lines.
     let plain = dir.path().join("plain");

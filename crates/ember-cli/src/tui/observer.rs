@@ -1,7 +1,9 @@
 //! `ember train --tui`: a [`TrainObserver`] whose thread owns the terminal (alternate
 //! screen, raw mode) from the run's start, redraws the [`Dashboard`] at most every
 //! 100 ms, and turns `q` or Ctrl-C into a stop request (a second one leaves at once,
-//! exit 130). The terminal is restored when the run ends, or panics (ratatui's hook).
+//! exit 130). SIGTERM and SIGHUP are stop requests too, so a killed run still writes its
+//! checkpoint and gives the terminal back. The terminal is restored when the run ends, or
+//! panics (ratatui's hook).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +16,28 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 
 use super::render::render;
 use super::state::Dashboard;
+
+/// Set by SIGTERM or SIGHUP while the dashboard holds the terminal.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::Release);
+}
+
+/// Routes SIGTERM and SIGHUP to [`SIGNALLED`] (`install`), or back to their defaults.
+fn route_signals(install: bool) {
+    let handler = if install {
+        on_signal as *const () as libc::sighandler_t
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: the handler only performs an atomic store.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGHUP, handler);
+    }
+}
 
 enum Update {
     Step {
@@ -56,6 +80,7 @@ impl TuiObserver {
                 return;
             }
         };
+        route_signals(true);
         let (updates, receiver) = mpsc::channel();
         let flag = self.stop.clone();
         let spawned = std::thread::Builder::new()
@@ -64,6 +89,7 @@ impl TuiObserver {
                 let mut terminal = terminal;
                 draw_loop(&mut terminal, dashboard, &receiver, &flag);
                 ratatui::restore();
+                route_signals(false);
             });
         match spawned {
             Ok(thread) => {
@@ -72,6 +98,7 @@ impl TuiObserver {
             }
             Err(e) => {
                 ratatui::restore();
+                route_signals(false);
                 eprintln!("--tui: cannot start the view's thread ({e}); no live view");
             }
         }
@@ -126,6 +153,11 @@ fn draw_loop(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if SIGNALLED.load(Ordering::Acquire) && !dashboard.stopping {
+            stop.store(true, Ordering::Release);
+            dashboard.stopping = true;
+            dirty = true;
         }
         while event::poll(Duration::ZERO).unwrap_or(false) {
             match event::read() {
@@ -183,7 +215,7 @@ impl TrainObserver for TuiObserver {
     }
 
     fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.load(Ordering::Acquire) || SIGNALLED.load(Ordering::Acquire)
     }
 }
 
