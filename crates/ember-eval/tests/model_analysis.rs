@@ -69,6 +69,25 @@ fn maps_are_causal_distributions_for_every_attention_kind() {
             assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-6);
         }
         assert_eq!(rollout(&maps.values().collect::<Vec<_>>()).unwrap(), *r);
+        // Flow into the last position: at most the 1 its row carries in, zero from tokens
+        // a sliding window keeps out of reach, positive from the position itself.
+        let flow = summary
+            .flow_to_last
+            .as_ref()
+            .expect("flow over every layer");
+        assert_eq!(flow.len(), 10);
+        assert!(
+            flow.iter().all(|&f| (0.0..=1.0 + 1e-9).contains(&f)),
+            "{name}: {flow:?}"
+        );
+        assert!(flow[9] > 0.0);
+        if window == Some(3) {
+            // Two layers of a 3-token window reach 4 positions back, no further.
+            assert!(flow[..5].iter().all(|&f| f == 0.0), "{name}: {flow:?}");
+            assert!(flow[5..].iter().all(|&f| f > 0.0), "{name}: {flow:?}");
+        } else {
+            assert!(flow.iter().all(|&f| f > 0.0), "{name}: {flow:?}");
+        }
     }
 }
 

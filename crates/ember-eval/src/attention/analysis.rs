@@ -155,22 +155,29 @@ pub fn rollout(layers: &[&LayerMaps]) -> Option<Vec<Vec<f64>>> {
     }
     let mut total: Vec<Vec<f64>> = identity(n);
     for maps in layers {
-        let mut a = vec![vec![0.0f64; n]; n];
-        for h in 0..maps.heads {
-            for (i, row) in a.iter_mut().enumerate() {
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x += f64::from(maps.at(h, i, j)) / maps.heads as f64;
-                }
-            }
-        }
-        for (i, row) in a.iter_mut().enumerate() {
-            row[i] += 1.0;
-            let sum: f64 = row.iter().sum();
-            row.iter_mut().for_each(|x| *x /= sum);
-        }
-        total = matmul(&a, &total);
+        total = matmul(&residual_attention(maps), &total);
     }
     Some(total)
+}
+
+/// A layer's head-averaged attention with the residual connection counted in:
+/// `0.5·mean_h(A_h) + 0.5·I`, rows renormalised. `[queries][keys]`, queries = keys.
+pub fn residual_attention(maps: &LayerMaps) -> Vec<Vec<f64>> {
+    let n = maps.keys;
+    let mut a = vec![vec![0.0f64; n]; maps.queries];
+    for h in 0..maps.heads {
+        for (i, row) in a.iter_mut().enumerate() {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x += f64::from(maps.at(h, i, j)) / maps.heads as f64;
+            }
+        }
+    }
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] += 1.0;
+        let sum: f64 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= sum);
+    }
+    a
 }
 
 fn identity(n: usize) -> Vec<Vec<f64>> {

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::analysis::{HeadStats, Pattern, head_stats, rollout};
+use super::flow::attention_flow;
 use super::heatmap::{Matrix, pattern_tag, token_label, write_grid, write_head, write_labelled};
 use super::maps::LayerMaps;
 use ember_plot::PlotError;
@@ -24,6 +25,9 @@ pub struct AttentionSummary {
     /// Attention rollout over the analysed layers (`[tokens][tokens]`); `None` unless
     /// every layer was analysed.
     pub rollout: Option<Vec<Vec<f64>>>,
+    /// Attention flow into the last position from each token (`[tokens]`), under the
+    /// same condition.
+    pub flow_to_last: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,14 +58,17 @@ impl AttentionSummary {
                 .entry(pattern_name(head.pattern))
                 .or_insert(0) += 1;
         }
-        let rollout = all_layers
-            .then(|| rollout(&maps.values().collect::<Vec<_>>()))
+        let layers_in_order: Vec<&LayerMaps> = maps.values().collect();
+        let rollout = all_layers.then(|| rollout(&layers_in_order)).flatten();
+        let flow_to_last = all_layers
+            .then(|| attention_flow(&layers_in_order, tokens.len().saturating_sub(1)))
             .flatten();
         Self {
             tokens: tokens.to_vec(),
             layers,
             pattern_counts,
             rollout,
+            flow_to_last,
         }
     }
 
