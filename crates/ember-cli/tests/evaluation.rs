@@ -2,21 +2,13 @@
 //! packages' on the committed corpus; generated predictions equal to `ember generate`'s),
 //! `ember attention` and `ember plot`. The interactive commands are in `interactive.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+
+use common::{TINY, assert_fails, ember, gpt2, tiny_corpus};
 
 use serde_json::{Value, json};
 
-fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn gpt2() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ember-hf/tests/fixtures/gpt2")
-}
+mod common;
 
 fn eval_fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,43 +17,10 @@ fn eval_fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn assert_fails(out: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 fn write_jsonl(path: &Path, rows: &[Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(path, text).unwrap();
 }
-
-fn tiny_corpus(dir: &Path) -> PathBuf {
-    let text: String = (0..300)
-        .map(|i| format!("line {i}: all the world's a stage {}.\n", i % 7))
-        .collect();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-const TINY: &[&str] = &[
-    "--set",
-    "model.d_model=32",
-    "--set",
-    "model.n_layers=1",
-    "--set",
-    "model.d_ff=64",
-    "--set",
-    "model.max_seq_len=16",
-    "--set",
-    "train.batch_size=4",
-    "--set",
-    "train.eval_every=2",
-    "--set",
-    "train.eval_batches=1",
-];
 
 #[test]
 fn eval_of_predictions_reproduces_sacrebleu_and_rouge_score() {

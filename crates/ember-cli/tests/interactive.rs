@@ -4,49 +4,15 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{TINY, ember, gpt2, tiny_corpus};
 use serde_json::Value;
 
-fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn gpt2() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ember-hf/tests/fixtures/gpt2")
-}
-
-fn tiny_corpus(dir: &Path) -> PathBuf {
-    let text: String = (0..300)
-        .map(|i| format!("line {i}: all the world's a stage {}.\n", i % 7))
-        .collect();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-const TINY: &[&str] = &[
-    "--set",
-    "model.d_model=32",
-    "--set",
-    "model.n_layers=1",
-    "--set",
-    "model.d_ff=64",
-    "--set",
-    "model.max_seq_len=16",
-    "--set",
-    "train.batch_size=4",
-    "--set",
-    "train.eval_every=2",
-    "--set",
-    "train.eval_batches=1",
-];
+mod common;
 
 #[test]
 fn chat_streams_replies_and_resets() {

@@ -10,8 +10,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::metrics::{
-    Bleu, BleuConfig, BleuTokenizer, Bootstrap, ChrfConfig, Interval, MetricError, RougeScorer,
-    RougeType, corpus_chrf, exact_match,
+    Bleu, BleuConfig, BleuScore, BleuTokenizer, Bootstrap, ChrfConfig, Interval, MetricError,
+    RougeScorer, RougeType, corpus_chrf, exact_match,
 };
 
 /// A metric `--metrics` names.
@@ -83,14 +83,10 @@ impl Default for EvalConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BleuReport {
-    pub score: f64,
+    /// The score and its statistics, at the report's top level.
+    #[serde(flatten)]
+    pub bleu: BleuScore,
     pub signature: String,
-    pub counts: Vec<f64>,
-    pub totals: Vec<f64>,
-    pub precisions: Vec<f64>,
-    pub bp: f64,
-    pub sys_len: usize,
-    pub ref_len: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,14 +190,8 @@ pub fn score(
             ex.sentence_bleu = Some(sentence.sentence_score(p, r)?.score);
         }
         Some(BleuReport {
-            score: s.score,
+            bleu: s,
             signature: bleu.signature(),
-            counts: s.counts,
-            totals: s.totals,
-            precisions: s.precisions,
-            bp: s.bp,
-            sys_len: s.sys_len,
-            ref_len: s.ref_len,
         })
     } else {
         None
@@ -291,6 +281,7 @@ impl EvalReport {
     pub fn markdown(&self) -> String {
         let mut md = String::from("| metric | score | detail |\n|---|---:|---|\n");
         if let Some(b) = &self.bleu {
+            let (signature, b) = (&b.signature, &b.bleu);
             let precisions: Vec<String> = b.precisions.iter().map(|p| format!("{p:.1}")).collect();
             let _ = writeln!(
                 md,
@@ -300,7 +291,7 @@ impl EvalReport {
                 b.bp,
                 b.sys_len,
                 b.ref_len,
-                b.signature
+                signature
             );
         }
         if let Some(c) = &self.chrf {

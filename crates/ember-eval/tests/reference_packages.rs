@@ -65,6 +65,17 @@ fn streams(refs: &str) -> Corpus {
     }
 }
 
+/// The `nrefs` field of a fixture's sacrebleu signature (`1`, `3` or `var`).
+fn nrefs_of(case: &Value) -> String {
+    let signature = case["signature"].as_str().unwrap();
+    signature
+        .split('|')
+        .next()
+        .unwrap()
+        .trim_start_matches("nrefs:")
+        .to_string()
+}
+
 fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap()
@@ -188,14 +199,7 @@ fn chrf_matches_sacrebleu() {
             "{refs}/nw={word_order}: {} vs {want}",
             got.score
         );
-        let nrefs = case["signature"]
-            .as_str()
-            .unwrap()
-            .split('|')
-            .next()
-            .unwrap()
-            .trim_start_matches("nrefs:")
-            .to_string();
+        let nrefs = nrefs_of(case);
         assert_eq!(
             config.signature(&nrefs),
             case["signature"].as_str().unwrap()
@@ -380,14 +384,7 @@ fn settings_beyond_the_defaults_match_sacrebleu() {
                     "{what}: {} vs {want}",
                     got.score
                 );
-                let nrefs = case["signature"]
-                    .as_str()
-                    .unwrap()
-                    .split('|')
-                    .next()
-                    .unwrap()
-                    .trim_start_matches("nrefs:")
-                    .to_string();
+                let nrefs = nrefs_of(case);
                 assert_eq!(
                     config.signature(&nrefs),
                     case["signature"].as_str().unwrap(),
