@@ -125,32 +125,18 @@ fn eval_of_predictions_reproduces_sacrebleu_and_rouge_score() {
         2,
         "3 predictions for 46 examples",
     );
+    let scoring = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", data_path.to_str().unwrap()];
+        args.extend(["--predictions", pred_path.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
     assert_fails(
-        &ember(&[
-            "eval",
-            "--data",
-            data_path.to_str().unwrap(),
-            "--predictions",
-            pred_path.to_str().unwrap(),
-            "--metrics",
-            "bleu,meteor",
-        ]),
+        &scoring(&["--metrics", "bleu,meteor"]),
         2,
         "--metrics: unknown metric `meteor`",
     );
-    assert_fails(
-        &ember(&[
-            "eval",
-            "--data",
-            data_path.to_str().unwrap(),
-            "--predictions",
-            pred_path.to_str().unwrap(),
-            "--tokenize",
-            "zh",
-        ]),
-        2,
-        "--tokenize",
-    );
+    assert_fails(&scoring(&["--tokenize", "zh"]), 2, "--tokenize");
     assert_fails(
         &ember(&["eval", "--data", data_path.to_str().unwrap()]),
         2,
