@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use common::{TINY, assert_fails, ember, gpt2, tiny_corpus};
+use common::{TINY, assert_fails, assert_succeeds, ember, gpt2, tiny_corpus};
 
 use serde_json::{Value, json};
 
@@ -53,11 +53,7 @@ fn eval_of_predictions_reproduces_sacrebleu_and_rouge_score() {
             args.push("--rouge-stemmer");
         }
         let run = ember(&args);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert_succeeds(&run);
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         // sacrebleu with each example's own references (`nrefs:var`).
         let bleu = eval_fixture("bleu.json")["corpus"]
@@ -173,11 +169,7 @@ fn eval_generates_what_ember_generate_prints() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeds(&run);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for (i, prompt) in prompts.iter().enumerate() {
         let generated = ember(&[
@@ -230,11 +222,7 @@ fn attention_writes_heatmaps_and_a_summary_and_compares_models() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeds(&run);
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let layers = summary["layers"].as_array().unwrap();
@@ -283,11 +271,7 @@ fn attention_writes_heatmaps_and_a_summary_and_compares_models() {
         "--out",
         cmp.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeds(&run);
     let comparison: Value =
         serde_json::from_str(&std::fs::read_to_string(cmp.join("compare.json")).unwrap()).unwrap();
     assert_eq!(
@@ -351,11 +335,7 @@ fn plot_draws_runs_and_refuses_what_is_not_one() {
         ];
         args.extend_from_slice(TINY);
         let train = ember(&args);
-        assert!(
-            train.status.success(),
-            "{}",
-            String::from_utf8_lossy(&train.stderr)
-        );
+        assert_succeeds(&train);
         // `ember train` draws its own curves at the end.
         assert!(
             std::fs::read(out.join("curves.png"))
@@ -372,11 +352,7 @@ fn plot_draws_runs_and_refuses_what_is_not_one() {
         "--out",
         figure.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_succeeds(&run);
     let logged = std::fs::read_to_string(a.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{TINY, ember, gpt2, tiny_corpus};
+use common::{TINY, assert_succeeds, ember, gpt2, tiny_corpus};
 use serde_json::Value;
 
 mod common;
@@ -39,11 +39,7 @@ fn chat_streams_replies_and_resets() {
         .write_all(b"hello there\nhow are you\n/reset\nhello there\n/system be brief\n/nonsense\n/quit\nnever read\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeds(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     // Reply, reply, reset notice, reply: the first reply again (greedy, same history).

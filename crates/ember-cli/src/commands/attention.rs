@@ -90,7 +90,10 @@ fn analyse<B: FusedBackend>(
             config.max_seq_len
         )));
     }
-    let tokens: Vec<String> = ids.iter().map(|&id| token_text(&dir, id)).collect();
+    // Each token's own text, as the server lists log-probabilities.
+    let codec =
+        ember_serve::Codec::of(&dir).map_err(|e| CliError::Usage(format!("--model: {e}")))?;
+    let tokens: Vec<String> = ids.iter().map(|&id| codec.token_text(id)).collect();
     let loaded = dir.load::<B>(&on.device)?;
     let maps = attention_maps(&loaded, &ids, None, &on.device);
     let summary = AttentionSummary::new(&maps, &tokens, true);
@@ -108,22 +111,6 @@ fn analyse<B: FusedBackend>(
         out.display()
     );
     Ok((summary, ids))
-}
-
-/// One token's text as the tokenizer writes it (its id without a tokenizer).
-fn token_text(dir: &ModelDir, id: u32) -> String {
-    match dir.tokenizer() {
-        // Its decoded text when that is whole characters, else its vocabulary entry (a
-        // byte-level piece of a character).
-        Some(ember_data::Tokenizer::Bpe(t)) => t
-            .decode_with(&[id], false)
-            .ok()
-            .filter(|s| !s.is_empty() && !s.contains('\u{fffd}'))
-            .or_else(|| t.id_to_token(id))
-            .unwrap_or_else(|| id.to_string()),
-        Some(_) => dir.decode(&[id]).unwrap_or_else(|| id.to_string()),
-        None => id.to_string(),
-    }
 }
 
 fn print_patterns(name: &str, summary: &AttentionSummary) {

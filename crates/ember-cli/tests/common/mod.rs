@@ -47,6 +47,15 @@ pub const TINY: &[&str] = &[
     "train.eval_batches=1",
 ];
 
+/// `out` exited 0 (its stderr shown when not).
+pub fn assert_succeeds(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `out` exited with `code`, saying `needle` on stderr, without a panic.
 pub fn assert_fails(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -119,7 +119,10 @@ pub fn write_report(
     let labels: Vec<String> = summary.tokens.iter().map(|t| token_label(t)).collect();
     let json = serde_json::to_string_pretty(summary).map_err(PlotError::draw)?;
     let path = dir.join("summary.json");
-    write_atomic(&path, json.as_bytes())?;
+    ember_data::files::write_atomic(&path, json.as_bytes()).map_err(|e| PlotError::Write {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     written.push("summary.json".to_string());
 
     // Overview: layers down, heads across.
@@ -278,21 +281,4 @@ impl Comparison {
             heads,
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file renamed over it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
-    let output = |e: std::io::Error| PlotError::Write {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let name = path
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(output)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        output(e)
-    })
 }
