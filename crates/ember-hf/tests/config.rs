@@ -140,7 +140,7 @@ fn unsupported_settings_name_their_key() {
     let cases = [
         (json!({"model_type": "bert"}), "`model_type` is `bert`"),
         (json!({"hidden_size": null}), "`hidden_size` is missing"),
-        (json!({"head_dim": 32}), "`head_dim` is 32"),
+        (json!({"head_dim": 0}), "model.head_dim"),
         (json!({"hidden_act": "gelu"}), "`hidden_act` is `gelu`"),
         (json!({"attention_bias": true}), "`attention_bias`"),
         (

@@ -1239,7 +1239,7 @@ fn hostile_configs_are_refused_naming_the_key() {
         (with(&gpt2, "n_embd", json!(u64::MAX)), "`n_embd`"),
         (with(&gpt2, "n_head", json!(0)), "`n_head`"),
         (with(&gpt2, "n_head", json!(3)), "`n_embd`"),
-        (with(&llama, "head_dim", json!(1u64 << 62)), "`head_dim`"),
+        (with(&llama, "head_dim", json!(1u64 << 62)), "head_dim"),
         (
             with(&llama, "num_attention_heads", json!(0)),
             "`num_attention_heads`",

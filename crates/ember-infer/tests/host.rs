@@ -59,6 +59,9 @@ fn configs() -> Vec<(&'static str, TransformerConfig)> {
     qwen.qkv_bias = Some(true);
     let mut nope = llama.clone();
     nope.position = PositionKind::None;
+    // n_heads · head_dim ≠ d_model (Qwen 3; a model whose heads were pruned).
+    let mut head_dim = llama.clone();
+    head_dim.head_dim = Some(12);
     vec![
         ("llama-gqa", llama.clone()),
         ("gpt2-tanh", gpt2),
@@ -73,6 +76,7 @@ fn configs() -> Vec<(&'static str, TransformerConfig)> {
         ),
         ("qkv-bias", qwen),
         ("nope", nope),
+        ("explicit-head-dim", head_dim),
     ]
     .into_iter()
     .chain(odd_width_configs())

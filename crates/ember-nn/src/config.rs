@@ -131,6 +131,10 @@ pub struct TransformerConfig {
     pub n_heads: usize,
     /// Key/value heads: `n_heads` for MHA, fewer for GQA, 1 for MQA.
     pub n_kv_heads: usize,
+    /// Width of one attention head when it is not `d_model / n_heads` (Hugging Face's
+    /// `head_dim`; a model whose heads were pruned); `None`: `d_model / n_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// Hidden width of the feed-forward network.
     pub d_ff: usize,
     /// Longest sequence the model accepts (the context / block size).
@@ -321,6 +325,7 @@ impl TransformerConfig {
             init_std: 0.02,
             init: InitScheme::Gpt2,
             zero_init_output: false,
+            head_dim: None,
         }
     }
 
@@ -408,7 +413,7 @@ impl TransformerConfig {
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads
+        self.head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
     }
 
     /// Checks every value; the error names the offending key.
@@ -441,7 +446,14 @@ impl TransformerConfig {
                 );
             }
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
+        if let Some(head_dim) = self.head_dim {
+            if head_dim == 0 || head_dim > MAX_WIDTH {
+                return err(
+                    "head_dim",
+                    format!("must be in [1, {MAX_WIDTH}], got {head_dim}"),
+                );
+            }
+        } else if !self.d_model.is_multiple_of(self.n_heads) {
             return err(
                 "d_model",
                 format!(
@@ -578,13 +590,14 @@ impl TransformerConfig {
         let f = |v: usize| v as f64;
         let d = f(self.d_model);
         let d_ff = f(self.d_ff);
-        let head_dim = d / f(self.n_heads.max(1));
+        let head_dim = f(self.head_dim());
+        let q = f(self.n_heads) * head_dim;
         let kv = f(self.n_kv_heads) * head_dim;
         let b = f(usize::from(self.bias));
         let qkv_b = f(usize::from(self.qkv_bias()));
         let norm = d * f(1 + usize::from(self.bias && self.norm != NormKind::RmsNorm));
         let qk_norm = if self.qk_norm { 2.0 * head_dim } else { 0.0 };
-        let attn = d * d + 2.0 * d * kv + d * d + qkv_b * (d + 2.0 * kv) + b * d + qk_norm;
+        let attn = d * q + 2.0 * d * kv + q * d + qkv_b * (q + 2.0 * kv) + b * d + qk_norm;
         let dense = |kind: MlpKind| match kind {
             MlpKind::Gelu | MlpKind::GeluTanh => 2.0 * d * d_ff + b * (d_ff + d),
             MlpKind::SwiGlu | MlpKind::GeGlu => 3.0 * d * d_ff + b * (2.0 * d_ff + d),

@@ -82,17 +82,13 @@ pub(super) fn read_llama_like(
         keys.usize("intermediate_size")?,
         max_pos,
     );
+    // An explicit head width (Qwen 3, Mistral-Nemo, models with pruned heads) is kept
+    // when it is not hidden_size / num_attention_heads.
     if n_heads > 0
         && let Some(head_dim) = keys.opt_usize("head_dim")?
         && head_dim.checked_mul(n_heads) != Some(d_model)
     {
-        return Err(keys.err(
-            "head_dim",
-            format!(
-                "is {head_dim}, but Ember needs hidden_size / num_attention_heads = {}",
-                d_model / n_heads
-            ),
-        ));
+        model.head_dim = Some(head_dim);
     }
     model.norm_eps = keys.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
     let act = keys.opt_str("hidden_act")?.unwrap_or("silu");

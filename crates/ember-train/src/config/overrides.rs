@@ -31,6 +31,7 @@ const OPTIONAL_MODEL_KEYS: &[&str] = &[
     "attn_softcap",
     "qkv_bias",
     "moe",
+    "head_dim",
 ];
 
 /// Keys of the other sections that presets leave out (each schedule's table, the
@@ -45,6 +46,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "train.freeze",
     "train.unfreeze",
     "train.prune",
+    "train.contrastive",
 ];
 
 fn is_optional(path: &str) -> bool {
