@@ -416,6 +416,85 @@ fn prune_and_soup_write_loadable_models() {
         data,
     ]));
 
+    // Structured: half of every layer's heads go for real; the written directory loads
+    // to the model that was measured, and generates.
+    let heads = dir.join("heads");
+    let out = stdout_of(&ember(&[
+        "prune",
+        "--method",
+        "heads",
+        "--model",
+        &path(&run(1)),
+        "--sparsity",
+        "0.5",
+        "--data",
+        data,
+        "--importance-windows",
+        "8",
+        "--out",
+        &path(&heads),
+    ]));
+    assert!(out.contains("layer 0: removed heads"), "{out}");
+    let counts: Vec<usize> = out
+        .split("heads: ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(4)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(counts[2] * 2, counts[0], "{out}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(heads.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_attention_heads"], counts[2], "{config}");
+    let after = out.split("after ").nth(1).unwrap();
+    let after_nll = after
+        .split("mean nll ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let measured = stdout_of(&ember(&[
+        "perplexity",
+        "--model",
+        &path(&heads),
+        "--data",
+        data,
+    ]));
+    let nll: f64 = measured
+        .split("mean nll: ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(format!("{nll:.4}"), after_nll.trim(), "{measured} vs {out}");
+    stdout_of(&ember(&[
+        "generate",
+        "--model",
+        &path(&heads),
+        "--prompt",
+        "line",
+        "--max-new-tokens",
+        "4",
+    ]));
+    let out = ember(&[
+        "prune",
+        "--method",
+        "heads",
+        "--model",
+        &path(&run(1)),
+        "--sparsity",
+        "0.5",
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "--method heads: give --data");
+
     // The uniform soup is the element-wise mean of the ingredients' weights.
     let soup = dir.join("soup");
     let models: Vec<String> = (1..=3).map(|s| path(&run(s))).collect();

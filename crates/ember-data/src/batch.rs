@@ -78,6 +78,10 @@ pub struct Batch {
     /// Packed rows: every position's place within its document, restarting at 0 at each
     /// document (and at the row's start), `[batch, block]`.
     pub positions: Option<Vec<u32>>,
+    /// Paired rows ([`crate::pairs::PairSet::sample`]): each row's token count, the rest
+    /// of the row being padding; rows `[0, batch/2)` are anchors and row `batch/2 + i`
+    /// is anchor `i`'s positive, `[batch]`.
+    pub lengths: Option<Vec<u32>>,
 }
 
 impl Batch {
@@ -95,6 +99,7 @@ impl Batch {
                     block: self.block,
                     documents: self.documents.as_ref().map(|d| d[span.clone()].to_vec()),
                     positions: self.positions.as_ref().map(|p| p[span].to_vec()),
+                    lengths: self.lengths.as_ref().map(|l| l[rows].to_vec()),
                 }
             })
             .collect()
@@ -147,6 +152,7 @@ impl BatchSampler {
             block,
             documents: None,
             positions: None,
+            lengths: None,
         }
     }
 
@@ -170,6 +176,7 @@ impl BatchSampler {
             block,
             documents: Some(Vec::with_capacity(batch * block)),
             positions: Some(Vec::with_capacity(batch * block)),
+            lengths: None,
         };
         let document_of = |t: usize| starts.partition_point(|&s| s <= t).saturating_sub(1);
         for _ in 0..batch {

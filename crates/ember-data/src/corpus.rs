@@ -1,5 +1,6 @@
 //! Reading training text: a text file, a directory of text files, or JSONL with a
-//! `text` field on every line.
+//! `text` field on every line (or an `anchor` and a `positive`: pairs for a contrastive
+//! objective).
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -10,6 +11,9 @@ use crate::error::{DataError, io};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Corpus {
     pub documents: Vec<String>,
+    /// Every source was a `.jsonl` file of `{"anchor", "positive"}` pairs: documents
+    /// `2i` and `2i + 1` are pair `i`'s anchor and positive (see [`crate::pairs`]).
+    pub paired: bool,
     /// Changes whenever a source file's path, size or modification time changes.
     pub fingerprint: String,
 }
@@ -39,6 +43,7 @@ impl Corpus {
             }
         }
         let mut documents = Vec::new();
+        let mut paired = true;
         let mut fingerprint = Fingerprint::default();
         for file in &files {
             let bytes = crate::files::read_regular(file).map_err(io(file))?;
@@ -51,13 +56,17 @@ impl Corpus {
             fingerprint.add(format!("{}\0{}\0{}", file.display(), bytes.len(), mtime).as_bytes());
             let text = as_text(file, bytes)?;
             if file.extension().is_some_and(|e| e == "jsonl") {
-                documents.extend(read_jsonl(file, &text)?);
+                let (docs, pairs) = read_jsonl(file, &text)?;
+                documents.extend(docs);
+                paired &= pairs;
             } else {
                 documents.push(text);
+                paired = false;
             }
         }
         Ok(Self {
             documents,
+            paired,
             fingerprint: fingerprint.hex(),
         })
     }
@@ -131,8 +140,12 @@ fn as_text(path: &Path, bytes: Vec<u8>) -> Result<String, DataError> {
     })
 }
 
-fn read_jsonl(path: &Path, text: &str) -> Result<Vec<String>, DataError> {
+/// A `.jsonl` file's documents: one per line (its `text` field), or two per line for
+/// a file of `{"anchor", "positive"}` pairs (`true`); the first line decides which, and
+/// every other line must be of the same kind.
+fn read_jsonl(path: &Path, text: &str) -> Result<(Vec<String>, bool), DataError> {
     let mut documents = Vec::new();
+    let mut paired = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -144,10 +157,37 @@ fn read_jsonl(path: &Path, text: &str) -> Result<Vec<String>, DataError> {
         };
         let value: serde_json::Value =
             serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
-        match value.get("text") {
-            Some(serde_json::Value::String(s)) => documents.push(s.clone()),
-            Some(_) => return Err(err("field `text` is not a string".into())),
-            None => return Err(err("no `text` field".into())),
+        let string = |key: &str| match value.get(key) {
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(err(format!("field `{key}` is not a string"))),
+            None => Ok(None),
+        };
+        let is_pair =
+            *paired.get_or_insert(value.get("text").is_none() && value.get("anchor").is_some());
+        if is_pair {
+            let anchor = string("anchor")?;
+            let positive = string("positive")?;
+            match (anchor, positive) {
+                (Some(a), Some(p)) if a.trim().is_empty() || p.trim().is_empty() => {
+                    return Err(err("an empty `anchor` or `positive`".into()));
+                }
+                (Some(a), Some(p)) => documents.extend([a, p]),
+                _ => {
+                    return Err(err(
+                        "a file of pairs needs `anchor` and `positive` on every line".into(),
+                    ));
+                }
+            }
+        } else {
+            match string("text")? {
+                Some(s) => documents.push(s),
+                None if value.get("anchor").is_some() => {
+                    return Err(err(
+                        "a pair (`anchor`) in a file of `text` documents; keep pairs in a file of their own".into(),
+                    ));
+                }
+                None => return Err(err("no `text` field".into())),
+            }
         }
     }
     if documents.is_empty() {
@@ -155,7 +195,7 @@ fn read_jsonl(path: &Path, text: &str) -> Result<Vec<String>, DataError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(documents)
+    Ok((documents, paired == Some(true)))
 }
 
 /// FNV-1a over the sources' descriptions.

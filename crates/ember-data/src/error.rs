@@ -69,6 +69,21 @@ pub enum DataError {
         needed: usize,
         block: usize,
     },
+    /// Too few `{"anchor", "positive"}` pairs for a batch of in-batch negatives and a
+    /// held-out retrieval set.
+    #[error(
+        "{pairs} pairs: a contrastive run needs at least {train} for training (one batch) and {val} held out (data.val_fraction)"
+    )]
+    TooFewPairs {
+        pairs: usize,
+        train: usize,
+        val: usize,
+    },
+    /// Contrastive training given documents rather than pairs.
+    #[error(
+        "train.objective = \"contrastive\" trains on pairs: give --data .jsonl files whose lines are {{\"anchor\": ..., \"positive\": ...}}"
+    )]
+    NotPairs,
 }
 
 impl DataError {

@@ -5,6 +5,8 @@
 //! - [`cache`]: a corpus tokenized once into a token file reused while the source is unchanged;
 //! - [`files`]: regular-file reads (special files refused) and atomic writes;
 //! - [`batch`]: the train/val split and seeded nanoGPT-style random windows;
+//! - [`pairs`]: `{"anchor", "positive"}` pairs for a contrastive objective, and their
+//!   seeded batches;
 //! - [`sft`]: supervised fine-tuning data: prompt/completion, chat and text examples from
 //!   JSONL, Hugging Face chat templates, loss masks, packed rows and their seeded order.
 
@@ -13,6 +15,7 @@ pub mod cache;
 pub mod corpus;
 pub mod error;
 pub mod files;
+pub mod pairs;
 pub mod rng;
 pub mod sft;
 pub mod tokenizer;
@@ -21,5 +24,6 @@ pub use batch::{Batch, BatchSampler, TokenSplits, packed_waste, padded_waste, ro
 pub use cache::{TokenCache, TokenizerKind};
 pub use corpus::Corpus;
 pub use error::DataError;
+pub use pairs::{Pair, PairSet};
 pub use rng::SplitMix64;
 pub use tokenizer::{BpeTokenizer, CharTokenizer, Tokenizer};

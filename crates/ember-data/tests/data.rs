@@ -101,11 +101,22 @@ fn directories_and_jsonl_are_read_in_order() {
         "d.jsonl",
         b"{\"text\": \"fourth\"}\n\n{\"text\": \"fifth\", \"id\": 2}\n",
     );
-    let corpus = Corpus::read(&[dir.path().join("docs"), jsonl]).unwrap();
+    let corpus = Corpus::read(&[dir.path().join("docs"), jsonl.clone()]).unwrap();
     assert_eq!(
         corpus.documents,
         ["first", "second", "third", "fourth", "fifth"]
     );
+    assert!(!corpus.paired);
+    // Pairs: anchor then positive, and only pair files make a paired corpus.
+    let pairs = write(
+        dir.path(),
+        "pairs.jsonl",
+        b"{\"anchor\": \"q1\", \"positive\": \"a1\"}\n{\"anchor\": \"q2\", \"positive\": \"a2\", \"id\": 2}\n",
+    );
+    let corpus = Corpus::read(std::slice::from_ref(&pairs)).unwrap();
+    assert_eq!(corpus.documents, ["q1", "a1", "q2", "a2"]);
+    assert!(corpus.paired);
+    assert!(!Corpus::read(&[pairs, jsonl]).unwrap().paired);
 }
 
 #[test]
@@ -120,6 +131,21 @@ fn bad_inputs_name_the_file() {
         "bad.jsonl",
         b"{\"text\": \"ok\"}\n{\"body\": \"no text\"}\n",
     );
+    let half_pair = write(
+        dir.path(),
+        "half.jsonl",
+        b"{\"anchor\": \"q\", \"positive\": \"a\"}\n{\"anchor\": \"q\"}\n",
+    );
+    let empty_pair = write(
+        dir.path(),
+        "blank.jsonl",
+        b"{\"anchor\": \" \", \"positive\": \"a\"}\n",
+    );
+    let pair_among_text = write(
+        dir.path(),
+        "among.jsonl",
+        b"{\"text\": \"t\"}\n{\"anchor\": \"q\", \"positive\": \"a\"}\n",
+    );
     let empty_dir = dir.path().join("empty_dir");
     std::fs::create_dir(&empty_dir).unwrap();
     for (path, expected) in [
@@ -128,6 +154,15 @@ fn bad_inputs_name_the_file() {
         (&binary, "NUL byte"),
         (&latin1, "invalid UTF-8"),
         (&bad_jsonl, ":2: no `text` field"),
+        (
+            &half_pair,
+            ":2: a file of pairs needs `anchor` and `positive`",
+        ),
+        (&empty_pair, ":1: an empty `anchor` or `positive`"),
+        (
+            &pair_among_text,
+            ":2: a pair (`anchor`) in a file of `text` documents",
+        ),
         (&empty_dir, "contains no text files"),
     ] {
         let err = Corpus::read(std::slice::from_ref(path))

@@ -28,6 +28,7 @@ pub mod moe;
 pub mod norm;
 pub mod params;
 pub mod projection;
+pub mod prune_heads;
 pub mod quantized;
 pub mod transformer;
 
@@ -53,5 +54,6 @@ pub use params::{
     set_trainable, stable_param_id, trainable_values,
 };
 pub use projection::{Adapter, Projection};
+pub use prune_heads::KeptHeads;
 pub use quantized::{QuantizedWeight, quantized_matmul};
 pub use transformer::{ForwardOptions, Transformer};

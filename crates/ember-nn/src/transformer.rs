@@ -117,6 +117,12 @@ impl<B: FusedBackend> Transformer<B> {
         &self.config
     }
 
+    /// Replaces the configuration after surgery that changed the shapes it describes
+    /// (see [`crate::prune_heads`]).
+    pub(crate) fn set_config(&mut self, config: TransformerConfig) {
+        self.config = config;
+    }
+
     /// Token (and learned position) embeddings.
     ///
     /// - `tokens`: `[batch, seq]`, the first at absolute position `start`

@@ -430,6 +430,11 @@ fn parameter_counts_match_the_built_models() {
     c.norm_placement = ember_nn::NormPlacement::Post;
     c.parallel_residual = true;
     configs.push(c);
+    // Heads wider than d_model / n_heads (Qwen 3, pruned heads).
+    let mut wide_heads = TransformerConfig::llama(11, 16, 2, 4, 2, 24, 16);
+    wide_heads.head_dim = Some(6);
+    wide_heads.qkv_bias = Some(true);
+    configs.push(wide_heads);
     for config in configs {
         let model = Transformer::<B>::new(&config, &Default::default()).unwrap();
         assert_eq!(model.num_params(), config.num_params(), "{config:?}");
@@ -480,4 +485,102 @@ fn bad_architecture_values_name_the_key() {
     let mut c = base();
     c.attn_softcap = Some(-1.0);
     assert_eq!(field(c).field, "attn_softcap");
+}
+
+/// `Transformer::remove_heads` against an independent reference: the same model with
+/// the removed heads' input rows of every `o_proj` set to zero (which silences exactly
+/// those heads) gives the same logits; the pruned model's parameter count is its
+/// configuration's. MHA with biases (a removed head takes its key and value head with
+/// it) and GQA with q/k/v biases (every group loses one query head).
+#[test]
+fn removing_heads_computes_what_zeroing_their_outputs_computes() {
+    use ember_nn::prune_heads::kept_heads;
+    let gpt2 = TransformerConfig::gpt2(11, 16, 2, 4, 16);
+    let mut llama = TransformerConfig::llama(11, 16, 2, 4, 2, 24, 16);
+    llama.qkv_bias = Some(true);
+    let importance = [vec![0.3, 0.1, 0.9, 0.2], vec![0.5, 0.6, 0.05, 0.7]];
+    for (config, remove, expect_kv) in [(gpt2, 2, 2), (llama, 2, 2)] {
+        let device = Default::default();
+        B::seed(&device, 3);
+        let mut config = config.clone();
+        config.init_std = 0.2;
+        let model = Transformer::<B>::new(&config, &device).unwrap();
+        let kept: Vec<_> = importance
+            .iter()
+            .map(|scores| kept_heads(scores, config.n_kv_heads, remove).unwrap())
+            .collect();
+        let head_dim = config.head_dim();
+        let mut values: std::collections::HashMap<String, TensorData> =
+            ember_nn::param_values(&model).into_iter().collect();
+        let reference = ember_nn::replace_params(model.clone(), &mut |path, _| {
+            let mut data = values.remove(path).unwrap();
+            for (layer, heads) in kept.iter().enumerate() {
+                if path == format!("layers.{layer}.attn.o_proj.weight") {
+                    let d_model = data.shape[1];
+                    let mut w: Vec<f32> = data.to_vec().unwrap();
+                    for h in (0..config.n_heads).filter(|h| !heads.query.contains(h)) {
+                        w[h * head_dim * d_model..(h + 1) * head_dim * d_model].fill(0.0);
+                    }
+                    data = TensorData::new(w, data.shape.clone());
+                }
+            }
+            Ok(data)
+        })
+        .unwrap();
+        let pruned = model.remove_heads(&kept).unwrap();
+        assert_eq!(pruned.config().n_heads, config.n_heads - remove);
+        assert_eq!(pruned.config().n_kv_heads, expect_kv);
+        assert_eq!(pruned.config().head_dim(), head_dim);
+        assert_eq!(pruned.num_params(), pruned.config().num_params());
+        assert!(pruned.num_params() < config.num_params());
+        let tokens = || {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![1i64, 5, 9, 2, 7, 3, 10, 4], [1, 8]),
+                &device,
+            )
+        };
+        let want = reference.forward(tokens(), ForwardOptions::default());
+        let got = pruned.forward(tokens(), ForwardOptions::default());
+        let diff = (want.clone() - got).abs().max().into_scalar().elem::<f32>();
+        let scale = want.abs().max().into_scalar().elem::<f32>();
+        assert!(diff <= 1e-5 * scale.max(1.0), "{:?}: Δ {diff}", config.mlp);
+    }
+    // Layers that disagree, heads that would lose their key/value head, ALiBi: refused.
+    let config = TransformerConfig::llama(11, 16, 2, 4, 2, 24, 16);
+    let model = Transformer::<B>::new(&config, &Default::default()).unwrap();
+    let uneven = vec![
+        ember_nn::KeptHeads {
+            query: vec![0, 2],
+            key_value: vec![0, 1],
+        },
+        ember_nn::KeptHeads {
+            query: vec![0, 1, 2],
+            key_value: vec![0, 1],
+        },
+    ];
+    assert!(
+        model
+            .clone()
+            .remove_heads(&uneven)
+            .unwrap_err()
+            .contains("layer 1")
+    );
+    let orphan = vec![
+        ember_nn::KeptHeads {
+            query: vec![0, 1],
+            key_value: vec![0, 1]
+        };
+        2
+    ];
+    assert!(
+        model
+            .remove_heads(&orphan)
+            .unwrap_err()
+            .contains("key/value head")
+    );
+    let mut alibi = TransformerConfig::llama(11, 16, 2, 4, 4, 24, 16);
+    alibi.position = PositionKind::Alibi;
+    let model = Transformer::<B>::new(&alibi, &Default::default()).unwrap();
+    let kept = vec![kept_heads(&[1.0, 2.0, 3.0, 4.0], 4, 1).unwrap(); 2];
+    assert!(model.remove_heads(&kept).unwrap_err().contains("ALiBi"));
 }

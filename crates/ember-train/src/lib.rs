@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod finetune;
 pub mod footprint;
+pub mod head_importance;
 pub mod hooks;
 pub mod loss;
 pub mod metrics;

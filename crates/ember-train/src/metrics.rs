@@ -10,6 +10,10 @@ pub struct StepMetrics {
     pub train_loss: f64,
     /// Mean validation loss, on the steps that evaluated.
     pub val_loss: Option<f64>,
+    /// Contrastive runs, on the steps that evaluated: the share of held-out anchors whose
+    /// most similar held-out positive is their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval_accuracy: Option<f64>,
     pub lr: f64,
     /// Global gradient norm before clipping (`null` in JSON when not finite: a step
     /// skipped under loss scaling).

@@ -16,6 +16,7 @@ pub mod merge;
 pub mod perplexity;
 pub mod plot;
 pub mod prune;
+mod prune_heads;
 pub mod quantize;
 mod runner;
 pub mod serve;

@@ -1,6 +1,6 @@
-//! `ember prune`: magnitude pruning of a model's block weights, written as a Hugging Face
-//! directory, with sparsity, parameter counts and (given `--data`) perplexity before and
-//! after.
+//! `ember prune`: magnitude pruning of a model's block weights (or, with `--method heads`,
+//! structured head pruning: `prune_heads.rs`), written as a Hugging Face directory, with
+//! sparsity, parameter counts and (given `--data`) perplexity before and after.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +17,9 @@ use crate::error::CliError;
 pub enum PruneMethod {
     /// Zero the weights of smallest magnitude.
     Magnitude,
+    /// Remove the least important attention heads of every layer (their importance
+    /// measured by gradients on --data), shrinking the projections.
+    Heads,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +37,8 @@ pub struct PruneArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
     pub method: PruneMethod,
-    /// Share of the block matrices' weights set to zero, in [0, 1).
+    /// Magnitude: share of the block matrices' weights set to zero, in [0, 1). Heads:
+    /// share of every layer's attention heads removed.
     #[arg(long)]
     pub sparsity: f64,
     #[arg(long, value_enum, default_value_t = ScopeArg::Global)]
@@ -45,9 +49,13 @@ pub struct PruneArgs {
     /// Replace --out even when it holds something else.
     #[arg(long)]
     pub force: bool,
-    /// A text file to measure perplexity on, before and after pruning.
+    /// A text file to measure perplexity on, before and after pruning (heads: also
+    /// where their importance is measured; required).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Heads: windows of the model's context drawn from --data to measure importance on.
+    #[arg(long, default_value_t = 32)]
+    pub importance_windows: usize,
 }
 
 /// Token ids of the text file `path` in `dir`'s tokenizer.
@@ -81,6 +89,9 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: PruneArgs) -> Result<(), CliError>
         )));
     }
     check_out(&[&args.model], &args.out, args.force)?;
+    if args.method == PruneMethod::Heads {
+        return super::prune_heads::run(on, &args);
+    }
     let dir = ModelDir::open(&args.model)?;
     ember_hf::export_arch(dir.config())
         .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;

@@ -120,6 +120,13 @@ impl TrainConfig {
                 v.try_into::<crate::prune::PruneConfig>().map(drop),
             )?;
         }
+        if let Some(v) = sub("train", "contrastive") {
+            named(
+                "train.contrastive",
+                v.try_into::<crate::objective::ContrastiveConfig>()
+                    .map(drop),
+            )?;
+        }
         if let Some(v) = sub("train", "unfreeze") {
             named(
                 "train.unfreeze",
@@ -260,6 +267,7 @@ impl TrainConfig {
         if let Some(prune) = &t.prune {
             prune.validate(t.steps).map_err(ConfigError)?;
         }
+        self.validate_contrastive()?;
         for (key, v) in [
             ("train.z_loss", t.z_loss),
             ("train.focal_gamma", t.focal_gamma),
@@ -304,6 +312,50 @@ impl TrainConfig {
         }
         self.tokenizer_kind()?;
         self.sample.validate().map_err(ConfigError)?;
+        Ok(())
+    }
+
+    /// `train.objective = "contrastive"` and its settings: in-batch negatives need the
+    /// whole batch in one pass and unpacked pairs.
+    fn validate_contrastive(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
+        let t = &self.train;
+        let contrastive = t.objective == crate::objective::ObjectiveKind::Contrastive;
+        if !contrastive {
+            return match t.contrastive {
+                Some(_) => fail(
+                    "train.contrastive",
+                    "is set but train.objective is not \"contrastive\"".into(),
+                ),
+                None => Ok(()),
+            };
+        }
+        let temperature = t.contrastive.unwrap_or_default().temperature;
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return fail(
+                "train.contrastive.temperature",
+                format!("must be a finite number > 0, got {temperature}"),
+            );
+        }
+        if t.batch_size < 2 {
+            return fail(
+                "train.batch_size",
+                "a contrastive batch needs at least 2 pairs (the other pairs are the negatives)"
+                    .into(),
+            );
+        }
+        if t.batch_shards > 1 {
+            return fail(
+                "train.batch_shards",
+                "must be 1 (or 0, which then means 1) with train.objective = \"contrastive\": every pair's negatives are the rest of its batch, so a batch runs whole".into(),
+            );
+        }
+        if self.data.packing {
+            return fail(
+                "data.packing",
+                "does not apply to train.objective = \"contrastive\" (each text is a row of its own)".into(),
+            );
+        }
         Ok(())
     }
 

@@ -161,9 +161,14 @@ pub struct LoopConfig {
     /// What training minimises (see [`crate::objective`]): `"causal_lm"` (default),
     /// next-token cross-entropy (label-smoothed by `label_smoothing`) plus, for MoE
     /// models, the load-balancing and z-losses weighted by `model.moe.aux_loss_coef` and
-    /// `model.moe.z_loss_coef`. [`crate::train_with`] can supply any other objective.
+    /// `model.moe.z_loss_coef`; or `"contrastive"`, InfoNCE on `{"anchor", "positive"}`
+    /// pairs (`contrastive`), validated by held-out loss and retrieval accuracy. [`crate::train_with`] can supply any other objective.
     #[serde(default)]
     pub objective: crate::objective::ObjectiveKind,
+    /// `train.objective = "contrastive"`: `{ temperature = 0.05, pooling = "mean" }`
+    /// ([`crate::objective::ContrastiveConfig`]; `pooling` is `"mean"` or `"last"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrastive: Option<crate::objective::ContrastiveConfig>,
     /// What the backward pass recomputes instead of keeping (see
     /// [`ember_nn::checkpoint`]): `"none"` (default), `"blocks"` (each block keeps only
     /// its input and runs again in the backward pass), `"every:N"` (so do blocks 0, N,

@@ -69,11 +69,14 @@ pub enum ObjectiveKind {
     /// [`CausalLm`]: next-token cross-entropy plus the MoE auxiliary losses.
     #[default]
     CausalLm,
+    /// [`super::Contrastive`]: InfoNCE on pooled hidden states of `{"anchor",
+    /// "positive"}` pairs (`train.contrastive`).
+    Contrastive,
 }
 
 impl ObjectiveKind {
     /// Every name `train.objective` accepts, quoted, for messages.
-    pub const EXPECTED: &'static str = "\"causal_lm\"";
+    pub const EXPECTED: &'static str = "\"causal_lm\" or \"contrastive\"";
 
     /// The objective with `config`'s settings.
     pub fn build<B: AutodiffBackend + FusedBackend>(
@@ -82,6 +85,9 @@ impl ObjectiveKind {
     ) -> Box<dyn Objective<B>> {
         match self {
             ObjectiveKind::CausalLm => Box::new(super::CausalLm::new(config)),
+            ObjectiveKind::Contrastive => Box::new(super::Contrastive {
+                config: config.train.contrastive.unwrap_or_default(),
+            }),
         }
     }
 }

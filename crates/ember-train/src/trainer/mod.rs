@@ -12,18 +12,21 @@
 //! run.finish()
 //! ```
 //!
-//! - `setup`: the checkpoint to resume, the run directory's lock and checks, the token
-//!   cache, model, optimizer, schedule, objective and the hooks' saved state.
+//! - `setup`: the checkpoint to resume, the run directory's lock and checks, the data
+//!   (`data`: the token cache, the split, a contrastive run's pairs), model, optimizer,
+//!   schedule, objective and the hooks' saved state.
 //! - `step`: one optimizer step: micro-batches over shards through the
 //!   [`Objective`](crate::objective::Objective), accumulated gradients, clipping, the
 //!   learning rate, the optimizer.
 //! - `run`: the loop and what follows each step: [`StepHook`](crate::hooks::StepHook)s,
 //!   evaluation, the metrics record, checkpoints.
 //! - `report`: `metrics.jsonl`, the progress bar, verbose lines, MoE tallies.
-//! - `evaluate`: the validation loss (plain cross-entropy whatever the objective).
+//! - `evaluate`: the validation loss (plain cross-entropy whatever the objective but the
+//!   contrastive one, validated on held-out pairs).
 
 mod capture;
 mod clipping;
+mod data;
 mod error;
 mod evaluate;
 mod freezing;

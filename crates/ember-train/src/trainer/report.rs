@@ -92,6 +92,9 @@ impl Reporter {
         let mut val = record
             .val_loss
             .map_or(String::new(), |v| format!(" | val {v:.4}"));
+        if let Some(accuracy) = record.retrieval_accuracy {
+            val += &format!(" | retrieval {:.1}%", 100.0 * accuracy);
+        }
         if let Some(load) = &record.expert_load {
             let load: Vec<String> = load.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
             val += &format!(

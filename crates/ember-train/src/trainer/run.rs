@@ -85,9 +85,26 @@ where
         let step = self.state.step;
         let done = step == t.steps;
         let mut val_loss = None;
+        let mut retrieval_accuracy = None;
         let mut hook_val_loss = std::collections::BTreeMap::new();
         if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
+            // Contrastive runs: held-out InfoNCE and retrieval accuracy.
+            let eval_pairs = |model: &ember_nn::Transformer<B::InnerBackend>| {
+                let pairs = self.pairs.as_ref()?;
+                Some(super::precision::in_f32(|| {
+                    crate::objective::validate_pairs(
+                        model,
+                        pairs,
+                        t.batch_size,
+                        &t.contrastive.unwrap_or_default(),
+                        self.device,
+                    )
+                }))
+            };
             let eval = |model: &ember_nn::Transformer<B::InnerBackend>| {
+                if let Some(pairs) = eval_pairs(model) {
+                    return pairs.loss;
+                }
                 super::precision::in_f32(|| {
                     evaluate(
                         model,
@@ -104,7 +121,14 @@ where
                     )
                 })
             };
-            let loss = eval(&self.model().valid());
+            let model = self.model().valid();
+            let loss = match eval_pairs(&model) {
+                Some(pairs) => {
+                    retrieval_accuracy = Some(pairs.retrieval_accuracy);
+                    pairs.loss
+                }
+                None => eval(&model),
+            };
             for hook in &self.hooks {
                 if let Some(model) = hook.evaluated() {
                     hook_val_loss.insert(hook.name().to_string(), eval(model));
@@ -121,6 +145,7 @@ where
                 step,
                 train_loss: out.train_loss,
                 val_loss,
+                retrieval_accuracy,
                 lr: out.lr,
                 grad_norm: out.grad_norm,
                 tokens_per_s,

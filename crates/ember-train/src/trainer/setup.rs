@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use ember_data::{BatchSampler, TokenCache, TokenSplits, Tokenizer};
+use ember_data::{BatchSampler, PairSet, TokenSplits, Tokenizer};
 use ember_nn::{FusedBackend, Transformer, TransformerConfig, param_infos};
 use ember_optim::{AdamWGroups, AdamWSettings, LrSchedule, decay_matrices};
 
 use super::capture::Capture;
 use super::clipping::Clipping;
+use super::data::RunData;
 use super::error::TrainError;
 use super::freezing::Freezing;
 use super::options::{TrainExtras, TrainOptions};
@@ -43,6 +44,9 @@ pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) eval_loss: CrossEntropy<B::InnerBackend>,
     pub(super) tokenizer: Tokenizer,
     pub(super) splits: TokenSplits,
+    /// `train.objective = "contrastive"`: the pairs its batches and validation draw
+    /// from (`splits` then holds no validation tokens).
+    pub(super) pairs: Option<PairSet>,
     pub(super) shards: Shards,
     pub(super) n_shards: usize,
     pub(super) tokens_per_step: usize,
@@ -103,49 +107,19 @@ where
         run_dir::check(&options.out_dir, resume_dir, options.force)?;
         let replace = run_dir::replaces_another(&options.out_dir, resume_dir);
 
-        // Data: tokenized once into out_dir/data and reused while unchanged.
-        let kind = config.tokenizer_kind()?;
-        let cache = TokenCache::load_or_build(&options.out_dir.join("data"), &options.data, kind)?;
+        let RunData {
+            cache,
+            splits,
+            pairs,
+        } = RunData::load(
+            &mut config,
+            options,
+            &same_tokenizer_as,
+            objective.is_some(),
+        )?;
         let vocab = cache.tokenizer.vocab_size();
-        if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
-            return Err(ConfigError(format!(
-                "model.vocab_size: {} does not match the tokenizer's {vocab}",
-                config.model.vocab_size
-            ))
-            .into());
-        }
-        config.model.vocab_size = vocab;
-        for (flag, other) in &same_tokenizer_as {
-            if !other.same_vocabulary(&cache.tokenizer) {
-                return Err(ConfigError(format!(
-                    "{flag}: its tokenizer ({} entries) is not the one this run's data and data.tokenizer make ({vocab} entries); the models must share one tokenizer",
-                    other.vocab_size()
-                ))
-                .into());
-            }
-        }
-        let alpha = config.train.focal_alpha.len();
-        if alpha > 0 && alpha != vocab {
-            return Err(ConfigError(format!(
-                "train.focal_alpha: {alpha} weights, but the vocabulary has {vocab} entries (one weight per entry)"
-            ))
-            .into());
-        }
-        if options.cpu_backend {
-            // Activations live in host memory only on CPU backends.
-            crate::footprint::check(&config)?;
-        }
         let block = config.model.max_seq_len;
-        let splits = if config.data.packing {
-            TokenSplits::with_documents(
-                &cache.tokens,
-                &cache.documents,
-                config.data.val_fraction,
-                block,
-            )?
-        } else {
-            TokenSplits::new(&cache.tokens, config.data.val_fraction, block)?
-        };
+        let contrastive = pairs.is_some();
 
         let (mut model, state) = model_and_state::<B>(&config, resume.as_ref(), device)?;
         if let Some(initial) = initial_model {
@@ -211,7 +185,8 @@ where
         let tokens_per_step = t.batch_size * block * t.grad_accum;
         let no_dropout = config.model.dropout == 0.0;
         let (shards, n_shards) = Shards::for_run(
-            t.batch_shards,
+            // In-batch negatives: a contrastive batch runs whole.
+            if contrastive { 1 } else { t.batch_shards },
             t.batch_size,
             options.cpu_backend,
             no_dropout,
@@ -232,12 +207,26 @@ where
         } else {
             String::new()
         };
+        let data = match &pairs {
+            Some(p) => format!(
+                "{} train / {} held-out pairs{}",
+                p.train.len(),
+                p.val.len(),
+                match p.truncated {
+                    0 => String::new(),
+                    n => format!(" ({n} texts cut to {block} tokens)"),
+                }
+            ),
+            None => format!(
+                "{} train / {} val tokens",
+                splits.train.len(),
+                splits.val.len()
+            ),
+        };
         report.start(t.steps, state.step, || {
             format!(
-                "ember train: {} parameters, {} train / {} val tokens{packing}, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
+                "ember train: {} parameters, {data}{packing}, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
                 config.model.num_params(),
-                splits.train.len(),
-                splits.val.len(),
                 t.steps,
                 if n_shards > 1 {
                     format!(", each micro-batch in {n_shards} shards")
@@ -272,6 +261,7 @@ where
             eval_loss,
             tokenizer: cache.tokenizer,
             splits,
+            pairs,
             shards,
             n_shards,
             tokens_per_step,

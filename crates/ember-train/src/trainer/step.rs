@@ -187,6 +187,9 @@ where
             .map(|_| {
                 let sampler = &mut self.state.sampler;
                 let train = &self.splits.train;
+                if let Some(pairs) = &self.pairs {
+                    return pairs.sample(&mut sampler.rng, t.batch_size);
+                }
                 match self.config.data.packing {
                     true => sampler.sample_packed(
                         train,

@@ -1,9 +1,13 @@
 //! Training recipes end to end: schedules, clipping, losses, freezing, EMA and gradual
-//! pruning as configuration settings, resumed exactly; their configuration errors.
+//! pruning as configuration settings, resumed exactly; their configuration errors; the
+//! contrastive objective (`contrastive.rs`) and head importance (`head_pruning.rs`).
 
 use std::path::{Path, PathBuf};
 
+#[path = "../common/mod.rs"]
 mod common;
+mod contrastive;
+mod head_pruning;
 use common::{exclusive, quiet_options, weights};
 
 use burn::backend::{Autodiff, Flex};
@@ -24,7 +28,7 @@ fn corpus(dir: &Path) -> PathBuf {
     path
 }
 
-fn config(sets: &[&str]) -> TrainConfig {
+pub(crate) fn config(sets: &[&str]) -> TrainConfig {
     let sets: Vec<String> = [
         "model.d_model=32",
         "model.n_layers=2",
@@ -48,7 +52,7 @@ fn config(sets: &[&str]) -> TrainConfig {
     TrainConfig::resolve(Some("tiny"), None, &sets).unwrap()
 }
 
-fn metrics(dir: &Path) -> Vec<StepMetrics> {
+pub(crate) fn metrics(dir: &Path) -> Vec<StepMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
