@@ -22,9 +22,19 @@ impl FusedBackend for Flex {
     }
 
     /// The AVX512-BF16 kernel of [`bf16_gemm`](super::bf16_gemm) on strided views (the
-    /// backward pass's transposes are not copied); the composed cast-and-matmul elsewhere.
+    /// backward pass's transposes are not copied); on CPUs without it, the inputs rounded
+    /// to nearest-even bf16 values on the host and burn's f32 product (the same numbers
+    /// up to the order of f32 additions); the composed cast-and-matmul for other layouts.
     fn fused_matmul_bf16(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        matmul::bf16(&a, &b).unwrap_or_else(|| composed::matmul_bf16::<Self>(a, b))
+        if let Some(c) = matmul::bf16(&a, &b) {
+            return c;
+        }
+        match (matmul::rounded_to_bf16(&a), matmul::rounded_to_bf16(&b)) {
+            (Some(a), Some(b)) => {
+                <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(a, b)
+            }
+            _ => composed::matmul_bf16::<Self>(a, b),
+        }
     }
 
     /// Per-head gemm calls around the fused masked softmax on strided views, with no

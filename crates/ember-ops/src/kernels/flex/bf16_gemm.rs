@@ -47,12 +47,12 @@ impl MatRef<'_> {
     }
 
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
+    pub(super) fn at(&self, i: usize, j: usize) -> f32 {
         self.data[self.index(i, j) as usize]
     }
 
     /// Checks that every element of a `rows × cols` view lies inside `data`.
-    fn check(&self, rows: usize, cols: usize, name: &str) {
+    pub(super) fn check(&self, rows: usize, cols: usize, name: &str) {
         if rows == 0 || cols == 0 {
             return;
         }

@@ -41,3 +41,17 @@ pub(super) fn bf16(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
     unsafe { c.set_len(m * n) };
     Some(output(c, Shape::new([m, n])))
 }
+
+/// A contiguous copy of the 2-D f32 tensor `t` with every value rounded to the nearest
+/// bf16 value (ties to even, as the AVX512-BF16 kernel rounds): where that kernel does not
+/// run, the product of two such copies in f32 is the same bf16 product up to the order
+/// of its f32 additions. `None` for other dtypes, ranks or negative strides.
+pub(super) fn rounded_to_bf16(t: &FlexTensor) -> Option<FlexTensor> {
+    let (rows, cols, view) = mat_ref(t)?;
+    view.check(rows, cols, "rounded");
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        out.extend((0..cols).map(|j| bf16_gemm::round_to_bf16(view.at(i, j))));
+    }
+    Some(output(out, Shape::new([rows, cols])))
+}
