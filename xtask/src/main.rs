@@ -345,7 +345,7 @@ fn bench(args: &[String]) -> Result<()> {
         return memory::bench(&data, number("--steps", 6)?);
     }
     if flag("--suite") == Some("recipes") {
-        return recipes::bench(&data, number("--steps", 400)?);
+        return recipes::bench(&data, number("--steps", 400)?, flag("--only"));
     }
     if !data.exists() {
         bail!(

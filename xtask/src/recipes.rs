@@ -11,7 +11,14 @@
 //!   member;
 //! - a distilled small student against the same student alone (teacher: the base run);
 //! - 50% magnitude pruning of the base run, before and after a short recovery run that
-//!   keeps the masks.
+//!   keeps the masks;
+//! - structured pruning of a quarter of the base run's attention heads, before and after
+//!   a short recovery run (`heads.rs`);
+//! - contrastive training on overlapping windows (near-duplicate retrieval), its
+//!   held-out retrieval accuracy (`contrastive.rs`).
+//!
+//! `--only heads,contrastive` runs the base run and the named sections (`losses`,
+//! `schedules`, `clipping`, `soup`, `distill`, `prune`, `heads`, `contrastive`).
 //!
 //! Soups and pruning are scored with `ember perplexity` (mean next-token loss) on the last
 //! 20 000 characters of the corpus, which lie in the runs' held-out split.
@@ -22,36 +29,50 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod contrastive;
+mod heads;
+
 use crate::arch::plot_curves;
 use crate::{build_ember, read_metrics, root, summary_line};
 
 /// One training run's outcome.
-struct Trained {
+pub(super) struct Trained {
     /// The last evaluation's validation loss (`None`: the run diverged).
-    val_loss: Option<f64>,
+    pub(super) val_loss: Option<f64>,
     /// `(step, val_loss)` at every evaluation.
     curve: Vec<(f64, f64)>,
     /// The EMA's last validation loss, when the run kept one.
     ema_val_loss: Option<f64>,
 }
 
-struct Bench {
+pub(super) struct Bench {
     ember: PathBuf,
     data: PathBuf,
-    out: PathBuf,
-    steps: usize,
+    pub(super) out: PathBuf,
+    pub(super) steps: usize,
 }
 
 impl Bench {
     /// `ember train` (or `distill`) with the llama preset and `sets`; a run that stops
     /// with "diverged" is an outcome, not an error.
-    fn train(&self, name: &str, command: &[&str], sets: &[String]) -> Result<Trained> {
+    pub(super) fn train(&self, name: &str, command: &[&str], sets: &[String]) -> Result<Trained> {
+        self.train_on(&self.data, name, command, sets)
+    }
+
+    /// [`Self::train`] on another data file.
+    pub(super) fn train_on(
+        &self,
+        data: &Path,
+        name: &str,
+        command: &[&str],
+        sets: &[String],
+    ) -> Result<Trained> {
         let out = self.out.join(name);
         let _ = std::fs::remove_dir_all(&out);
         let mut cmd = Command::new(&self.ember);
         cmd.args(command)
             .args(["--preset", "llama", "--quiet", "--data"])
-            .arg(&self.data)
+            .arg(data)
             .arg("--out")
             .arg(&out);
         let every = (self.steps / 8).max(1);
@@ -101,7 +122,7 @@ impl Bench {
     }
 
     /// `ember ARGS…`, its stdout.
-    fn ember(&self, args: &[&str]) -> Result<String> {
+    pub(super) fn ember(&self, args: &[&str]) -> Result<String> {
         let output = Command::new(&self.ember).args(args).output()?;
         if !output.status.success() {
             bail!(
@@ -112,13 +133,13 @@ impl Bench {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(super) fn path(&self, name: &str) -> String {
         self.out.join(name).display().to_string()
     }
 }
 
 /// The number after `key` on the first line of `text` that holds it.
-fn number_after(text: &str, key: &str) -> Option<f64> {
+pub(super) fn number_after(text: &str, key: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = &line[line.find(key)? + key.len()..];
         let token: String = rest
@@ -130,7 +151,25 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
     })
 }
 
-pub fn bench(data: &Path, steps: usize) -> Result<()> {
+pub fn bench(data: &Path, steps: usize, only: Option<&str>) -> Result<()> {
+    const SECTIONS: &[&str] = &[
+        "losses",
+        "schedules",
+        "clipping",
+        "soup",
+        "distill",
+        "prune",
+        "heads",
+        "contrastive",
+    ];
+    let only: Option<Vec<&str>> = only.map(|o| o.split(',').map(str::trim).collect());
+    if let Some(bad) = only.iter().flatten().find(|s| !SECTIONS.contains(s)) {
+        bail!(
+            "--only {bad}: unknown section (known: {})",
+            SECTIONS.join(", ")
+        );
+    }
+    let wants = |section: &str| only.as_ref().is_none_or(|o| o.contains(&section));
     if !data.exists() {
         bail!(
             "{}: benchmark data not found (pass --data FILE)",
@@ -159,174 +198,196 @@ pub fn bench(data: &Path, steps: usize) -> Result<()> {
 
     // The base run (cosine, norm clipping, plain cross-entropy) keeps an EMA too.
     let base = b.train("base", &["train"], &sets(&["train.ema_decay=0.99"]))?;
+    let base_dir = b.path("base");
+    let png = out.join("schedules.png");
     row("base_val_loss", base.val_loss);
     row("ema_val_loss", base.ema_val_loss);
-    let smooth = b.train(
-        "label-smoothing",
-        &["train"],
-        &sets(&["train.label_smoothing=0.1"]),
-    )?;
-    row("label_smoothing_val_loss", smooth.val_loss);
-    let z = b.train("z-loss", &["train"], &sets(&["train.z_loss=1e-4"]))?;
-    row("z_loss_val_loss", z.val_loss);
-
-    // Every schedule; the curves in one plot.
-    let third = (steps / 3).max(1);
-    let schedules: Vec<(&str, Vec<String>)> = vec![
-        ("cosine", Vec::new()),
-        ("linear", sets(&["optim.schedule=\"linear\""])),
-        ("constant", sets(&["optim.schedule=\"constant\""])),
-        ("inverse_sqrt", sets(&["optim.schedule=\"inverse_sqrt\""])),
-        ("wsd", sets(&["optim.schedule=\"wsd\""])),
-        (
-            "one_cycle",
-            sets(&["optim.schedule=\"one_cycle\"", "optim.warmup_steps=0"]),
-        ),
-        (
-            "cosine_restarts",
-            vec![
-                "optim.schedule=\"cosine_restarts\"".into(),
-                format!("optim.cosine_restarts={{T_0={third}}}"),
-            ],
-        ),
-    ];
-    let mut curves = Vec::new();
-    for (name, extra) in &schedules {
-        let run = if *name == "cosine" {
-            Trained {
-                val_loss: base.val_loss,
-                curve: base.curve.clone(),
-                ema_val_loss: None,
-            }
-        } else {
-            b.train(&format!("schedule-{name}"), &["train"], extra)?
-        };
-        row(&format!("schedule_{name}_val_loss"), run.val_loss);
-        curves.push((name.to_string(), run.curve));
+    if wants("losses") {
+        let smooth = b.train(
+            "label-smoothing",
+            &["train"],
+            &sets(&["train.label_smoothing=0.1"]),
+        )?;
+        row("label_smoothing_val_loss", smooth.val_loss);
+        let z = b.train("z-loss", &["train"], &sets(&["train.z_loss=1e-4"]))?;
+        row("z_loss_val_loss", z.val_loss);
     }
-    let png = out.join("schedules.png");
-    plot_curves(
-        &curves,
-        "Validation loss by schedule, Tiny Shakespeare, llama preset size",
-        "val loss",
-        &png,
-    )?;
 
-    // Clipping at a learning rate 30× the preset's.
-    let hot = ["optim.lr=3e-2", "optim.min_lr=3e-3"];
-    let norm = b.train("clip-norm-hot", &["train"], &sets(&hot))?;
-    let mut agc_sets = sets(&hot);
-    agc_sets.extend(sets(&["optim.clip=\"agc\"", "optim.grad_clip=0.01"]));
-    let agc = b.train("clip-agc-hot", &["train"], &agc_sets)?;
-    row("hot_lr_norm_clip_val_loss", norm.val_loss);
-    row("hot_lr_agc_val_loss", agc.val_loss);
+    if wants("schedules") {
+        // Every schedule; the curves in one plot.
+        let third = (steps / 3).max(1);
+        let schedules: Vec<(&str, Vec<String>)> = vec![
+            ("cosine", Vec::new()),
+            ("linear", sets(&["optim.schedule=\"linear\""])),
+            ("constant", sets(&["optim.schedule=\"constant\""])),
+            ("inverse_sqrt", sets(&["optim.schedule=\"inverse_sqrt\""])),
+            ("wsd", sets(&["optim.schedule=\"wsd\""])),
+            (
+                "one_cycle",
+                sets(&["optim.schedule=\"one_cycle\"", "optim.warmup_steps=0"]),
+            ),
+            (
+                "cosine_restarts",
+                vec![
+                    "optim.schedule=\"cosine_restarts\"".into(),
+                    format!("optim.cosine_restarts={{T_0={third}}}"),
+                ],
+            ),
+        ];
+        let mut curves = Vec::new();
+        for (name, extra) in &schedules {
+            let run = if *name == "cosine" {
+                Trained {
+                    val_loss: base.val_loss,
+                    curve: base.curve.clone(),
+                    ema_val_loss: None,
+                }
+            } else {
+                b.train(&format!("schedule-{name}"), &["train"], extra)?
+            };
+            row(&format!("schedule_{name}_val_loss"), run.val_loss);
+            curves.push((name.to_string(), run.curve));
+        }
+        plot_curves(
+            &curves,
+            "Validation loss by schedule, Tiny Shakespeare, llama preset size",
+            "val loss",
+            &png,
+        )?;
+    }
 
-    // Soup: three short fine-tunes of the base run, different data orders.
-    let base_dir = b.path("base");
-    let mut members = Vec::new();
-    for seed in 1..=3 {
-        let name = format!("soup-seed{seed}");
-        let fine = vec![
-            format!("train.seed={seed}"),
+    if wants("clipping") {
+        // Clipping at a learning rate 30× the preset's.
+        let hot = ["optim.lr=3e-2", "optim.min_lr=3e-3"];
+        let norm = b.train("clip-norm-hot", &["train"], &sets(&hot))?;
+        let mut agc_sets = sets(&hot);
+        agc_sets.extend(sets(&["optim.clip=\"agc\"", "optim.grad_clip=0.01"]));
+        let agc = b.train("clip-agc-hot", &["train"], &agc_sets)?;
+        row("hot_lr_norm_clip_val_loss", norm.val_loss);
+        row("hot_lr_agc_val_loss", agc.val_loss);
+    }
+
+    if wants("soup") {
+        // Soup: three short fine-tunes of the base run, different data orders.
+        let mut members = Vec::new();
+        for seed in 1..=3 {
+            let name = format!("soup-seed{seed}");
+            let fine = vec![
+                format!("train.seed={seed}"),
+                "optim.schedule=\"constant\"".into(),
+                "optim.lr=3e-4".into(),
+                "optim.warmup_steps=0".into(),
+                format!("train.steps={}", (steps / 4).max(1)),
+                format!("train.eval_every={}", (steps / 4).max(1)),
+            ];
+            b.train(&name, &["train", "--init-from", &base_dir], &fine)?;
+            members.push(b.path(&name));
+        }
+        let mut args = vec!["soup", "--greedy", "--data", &heldout, "--out"];
+        let soup_out = b.path("soup");
+        args.push(&soup_out);
+        args.push("--force");
+        args.push("--models");
+        args.extend(members.iter().map(String::as_str));
+        let soup = b.ember(&args)?;
+        let best = soup
+            .lines()
+            .filter(|l| l.starts_with("ingredient "))
+            .filter_map(|l| number_after(l, "val loss"))
+            .fold(f64::MAX, f64::min);
+        row("soup_best_member_loss", Some(best));
+        row("greedy_soup_loss", number_after(&soup, "soup: val loss"));
+        row("greedy_soup_members", number_after(&soup, "greedy soup of"));
+    }
+
+    if wants("distill") {
+        // Distillation: a student a quarter the width, alone and with the base run as teacher.
+        let student = sets(&[
+            "model.d_model=64",
+            "model.n_layers=2",
+            "model.n_heads=2",
+            "model.n_kv_heads=2",
+            "model.d_ff=172",
+        ]);
+        let alone = b.train("student-alone", &["train"], &student)?;
+        let distilled = b.train(
+            "student-distilled",
+            &[
+                "distill",
+                "--teacher",
+                &base_dir,
+                "--alpha",
+                "0.5",
+                "--temperature",
+                "2.0",
+            ],
+            &student,
+        )?;
+        row("student_alone_val_loss", alone.val_loss);
+        row("student_distilled_val_loss", distilled.val_loss);
+    }
+
+    if wants("prune") {
+        // 50% magnitude pruning, then a recovery run keeping the masks.
+        let pruned = b.path("pruned");
+        let report = b.ember(&[
+            "prune",
+            "--model",
+            &base_dir,
+            "--sparsity",
+            "0.5",
+            "--data",
+            &heldout,
+            "--out",
+            &pruned,
+            "--force",
+        ])?;
+        let nll = |text: &str, key: &str| number_after(text, key);
+        row("prune_sparsity_pct", number_after(&report, "sparsity:"));
+        let before = nll(&report, "(mean nll");
+        let after = report
+            .lines()
+            .find(|l| l.starts_with("perplexity:"))
+            .and_then(|l| number_after(&l[l.find("after").unwrap_or(0)..], "(mean nll"));
+        row("prune_before_loss", before);
+        row("prune_after_loss", after);
+        let recovery = vec![
+            "train.prune={sparsity=0.5, start=0, end=1, every=1}".into(),
             "optim.schedule=\"constant\"".into(),
             "optim.lr=3e-4".into(),
             "optim.warmup_steps=0".into(),
             format!("train.steps={}", (steps / 4).max(1)),
             format!("train.eval_every={}", (steps / 4).max(1)),
         ];
-        b.train(&name, &["train", "--init-from", &base_dir], &fine)?;
-        members.push(b.path(&name));
+        b.train(
+            "pruned-recovered",
+            &["train", "--init-from", &pruned],
+            &recovery,
+        )?;
+        let recovered = b.ember(&[
+            "perplexity",
+            "--model",
+            &b.path("pruned-recovered"),
+            "--data",
+            &heldout,
+        ])?;
+        row(
+            "prune_recovered_loss",
+            number_after(&recovered, "mean nll:"),
+        );
     }
-    let mut args = vec!["soup", "--greedy", "--data", &heldout, "--out"];
-    let soup_out = b.path("soup");
-    args.push(&soup_out);
-    args.push("--force");
-    args.push("--models");
-    args.extend(members.iter().map(String::as_str));
-    let soup = b.ember(&args)?;
-    let best = soup
-        .lines()
-        .filter(|l| l.starts_with("ingredient "))
-        .filter_map(|l| number_after(l, "val loss"))
-        .fold(f64::MAX, f64::min);
-    row("soup_best_member_loss", Some(best));
-    row("greedy_soup_loss", number_after(&soup, "soup: val loss"));
-    row("greedy_soup_members", number_after(&soup, "greedy soup of"));
 
-    // Distillation: a student a quarter the width, alone and with the base run as teacher.
-    let student = sets(&[
-        "model.d_model=64",
-        "model.n_layers=2",
-        "model.n_heads=2",
-        "model.n_kv_heads=2",
-        "model.d_ff=172",
-    ]);
-    let alone = b.train("student-alone", &["train"], &student)?;
-    let distilled = b.train(
-        "student-distilled",
-        &[
-            "distill",
-            "--teacher",
-            &base_dir,
-            "--alpha",
-            "0.5",
-            "--temperature",
-            "2.0",
-        ],
-        &student,
-    )?;
-    row("student_alone_val_loss", alone.val_loss);
-    row("student_distilled_val_loss", distilled.val_loss);
-
-    // 50% magnitude pruning, then a recovery run keeping the masks.
-    let pruned = b.path("pruned");
-    let report = b.ember(&[
-        "prune",
-        "--model",
-        &base_dir,
-        "--sparsity",
-        "0.5",
-        "--data",
-        &heldout,
-        "--out",
-        &pruned,
-        "--force",
-    ])?;
-    let nll = |text: &str, key: &str| number_after(text, key);
-    row("prune_sparsity_pct", number_after(&report, "sparsity:"));
-    let before = nll(&report, "(mean nll");
-    let after = report
-        .lines()
-        .find(|l| l.starts_with("perplexity:"))
-        .and_then(|l| number_after(&l[l.find("after").unwrap_or(0)..], "(mean nll"));
-    row("prune_before_loss", before);
-    row("prune_after_loss", after);
-    let recovery = vec![
-        "train.prune={sparsity=0.5, start=0, end=1, every=1}".into(),
-        "optim.schedule=\"constant\"".into(),
-        "optim.lr=3e-4".into(),
-        "optim.warmup_steps=0".into(),
-        format!("train.steps={}", (steps / 4).max(1)),
-        format!("train.eval_every={}", (steps / 4).max(1)),
-    ];
-    b.train(
-        "pruned-recovered",
-        &["train", "--init-from", &pruned],
-        &recovery,
-    )?;
-    let recovered = b.ember(&[
-        "perplexity",
-        "--model",
-        &b.path("pruned-recovered"),
-        "--data",
-        &heldout,
-    ])?;
-    row(
-        "prune_recovered_loss",
-        number_after(&recovered, "mean nll:"),
-    );
+    if wants("heads") {
+        heads::rows(&b, &base_dir, &heldout, &mut row)?;
+    }
+    if wants("contrastive") {
+        contrastive::rows(&b, &base_dir, &text, &mut row)?;
+    }
 
     let mut summary = json!({ "bench": "recipes", "steps": steps });
+    if let Some(only) = &only {
+        summary["only"] = json!(only.join(","));
+    }
     summary.as_object_mut().expect("an object").extend(rows);
     println!("{}", summary_line(&summary));
     let json_path = root.join("target/bench/recipes.json");

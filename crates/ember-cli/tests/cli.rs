@@ -494,6 +494,27 @@ fn prune_and_soup_write_loadable_models() {
         &path(&dir.join("bad")),
     ]);
     assert_fails(&out, 2, "--method heads: give --data");
+    // GPT-2's config.json cannot say the heads' width: refused before any work.
+    stdout_of(&train(
+        dir,
+        "gpt2",
+        1,
+        &["--preset", "gpt2", "--set", "model.n_heads=4"],
+    ));
+    let out = ember(&[
+        "prune",
+        "--method",
+        "heads",
+        "--model",
+        &path(&dir.join("gpt2")),
+        "--sparsity",
+        "0.5",
+        "--data",
+        data,
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "GPT-2 heads are n_embd / n_head wide");
 
     // The uniform soup is the element-wise mean of the ingredients' weights.
     let soup = dir.join("soup");

@@ -86,10 +86,11 @@ impl PairSet {
         pair_batch(chosen.iter().map(|&i| &self.train[i]))
     }
 
-    /// The held-out pairs in order, in groups of at most `batch` whose sizes differ by at
-    /// most one (so no group is a lone pair while others are full).
+    /// The held-out pairs in order, in groups of about `batch` (at least `batch` each, or
+    /// all of them when fewer) whose sizes differ by at most one, so that no group is a
+    /// lone pair.
     pub fn val_batches(&self, batch: usize) -> Vec<Batch> {
-        let groups = self.val.len().div_ceil(batch.max(2));
+        let groups = (self.val.len() / batch.max(2)).max(1);
         row_groups(self.val.len(), groups)
             .into_iter()
             .map(|rows| pair_batch(self.val[rows].iter()))
@@ -129,7 +130,7 @@ mod tests {
     use super::*;
     use crate::tokenizer::CharTokenizer;
 
-    fn corpus(n: usize) -> (Corpus, Tokenizer) {
+    fn paired_corpus(n: usize) -> (Corpus, Tokenizer) {
         let documents: Vec<String> = (0..n)
             .flat_map(|i| [format!("a{i}"), format!("positive {i}")])
             .collect();
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn pairs_split_sample_and_pad() {
-        let (corpus, tokenizer) = corpus(20);
+        let (corpus, tokenizer) = paired_corpus(20);
         let set = PairSet::new(&corpus, &tokenizer, 0.1, 8, 4).unwrap();
         assert_eq!((set.train.len(), set.val.len()), (18, 2));
         // "positive 10" and longer are cut to 8 tokens.
@@ -190,11 +191,18 @@ mod tests {
         let val = set.val_batches(4);
         assert_eq!(val.len(), 1);
         assert_eq!(val[0].batch, 4);
+        // 3 held-out pairs in groups of 2: one group of 3, not 2 + a lone pair.
+        let (corpus, tokenizer) = paired_corpus(13);
+        let set = PairSet::new(&corpus, &tokenizer, 0.2, 8, 2).unwrap();
+        assert_eq!(set.val.len(), 3);
+        let val = set.val_batches(2);
+        assert_eq!(val.len(), 1);
+        assert_eq!(val[0].batch, 6);
     }
 
     #[test]
     fn too_few_pairs_and_unpaired_corpora_are_refused() {
-        let (corpus, tokenizer) = corpus(5);
+        let (corpus, tokenizer) = paired_corpus(5);
         let err = PairSet::new(&corpus, &tokenizer, 0.1, 8, 4).unwrap_err();
         assert!(err.to_string().contains("5 pairs"), "{err}");
         let unpaired = Corpus {

@@ -483,7 +483,7 @@ impl TransformerConfig {
                 return err(
                     "n_heads",
                     format!(
-                        "RoPE rotates feature pairs and needs an even rotary dimension; head dimension d_model / n_heads = {} times partial_rotary_factor {} gives {rotary}",
+                        "RoPE rotates feature pairs and needs an even rotary dimension; head dimension {} (head_dim, or d_model / n_heads) times partial_rotary_factor {} gives {rotary}",
                         self.head_dim(),
                         self.partial_rotary_factor
                     ),

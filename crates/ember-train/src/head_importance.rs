@@ -9,7 +9,8 @@ use ember_nn::{FusedBackend, Transformer};
 
 use crate::loss::masked_cross_entropy;
 
-/// Every head's importance, `[layer][head]`: the mean over `batches` of `|∂L/∂ξ_h|`,
+/// Every head's importance, `[layer][head]`: the mean over `batches` (drawn one at a
+/// time) of `|∂L/∂ξ_h|`,
 /// where `ξ_h` is a gate (1 in the model) multiplying head `h`'s output and `L` the
 /// batch's mean next-token cross-entropy. The gate's gradient is read off the output
 /// projection's: head `h` feeds `o_proj` through its rows `h·head_dim..(h+1)·head_dim`,
@@ -18,13 +19,15 @@ use crate::loss::masked_cross_entropy;
 /// Errors when an output projection gets no gradient (frozen).
 pub fn head_importance<B: AutodiffBackend + FusedBackend>(
     model: &Transformer<B>,
-    batches: &[Batch],
+    batches: impl IntoIterator<Item = Batch>,
     device: &B::Device,
 ) -> Result<Vec<Vec<f64>>, String> {
     let config = model.config();
     let (n_layers, n_heads) = (config.n_layers, config.n_heads);
     let mut total = vec![vec![0.0f64; n_heads]; n_layers];
+    let mut n = 0usize;
     for batch in batches {
+        n += 1;
         let shape = [batch.batch, batch.block];
         let inputs =
             Tensor::<B, 2, Int>::from_data(TensorData::new(batch.inputs.clone(), shape), device);
@@ -49,7 +52,7 @@ pub fn head_importance<B: AutodiffBackend + FusedBackend>(
             }
         }
     }
-    let n = batches.len().max(1) as f64;
+    let n = n.max(1) as f64;
     Ok(total
         .into_iter()
         .map(|layer| layer.into_iter().map(|s| s / n).collect())

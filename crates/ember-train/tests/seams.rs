@@ -149,9 +149,9 @@ fn causal_lm_by_name_is_the_default_and_a_bad_name_is_refused() {
             .unwrap_err()
             .to_string()
     };
-    let msg = err(&["train.objective=\"contrastive\""]);
+    let msg = err(&["train.objective=\"triplet\""]);
     assert!(
-        msg.contains("train.objective = \"contrastive\": expected \"causal_lm\""),
+        msg.contains("train.objective = \"triplet\": expected \"causal_lm\" or \"contrastive\""),
         "{msg}"
     );
     let msg = err(&["train.objective=3"]);

@@ -53,9 +53,12 @@ pub struct PruneArgs {
     /// where their importance is measured; required).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Heads: windows of the model's context drawn from --data to measure importance on.
+    /// Heads: windows drawn from --data to measure importance on.
     #[arg(long, default_value_t = 32)]
     pub importance_windows: usize,
+    /// Heads: tokens per window (default: the model's context, at most 1024).
+    #[arg(long)]
+    pub context: Option<usize>,
 }
 
 /// Token ids of the text file `path` in `dir`'s tokenizer.

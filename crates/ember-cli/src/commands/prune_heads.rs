@@ -18,6 +18,8 @@ use crate::error::CliError;
 
 /// Windows drawn per backward pass while measuring importance.
 const WINDOWS_PER_BATCH: usize = 4;
+/// The longest window importance is measured on, unless `--context` says otherwise.
+const DEFAULT_CONTEXT: usize = 1024;
 
 /// `ember prune --method heads` on backend `B` (`args` checked by the caller).
 pub fn run<B: FusedBackend>(on: &On<B>, args: &PruneArgs) -> Result<(), CliError> {
@@ -31,19 +33,37 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: &PruneArgs) -> Result<(), CliError
             "--importance-windows: must be at least 1".into(),
         ));
     }
+    if args.context.is_some_and(|c| c < 2) {
+        return Err(CliError::Usage("--context: must be at least 2".into()));
+    }
     let dir = ModelDir::open(&args.model)?;
-    ember_hf::export_arch(dir.config())
-        .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
     let config = dir.config().clone();
     let remove = (args.sparsity * config.n_heads as f64).round() as usize;
-    if remove == 0 {
+    if remove == 0 || remove >= config.n_heads {
         return Err(CliError::Usage(format!(
-            "--sparsity {}: removes no head of {} per layer",
+            "--sparsity {}: removes {remove} of {} heads per layer; at least one must go and one stay",
             args.sparsity, config.n_heads
         )));
     }
+    // The smaller model must be writable before any work is done.
+    let mut smaller = config.clone();
+    smaller.n_heads -= remove;
+    if config.n_kv_heads == config.n_heads {
+        smaller.n_kv_heads = smaller.n_heads;
+    }
+    smaller.head_dim = Some(config.head_dim());
+    ember_hf::export_arch(&smaller).map_err(|e| {
+        CliError::Usage(format!(
+            "--model {}: without {remove} heads per layer: {e}",
+            args.model.display()
+        ))
+    })?;
     let ids = read_ids(&dir, data)?;
-    let context = config.max_seq_len.min(ids.len().saturating_sub(1));
+    let context = args
+        .context
+        .unwrap_or(DEFAULT_CONTEXT)
+        .min(config.max_seq_len)
+        .min(ids.len().saturating_sub(1));
     if context < 2 {
         return Err(CliError::Usage(format!(
             "--data {}: {} tokens are too few to measure importance on",
@@ -51,16 +71,18 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: &PruneArgs) -> Result<(), CliError
             ids.len()
         )));
     }
-    // The model with gradients, and the importance of each head.
-    let model = dir.load::<Autodiff<B>>(&on.device)?;
+    // The model with gradients (dropout seeded, so the measure repeats), and the
+    // importance of each head over batches drawn one at a time.
+    let device = &on.device;
+    <Autodiff<B> as burn::tensor::backend::Backend>::seed(device, 0);
+    let model = dir.load::<Autodiff<B>>(device)?;
     let mut sampler = BatchSampler::new(0);
-    let batches: Vec<_> = (0..args.importance_windows.div_ceil(WINDOWS_PER_BATCH))
-        .map(|i| {
-            let rows = WINDOWS_PER_BATCH.min(args.importance_windows - i * WINDOWS_PER_BATCH);
-            sampler.sample(&ids, rows, context)
-        })
-        .collect();
-    let importance = ember_train::head_importance::head_importance(&model, &batches, &on.device)
+    let windows = args.importance_windows;
+    let batches = (0..windows.div_ceil(WINDOWS_PER_BATCH)).map(|i| {
+        let rows = WINDOWS_PER_BATCH.min(windows - i * WINDOWS_PER_BATCH);
+        sampler.sample(&ids, rows, context)
+    });
+    let importance = ember_train::head_importance::head_importance(&model, batches, device)
         .map_err(|e| CliError::Runtime(format!("--model {}: {e}", args.model.display())))?;
     let kept = importance
         .iter()

@@ -168,7 +168,18 @@ pub(super) fn export_problem(model: &TransformerConfig) -> Option<String> {
         && model.n_kv_heads == model.n_heads
         && model.sliding_window.is_none()
         && model.moe.is_none();
-    (!fits).then(|| {
-        "learned positions without GPT-2's LayerNorm, GELU MLP and multi-head attention".into()
+    if !fits {
+        return Some(
+            "learned positions without GPT-2's LayerNorm, GELU MLP and multi-head attention".into(),
+        );
+    }
+    // GPT-2's config.json has no head width: it is always n_embd / n_head.
+    (model.n_heads * model.head_dim() != model.d_model).then(|| {
+        format!(
+            "GPT-2 heads are n_embd / n_head wide; these are {} wide ({} heads, d_model {})",
+            model.head_dim(),
+            model.n_heads,
+            model.d_model
+        )
     })
 }

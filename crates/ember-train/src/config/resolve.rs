@@ -164,9 +164,17 @@ impl TrainConfig {
                 )));
             }
         }
-        let config: TrainConfig = toml::Value::Table(table)
+        let mut config: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;
+        // A head width equal to d_model / n_heads is the default one, so that configurations
+        // (and `--init-from` a model read from Hugging Face) compare equal.
+        let m = &config.model;
+        if m.head_dim
+            .is_some_and(|h| h.checked_mul(m.n_heads) == Some(m.d_model))
+        {
+            config.model.head_dim = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -355,6 +363,24 @@ impl TrainConfig {
                 "data.packing",
                 "does not apply to train.objective = \"contrastive\" (each text is a row of its own)".into(),
             );
+        }
+        if self.model.moe.is_some() {
+            return fail(
+                "model.moe",
+                "train.objective = \"contrastive\" trains dense models (padding would compete for expert capacity and the routers' losses would go untrained)".into(),
+            );
+        }
+        for (key, set) in [
+            ("train.label_smoothing", t.label_smoothing > 0.0),
+            ("train.z_loss", t.z_loss > 0.0),
+            ("train.loss", t.loss != crate::loss::LossKind::CrossEntropy),
+        ] {
+            if set {
+                return fail(
+                    key,
+                    "is a token loss; train.objective = \"contrastive\" predicts no token".into(),
+                );
+            }
         }
         Ok(())
     }

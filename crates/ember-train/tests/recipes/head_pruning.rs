@@ -61,7 +61,7 @@ fn head_importance_is_the_gate_gradient_by_finite_differences() {
         sampler.sample(&tokens, 3, 12),
         sampler.sample(&tokens, 3, 12),
     ];
-    let importance = head_importance(&model, &batches, &device).unwrap();
+    let importance = head_importance(&model, batches.clone(), &device).unwrap();
     assert_eq!((importance.len(), importance[0].len()), (2, 4));
 
     let plain = model.valid();
