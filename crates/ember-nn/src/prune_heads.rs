@@ -140,10 +140,10 @@ impl<B: FusedBackend> Transformer<B> {
         }
         for (block, heads) in self.layers.iter_mut().zip(kept) {
             let attn = &mut block.attn;
-            keep_columns(&mut attn.q_proj, &heads.query, head_dim)?;
-            keep_columns(&mut attn.k_proj, &heads.key_value, head_dim)?;
-            keep_columns(&mut attn.v_proj, &heads.key_value, head_dim)?;
-            keep_rows(&mut attn.o_proj, &heads.query, head_dim)?;
+            keep_heads(&mut attn.q_proj, &heads.query, head_dim, Side::Output)?;
+            keep_heads(&mut attn.k_proj, &heads.key_value, head_dim, Side::Output)?;
+            keep_heads(&mut attn.v_proj, &heads.key_value, head_dim, Side::Output)?;
+            keep_heads(&mut attn.o_proj, &heads.query, head_dim, Side::Input)?;
             attn.n_heads = n_q;
             attn.n_kv_heads = n_kv;
         }
@@ -170,32 +170,33 @@ fn feature_indices<B: Backend>(
     Tensor::from_data(TensorData::new(idx, [n]), device)
 }
 
-/// `projection` with only the output columns of `heads` (weight `[d_in, d_out]`, bias).
-fn keep_columns<B: Backend>(
-    projection: &mut Projection<B>,
-    heads: &[usize],
-    head_dim: usize,
-) -> Result<(), String> {
-    check_plain(projection)?;
-    let weight = projection.weight.val();
-    let idx = feature_indices::<B>(heads, head_dim, &weight.device());
-    projection.weight = Param::from_tensor(weight.select(1, idx.clone()));
-    if let Some(bias) = &projection.bias {
-        projection.bias = Some(Param::from_tensor(bias.val().select(0, idx)));
-    }
-    Ok(())
+/// Which side of a projection's weight `[d_in, d_out]` holds the heads.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// Output columns (q/k/v): the bias is per head too.
+    Output,
+    /// Input rows (`o_proj`): the bias is per output and stays whole.
+    Input,
 }
 
-/// `projection` with only the input rows of `heads` (its bias is per output: kept).
-fn keep_rows<B: Backend>(
+/// `projection` with only the features of `heads` on `side`.
+fn keep_heads<B: Backend>(
     projection: &mut Projection<B>,
     heads: &[usize],
     head_dim: usize,
+    side: Side,
 ) -> Result<(), String> {
     check_plain(projection)?;
     let weight = projection.weight.val();
     let idx = feature_indices::<B>(heads, head_dim, &weight.device());
-    projection.weight = Param::from_tensor(weight.select(0, idx));
+    let dim = match side {
+        Side::Output => 1,
+        Side::Input => 0,
+    };
+    projection.weight = Param::from_tensor(weight.select(dim, idx.clone()));
+    if let (Side::Output, Some(bias)) = (side, &projection.bias) {
+        projection.bias = Some(Param::from_tensor(bias.val().select(0, idx)));
+    }
     Ok(())
 }
 
