@@ -494,6 +494,22 @@ fn prune_and_soup_write_loadable_models() {
         &path(&dir.join("bad")),
     ]);
     assert_fails(&out, 2, "--method heads: give --data");
+    let out = ember(&[
+        "prune",
+        "--method",
+        "heads",
+        "--scope",
+        "layer",
+        "--model",
+        &path(&run(1)),
+        "--sparsity",
+        "0.5",
+        "--data",
+        data,
+        "--out",
+        &path(&dir.join("bad")),
+    ]);
+    assert_fails(&out, 2, "--scope: applies to --method magnitude");
     // GPT-2's config.json cannot say the heads' width: refused before any work.
     stdout_of(&train(
         dir,

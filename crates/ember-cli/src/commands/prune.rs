@@ -41,8 +41,9 @@ pub struct PruneArgs {
     /// share of every layer's attention heads removed.
     #[arg(long)]
     pub sparsity: f64,
-    #[arg(long, value_enum, default_value_t = ScopeArg::Global)]
-    pub scope: ScopeArg,
+    /// Magnitude only (default: global).
+    #[arg(long, value_enum)]
+    pub scope: Option<ScopeArg>,
     /// Output directory (a Hugging Face model directory, written atomically).
     #[arg(long)]
     pub out: PathBuf,
@@ -93,7 +94,17 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: PruneArgs) -> Result<(), CliError>
     }
     check_out(&[&args.model], &args.out, args.force)?;
     if args.method == PruneMethod::Heads {
+        if args.scope.is_some() {
+            return Err(CliError::Usage(
+                "--scope: applies to --method magnitude; --method heads removes the same share of every layer's heads".into(),
+            ));
+        }
         return super::prune_heads::run(on, &args);
+    }
+    if args.context.is_some() {
+        return Err(CliError::Usage(
+            "--context: applies to --method heads (the windows importance is measured on)".into(),
+        ));
     }
     let dir = ModelDir::open(&args.model)?;
     ember_hf::export_arch(dir.config())
@@ -103,7 +114,7 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: PruneArgs) -> Result<(), CliError>
         None => None,
     };
     let model = dir.load::<B>(&on.device)?;
-    let scope = match args.scope {
+    let scope = match args.scope.unwrap_or(ScopeArg::Global) {
         ScopeArg::Global => PruneScope::Global,
         ScopeArg::Layer => PruneScope::Layer,
     };
