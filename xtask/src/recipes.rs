@@ -133,6 +133,30 @@ impl Bench {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// A short recovery run from the model in `from` (a quarter of the steps at a
+    /// constant 3e-4, plus `extra` settings), scored by `ember perplexity` on `heldout`.
+    pub(super) fn recover(
+        &self,
+        name: &str,
+        from: &str,
+        extra: &[String],
+        heldout: &str,
+    ) -> Result<Option<f64>> {
+        let steps = (self.steps / 4).max(1);
+        let mut sets: Vec<String> = vec![
+            "optim.schedule=\"constant\"".into(),
+            "optim.lr=3e-4".into(),
+            "optim.warmup_steps=0".into(),
+            format!("train.steps={steps}"),
+            format!("train.eval_every={steps}"),
+        ];
+        sets.extend_from_slice(extra);
+        self.train(name, &["train", "--init-from", from], &sets)?;
+        let measured =
+            self.ember(&["perplexity", "--model", &self.path(name), "--data", heldout])?;
+        Ok(number_after(&measured, "mean nll:"))
+    }
+
     pub(super) fn path(&self, name: &str) -> String {
         self.out.join(name).display().to_string()
     }
@@ -351,30 +375,13 @@ pub fn bench(data: &Path, steps: usize, only: Option<&str>) -> Result<()> {
             .and_then(|l| number_after(&l[l.find("after").unwrap_or(0)..], "(mean nll"));
         row("prune_before_loss", before);
         row("prune_after_loss", after);
-        let recovery = vec![
-            "train.prune={sparsity=0.5, start=0, end=1, every=1}".into(),
-            "optim.schedule=\"constant\"".into(),
-            "optim.lr=3e-4".into(),
-            "optim.warmup_steps=0".into(),
-            format!("train.steps={}", (steps / 4).max(1)),
-            format!("train.eval_every={}", (steps / 4).max(1)),
-        ];
-        b.train(
+        let recovered = b.recover(
             "pruned-recovered",
-            &["train", "--init-from", &pruned],
-            &recovery,
-        )?;
-        let recovered = b.ember(&[
-            "perplexity",
-            "--model",
-            &b.path("pruned-recovered"),
-            "--data",
+            &pruned,
+            &sets(&["train.prune={sparsity=0.5, start=0, end=1, every=1}"]),
             &heldout,
-        ])?;
-        row(
-            "prune_recovered_loss",
-            number_after(&recovered, "mean nll:"),
-        );
+        )?;
+        row("prune_recovered_loss", recovered);
     }
 
     if wants("heads") {

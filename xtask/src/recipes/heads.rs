@@ -54,32 +54,12 @@ pub(super) fn rows(
             "(mean nll",
         ),
     );
-    let steps = (b.steps / 4).max(1);
-    let recovery = vec![
+    let shape = [
         format!("model.n_heads={n_heads}"),
         format!("model.n_kv_heads={n_kv}"),
         format!("model.head_dim={head_dim}"),
-        "optim.schedule=\"constant\"".into(),
-        "optim.lr=3e-4".into(),
-        "optim.warmup_steps=0".into(),
-        format!("train.steps={steps}"),
-        format!("train.eval_every={steps}"),
     ];
-    b.train(
-        "heads-recovered",
-        &["train", "--init-from", &pruned],
-        &recovery,
-    )?;
-    let recovered = b.ember(&[
-        "perplexity",
-        "--model",
-        &b.path("heads-recovered"),
-        "--data",
-        heldout,
-    ])?;
-    row(
-        "heads_recovered_loss",
-        number_after(&recovered, "mean nll:"),
-    );
+    let recovered = b.recover("heads-recovered", &pruned, &shape, heldout)?;
+    row("heads_recovered_loss", recovered);
     Ok(())
 }
