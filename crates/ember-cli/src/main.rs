@@ -6,6 +6,7 @@ mod backend;
 mod commands;
 mod error;
 mod ids;
+mod ranks;
 mod tui;
 
 use std::process::ExitCode;
@@ -93,6 +94,20 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // `--nproc N` outside an MPI job: this command again as N ranks under mpirun.
+    let nproc = match &cli.command {
+        Command::Train(args) => args.nproc,
+        Command::Distill(args) => args.student.nproc,
+        _ => None,
+    };
+    if let Some(n) = nproc.filter(|&n| n > 1)
+        && !ember_train::ddp::launched_by_mpi()
+    {
+        return ranks::launch(n).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        });
+    }
     let result = backend::dispatch(cli.backend, |runner| match cli.command {
         Command::Train(args) => runner.train(args),
         Command::Finetune(args) => runner.finetune(args),
@@ -113,9 +128,14 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info::run(args),
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            ranks::finish();
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}{err}", ranks::rank_label());
+            // A rank of a data-parallel job ends the others too.
+            ranks::stop_job(err.exit_code());
             ExitCode::from(err.exit_code())
         }
     }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod data_parallel;
+
 fn ember(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(args)

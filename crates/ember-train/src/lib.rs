@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ddp;
 pub mod finetune;
 pub mod footprint;
 pub mod head_importance;

@@ -62,9 +62,8 @@ impl Shards {
         no_dropout: bool,
     ) -> Result<(Self, usize), ConfigError> {
         let n = match requested {
-            0 if cpu_backend && no_dropout => std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(batch_size),
+            // rayon's pool: the cores, or RAYON_NUM_THREADS (a rank's share of them).
+            0 if cpu_backend && no_dropout => rayon::current_num_threads().min(batch_size),
             0 => 1,
             n => n,
         };

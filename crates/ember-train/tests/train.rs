@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
+mod data_parallel;
 use common::{exclusive, quiet_options, weights};
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;

@@ -49,6 +49,15 @@ pub struct TrainArgs {
     /// checkpoint). Plain progress lines when stdout is not a terminal.
     #[arg(long, conflicts_with = "quiet")]
     pub tui: bool,
+    /// Train data-parallel over N local processes, started through `mpirun`/`mpiexec`
+    /// (an `mpi` build of ember and an MPI runtime). Under `mpirun -np N ember train …`
+    /// the job's ranks are used and this, if given, must equal N.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Data-parallel runs: seconds a rank waits in a collective before it ends the job,
+    /// naming the ranks that did not answer.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub collective_timeout: f64,
 }
 
 /// `ember distill`'s teacher and its weighting.
@@ -72,19 +81,31 @@ pub fn run_with<B: FusedBackend>(
     teacher: Option<Teacher>,
 ) -> Result<(), CliError> {
     crate::allocator::keep_freed_memory();
+    if args.nproc == Some(0) {
+        return Err(CliError::Usage("--nproc: must be at least 1".into()));
+    }
+    if !(args.collective_timeout > 0.0 && args.collective_timeout.is_finite()) {
+        return Err(CliError::Usage(format!(
+            "--collective-timeout: must be a positive number of seconds, got {}",
+            args.collective_timeout
+        )));
+    }
     let config = TrainConfig::resolve(
         args.preset.as_deref(),
         args.config.as_deref(),
         &args.overrides,
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    // Inside an MPI job: this process is one rank (the others print and write nothing).
+    let data_parallel = crate::ranks::join(args.nproc, args.collective_timeout)?;
+    let follower = crate::ranks::is_follower();
     let config_steps = config.train.steps;
     let options = TrainOptions {
         out_dir: args.out.clone(),
         data: args.data.clone(),
         resume: args.resume.clone(),
         force: args.force,
-        verbose: !args.quiet,
+        verbose: !args.quiet && !follower,
         cpu_backend: on.cpu,
     };
     // `selective` checkpointing is burn's balanced strategy: memory-bound ops run again in
@@ -92,13 +113,17 @@ pub fn run_with<B: FusedBackend>(
     let start = Start {
         init_from: args.init_from.as_deref(),
         teacher: teacher.as_ref(),
-        tui: args.tui,
+        tui: args.tui && !follower,
+        data_parallel: std::cell::Cell::new(data_parallel),
     };
     let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
         start.train::<Autodiff<B, BalancedCheckpointing>, B>(config, &options, &on.device)?
     } else {
         start.train::<Autodiff<B>, B>(config, &options, &on.device)?
     };
+    if follower {
+        return Ok(());
+    }
     let speed = if summary.median_step_ms > 0.0 {
         format!(
             "median {:.1} ms/step ({:.0} tokens/s)",
@@ -143,6 +168,8 @@ struct Start<'a> {
     teacher: Option<&'a Teacher>,
     /// `--tui`: the dashboard, when stdout is a terminal.
     tui: bool,
+    /// This process's place in a data-parallel job (taken by the run).
+    data_parallel: std::cell::Cell<Option<ember_train::ddp::DataParallel>>,
 }
 
 impl Start<'_> {
@@ -159,6 +186,7 @@ impl Start<'_> {
         B: FusedBackend,
     {
         let mut extras = TrainExtras::<A>::default();
+        extras.data_parallel = self.data_parallel.take();
         if self.tui {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {

@@ -128,7 +128,7 @@ where
         }
         let (grads, grad_norm) = step_gradients(
             tuned,
-            accumulator,
+            accumulator.grads(),
             train_loss,
             step,
             &self.clipping,

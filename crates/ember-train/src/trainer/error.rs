@@ -30,6 +30,9 @@ pub enum TrainError {
     /// Step hooks that cannot run together (see [`crate::hooks`]).
     #[error("{0}")]
     Hooks(String),
+    /// The data-parallel ranks disagree, or one of their collectives failed.
+    #[error("data-parallel run: {0}")]
+    Ranks(#[from] crate::ddp::CollectiveError),
 }
 
 pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {

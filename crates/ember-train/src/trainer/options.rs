@@ -46,6 +46,9 @@ pub struct TrainExtras<B: AutodiffBackend + FusedBackend> {
     /// A live view of the run (`ember train --tui`); the run then prints no progress of
     /// its own, and stops (with a checkpoint) when it asks.
     pub observer: Option<Box<dyn TrainObserver>>,
+    /// Data-parallel training: this process is one rank of the job (see
+    /// [`crate::ddp`]); `None` trains in this process alone.
+    pub data_parallel: Option<crate::ddp::DataParallel>,
 }
 
 impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
@@ -56,6 +59,7 @@ impl<B: AutodiffBackend + FusedBackend> Default for TrainExtras<B> {
             initial_model: None,
             same_tokenizer_as: Vec::new(),
             observer: None,
+            data_parallel: None,
         }
     }
 }

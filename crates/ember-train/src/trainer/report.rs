@@ -55,7 +55,11 @@ impl Reporter {
             observer.started(steps, step, &banner());
             return;
         }
-        self.progress = (self.verbose && std::io::stdout().is_terminal()).then(|| {
+        // The bar draws on stderr and hides itself (with the lines it would print) when
+        // stderr is not a terminal: both must be one (OpenMPI gives ranks a terminal for
+        // stdout only).
+        let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        self.progress = (self.verbose && terminal).then(|| {
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
                 ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
@@ -174,6 +178,9 @@ pub(super) struct MoeTally {
     since_log: Vec<usize>,
     pub(super) total: Vec<usize>,
     dropped_since_log: usize,
+    /// This step's loads and drops (what data-parallel ranks sum).
+    step_load: Vec<usize>,
+    step_dropped: usize,
 }
 
 impl MoeTally {
@@ -184,6 +191,8 @@ impl MoeTally {
             since_log: vec![0; n_experts],
             total: vec![0; n_experts],
             dropped_since_log: 0,
+            step_load: vec![0; n_experts],
+            step_dropped: 0,
         }
     }
 
@@ -193,12 +202,20 @@ impl MoeTally {
         self.balance += moe.balance * weight;
         self.z += moe.z * weight;
         for layer in &moe.load {
-            for ((since, total), n) in self.since_log.iter_mut().zip(&mut self.total).zip(layer) {
+            for (((since, total), step), n) in self
+                .since_log
+                .iter_mut()
+                .zip(&mut self.total)
+                .zip(&mut self.step_load)
+                .zip(layer)
+            {
                 *since += n;
                 *total += n;
+                *step += n;
             }
         }
         self.dropped_since_log += moe.dropped;
+        self.step_dropped += moe.dropped;
     }
 
     /// Writes the step's MoE fields into `record` and starts the next interval.
@@ -215,5 +232,37 @@ impl MoeTally {
     pub(super) fn start_step(&mut self) {
         self.balance = 0.0;
         self.z = 0.0;
+        self.step_load.iter_mut().for_each(|n| *n = 0);
+        self.step_dropped = 0;
+    }
+
+    /// This step's tallies as numbers to sum over data-parallel ranks (empty without
+    /// experts): balance, z, drops, then each expert's load.
+    pub(super) fn step_values(&self) -> Vec<f64> {
+        if self.total.is_empty() {
+            return Vec::new();
+        }
+        let mut values = vec![self.balance, self.z, self.step_dropped as f64];
+        values.extend(self.step_load.iter().map(|&n| n as f64));
+        values
+    }
+
+    /// Replaces this step's tallies by `values` (as [`Self::step_values`] lays them out,
+    /// summed over the ranks).
+    pub(super) fn set_step_values(&mut self, values: &[f64]) {
+        if self.total.is_empty() || values.len() != 3 + self.step_load.len() {
+            return;
+        }
+        self.balance = values[0];
+        self.z = values[1];
+        let dropped = values[2].round() as usize;
+        self.dropped_since_log = self.dropped_since_log - self.step_dropped + dropped;
+        self.step_dropped = dropped;
+        for (i, &value) in values[3..].iter().enumerate() {
+            let n = value.round() as usize;
+            self.since_log[i] = self.since_log[i] - self.step_load[i] + n;
+            self.total[i] = self.total[i] - self.step_load[i] + n;
+            self.step_load[i] = n;
+        }
     }
 }

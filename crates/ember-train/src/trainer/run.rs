@@ -45,7 +45,12 @@ where
     let mut run = Run::open(config, options, extras, device)?;
     let mut stopped = false;
     while !run.done() {
-        if run.report.stop_requested() {
+        let mut stop = run.report.stop_requested();
+        if let Some(ranks) = &run.ranks {
+            // Every rank stops at the same step.
+            stop = ranks.any(stop, run.state.step)?;
+        }
+        if stop {
             // Asked to stop: a checkpoint at this step, resumable with `--resume`.
             run.save()?;
             stopped = true;
@@ -87,7 +92,9 @@ where
         let mut val_loss = None;
         let mut retrieval_accuracy = None;
         let mut hook_val_loss = std::collections::BTreeMap::new();
-        if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
+        // Data-parallel: rank 0 alone evaluates, records and saves.
+        let leads = self.ranks.as_ref().is_none_or(|r| r.leads());
+        if leads && t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
             // Contrastive runs: held-out InfoNCE and retrieval accuracy.
             let eval_pairs = |model: &ember_nn::Transformer<B::InnerBackend>| {
                 let pairs = self.pairs.as_ref()?;
@@ -174,6 +181,9 @@ where
 
     /// Writes the checkpoint: model, optimizer, state and every hook's state.
     pub(super) fn save(&self) -> Result<(), TrainError> {
+        if self.ranks.as_ref().is_some_and(|r| !r.leads()) {
+            return Ok(());
+        }
         let hooks: Vec<(String, HookState)> = self
             .hooks
             .iter()

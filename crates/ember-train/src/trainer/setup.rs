@@ -17,6 +17,7 @@ use super::error::TrainError;
 use super::freezing::Freezing;
 use super::options::{TrainExtras, TrainOptions};
 use super::precision::PrecisionScope;
+use super::ranks::Ranks;
 use super::report::{MoeTally, Reporter};
 use crate::checkpoint::{Checkpoint, TrainState, error};
 use crate::config::{ConfigError, TrainConfig};
@@ -59,6 +60,8 @@ pub(super) struct Run<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) started: Instant,
     /// This invocation's optimizer-step times, ms.
     pub(super) step_times: Vec<f64>,
+    /// Data-parallel runs: this rank's place among the others.
+    pub(super) ranks: Option<Ranks>,
     // Released last, in this order: the directory lock, then the matmul precision.
     _lock: RunLock,
     _precision: PrecisionScope,
@@ -88,9 +91,33 @@ where
             initial_model,
             same_tokenizer_as,
             observer,
+            data_parallel,
         } = extras;
         crate::hooks::validate_names(hooks.iter().map(|hook| hook.name()))
             .map_err(TrainError::Hooks)?;
+        // Data-parallel: every rank resumes from rank 0's checkpoint; the others run in
+        // a private directory.
+        let mut ranks = Ranks::new(data_parallel);
+        let rank_options;
+        let options = match ranks.as_mut() {
+            Some(ranks) => {
+                ranks.refuse_unsupported(&config)?;
+                let rank0_checkpoint = match ranks.leads() {
+                    true => options
+                        .resume
+                        .as_deref()
+                        .map(Checkpoint::open)
+                        .transpose()
+                        .map_err(TrainError::Resume)?
+                        .map(|ckpt| ckpt.dir),
+                    false => None,
+                };
+                let resume = ranks.share_resume(rank0_checkpoint.as_deref())?;
+                rank_options = ranks.options_for_rank(options, resume)?;
+                &rank_options
+            }
+            None => options,
+        };
         let precision = PrecisionScope::set(
             config.train.matmul_precision,
             config.train.precision,
@@ -130,6 +157,10 @@ where
                 .into());
             }
             model = super::init_from::copy_weights(model, &initial, &config.model)?;
+        }
+        if let Some(ranks) = ranks.as_mut() {
+            // The same run on every rank, from rank 0's weights.
+            model = ranks.agree::<B, _>(&config, &splits, model)?;
         }
         let settings = AdamWSettings {
             beta1: config.optim.beta1,
@@ -184,10 +215,12 @@ where
         let t = &config.train;
         let tokens_per_step = t.batch_size * block * t.grad_accum;
         let no_dropout = config.model.dropout == 0.0;
+        let world = ranks.as_ref().map_or(1, |r| r.world);
         let (shards, n_shards) = Shards::for_run(
             // In-batch negatives: a contrastive batch runs whole.
             if contrastive { 1 } else { t.batch_shards },
-            t.batch_size,
+            // A rank's share of each micro-batch.
+            t.batch_size.div_ceil(world),
             options.cpu_backend,
             no_dropout,
         )?;
@@ -225,7 +258,7 @@ where
         };
         report.start(t.steps, state.step, || {
             format!(
-                "ember train: {} parameters, {data}{packing}, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}",
+                "ember train: {} parameters, {data}{packing}, vocab {vocab}, {} steps of {tokens_per_step} tokens{}{}{}",
                 config.model.num_params(),
                 t.steps,
                 if n_shards > 1 {
@@ -237,6 +270,11 @@ where
                     " (token cache reused)"
                 } else {
                     ""
+                },
+                if world > 1 {
+                    format!(", data-parallel over {world} ranks")
+                } else {
+                    String::new()
                 }
             )
         });
@@ -271,6 +309,7 @@ where
             elapsed_before,
             started: Instant::now(),
             step_times: Vec::new(),
+            ranks,
             config,
             _lock: lock,
             _precision: precision,

@@ -109,12 +109,12 @@ fn micro_batch<B: AutodiffBackend + FusedBackend>(
     }
 }
 
-/// The step's gradients from `accumulator`, multiplied by `unscale` (the inverse of a
+/// The step's gradients `grads` (summed over its micro-batches), multiplied by `unscale` (the inverse of a
 /// loss scale; 1 without one), clipped as `clipping` says, and their global norm before
 /// clipping; `Err` when `train_loss` is not finite (the run diverged at `step`).
 pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
-    mut accumulator: GradientsAccumulator<M>,
+    mut grads: GradientsParams,
     train_loss: f64,
     step: usize,
     clipping: &Clipping,
@@ -127,7 +127,6 @@ pub(crate) fn step_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
             loss: train_loss,
         });
     }
-    let mut grads = accumulator.grads();
     if unscale != 1.0 {
         ember_optim::scale_grads(model, &mut grads, unscale);
     }
@@ -209,6 +208,15 @@ where
             .map(|c| c.patterns());
         let activation_grads = GradientStats::default();
         for (micro, batch) in batches.iter().enumerate() {
+            // Data-parallel: this rank's rows of the global micro-batch.
+            let own_rows;
+            let batch = match &self.ranks {
+                Some(ranks) => {
+                    own_rows = ranks.my_rows(batch);
+                    &own_rows
+                }
+                None => batch,
+            };
             let share = if step_weight > 0.0 {
                 batch.weight() / step_weight
             } else {
@@ -253,6 +261,20 @@ where
                 accumulator.accumulate(model, part.grads);
             }
         }
+        let mut grads = accumulator.grads();
+        if let Some(ranks) = &self.ranks {
+            // Every rank's weighted share summed: the global batch's step.
+            let mut values = vec![train_loss];
+            values.extend(metrics.values());
+            values.extend(self.tally.step_values());
+            ranks.sum(&mut values, step)?;
+            train_loss = values[0];
+            for (value, summed) in metrics.values_mut().zip(&values[1..]) {
+                *value = *summed;
+            }
+            self.tally.set_step_values(&values[1 + metrics.len()..]);
+            ranks.sum_gradients(model, &mut grads, step)?;
+        }
         // Under loss scaling an overflow in the forward pass (a non-finite loss) skips the
         // step like one in the backward pass; the run diverges only when the scale
         // collapses.
@@ -266,7 +288,7 @@ where
         let mut grad_norms = BTreeMap::new();
         let (grads, mut grad_norm) = step_gradients(
             model,
-            accumulator,
+            grads,
             checked_loss,
             step,
             &self.clipping,
@@ -278,7 +300,8 @@ where
             },
         )?;
         // The activations the step's weights produce, before the update.
-        let capture = match capturing {
+        let leads = self.ranks.as_ref().is_none_or(|r| r.leads());
+        let capture = match capturing.filter(|_| leads) {
             Some(capture) => {
                 let activation_grads = activation_grads
                     .lock()

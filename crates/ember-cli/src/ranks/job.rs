@@ -1,0 +1,89 @@
+//! This process as one rank of an MPI job: joining it, the rank's label in messages, and
+//! ending every rank when this one fails.
+
+use std::sync::Mutex;
+
+use ember_train::ddp::{DataParallel, SharedCollective};
+
+use crate::error::CliError;
+
+/// The job this process joined (until [`finish`]).
+static JOB: Mutex<Option<(SharedCollective, usize, usize)>> = Mutex::new(None);
+
+/// The world size an MPI launcher announced in the environment, before MPI starts.
+fn announced_world() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.parse().ok())
+}
+
+/// Joins the MPI job this process was started in, if any: the data-parallel setting of
+/// the run. `nproc`: the world size the user asked for; `timeout_s`: how long a
+/// collective may wait.
+pub fn join(nproc: Option<usize>, timeout_s: f64) -> Result<Option<DataParallel>, CliError> {
+    if !ember_train::ddp::launched_by_mpi() {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let timeout = std::time::Duration::from_secs_f64(timeout_s);
+        let collective = ember_train::ddp::MpiCollective::init(timeout)
+            .map_err(|e| CliError::Runtime(format!("MPI: {e}")))?;
+        use ember_train::ddp::Collective;
+        let (rank, world) = (collective.rank(), collective.world());
+        let shared: SharedCollective = std::sync::Arc::new(Mutex::new(collective));
+        *JOB.lock().unwrap_or_else(|p| p.into_inner()) = Some((shared.clone(), rank, world));
+        let mut data_parallel = DataParallel::new(shared);
+        data_parallel.expected_world = nproc;
+        Ok(Some(data_parallel))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = timeout_s;
+        match announced_world() {
+            Some(world) if world > 1 || nproc.is_some_and(|n| n > 1) => {
+                Err(CliError::Usage(format!(
+                    "started by an MPI launcher as one of {world} ranks, but this ember was built without MPI: build it with `cargo build --release -p ember-cli --features mpi`"
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Whether this process is a rank other than 0 (which prints and writes nothing).
+pub fn is_follower() -> bool {
+    JOB.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|(_, rank, _)| *rank != 0)
+}
+
+/// `"rank R of N: "` inside a job of several ranks, else empty.
+pub fn rank_label() -> String {
+    let job = JOB.lock().unwrap_or_else(|p| p.into_inner());
+    match job.as_ref() {
+        Some((_, rank, world)) if *world > 1 => format!("rank {rank} of {world}: "),
+        _ => match (announced_world(), std::env::var("OMPI_COMM_WORLD_RANK")) {
+            (Some(world), Ok(rank)) if world > 1 => format!("rank {rank} of {world}: "),
+            _ => String::new(),
+        },
+    }
+}
+
+/// After this rank failed (its message printed): ends every rank of the job, with
+/// `code` as the job's status. Without a job, returns.
+pub fn stop_job(code: u8) {
+    let job = JOB.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((collective, _, world)) = job
+        && world > 1
+    {
+        let mut c = collective.lock().unwrap_or_else(|p| p.into_inner());
+        c.abort(i32::from(code));
+    }
+}
+
+/// Leaves the job after success: MPI is finalized once the trainer has let go of it.
+pub fn finish() {
+    JOB.lock().unwrap_or_else(|p| p.into_inner()).take();
+}

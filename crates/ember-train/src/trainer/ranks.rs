@@ -1,0 +1,208 @@
+//! A run's place among data-parallel ranks ([`TrainExtras::collective`]
+//! (super::TrainExtras)): what differs from a single-process run, in one place.
+//!
+//! - Rank 0 runs in `--out`; the others in a private temporary directory (their token
+//!   cache, their copy of rank 0's checkpoint), write nothing the user sees, and skip
+//!   evaluation.
+//! - Before the first step: rank 0's checkpoint (when resuming) goes to every rank, the
+//!   ranks check they were given the same run, and rank 0's parameters are broadcast.
+//! - Each step: every rank draws the same global micro-batches and keeps its share of
+//!   their rows; the step's losses, metrics and gradients are summed over ranks.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use ember_data::{Batch, TokenSplits};
+
+use super::error::TrainError;
+use super::options::TrainOptions;
+use crate::config::{ConfigError, TrainConfig};
+use crate::ddp::{self, Collective, CollectiveError, DataParallel, RankIdentity, SharedCollective};
+
+pub(super) struct Ranks {
+    collective: SharedCollective,
+    pub(super) rank: usize,
+    pub(super) world: usize,
+    bucket_bytes: usize,
+    /// `--nproc`, when the caller was told a world size to expect.
+    expected_world: Option<usize>,
+    /// Ranks above 0: their run directory, removed when the run ends.
+    private: Option<tempfile::TempDir>,
+}
+
+impl Ranks {
+    /// The run's ranks; `None` for a single process (a world of 1).
+    pub(super) fn new(data_parallel: Option<DataParallel>) -> Option<Self> {
+        let DataParallel {
+            collective,
+            expected_world,
+            bucket_bytes,
+        } = data_parallel?;
+        let (rank, world) = {
+            let c = lock(&collective);
+            (c.rank(), c.world())
+        };
+        if world <= 1 && expected_world.is_none_or(|n| n == world) {
+            return None;
+        }
+        Some(Self {
+            collective,
+            rank,
+            world,
+            bucket_bytes,
+            expected_world,
+            private: None,
+        })
+    }
+
+    pub(super) fn leads(&self) -> bool {
+        self.rank == 0
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Collective) -> Result<T, CollectiveError>,
+    ) -> Result<T, TrainError> {
+        let mut c = lock(&self.collective);
+        Ok(f(&mut *c)?)
+    }
+
+    /// What the data-parallel path cannot run, refused on every rank alike.
+    pub(super) fn refuse_unsupported(&self, config: &TrainConfig) -> Result<(), ConfigError> {
+        let t = &config.train;
+        if t.objective == crate::objective::ObjectiveKind::Contrastive {
+            return Err(ConfigError(format!(
+                "train.objective = \"contrastive\": its in-batch negatives would be split over the {} ranks; train contrastive runs in one process",
+                self.world
+            )));
+        }
+        if t.batch_size < self.world {
+            return Err(ConfigError(format!(
+                "train.batch_size = {}: fewer rows than the {} ranks; every rank needs at least one row of each micro-batch",
+                t.batch_size, self.world
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rank 0: `options` itself. The others: a private run directory, silent, resuming
+    /// from `resume` (their copy of rank 0's checkpoint).
+    pub(super) fn options_for_rank(
+        &mut self,
+        options: &TrainOptions,
+        resume: Option<PathBuf>,
+    ) -> Result<TrainOptions, TrainError> {
+        let mut mine = options.clone();
+        mine.resume = resume;
+        if self.leads() {
+            return Ok(mine);
+        }
+        let dir = self.private_dir()?.to_path_buf();
+        mine.out_dir = dir.join("run");
+        mine.force = true;
+        mine.verbose = false;
+        Ok(mine)
+    }
+
+    fn private_dir(&mut self) -> Result<&Path, TrainError> {
+        if self.private.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("ember-rank{}-", self.rank))
+                .tempdir()
+                .map_err(|e| {
+                    TrainError::Ranks(CollectiveError::Failed(format!(
+                        "rank {}: cannot make its private run directory: {e}",
+                        self.rank
+                    )))
+                })?;
+            self.private = Some(dir);
+        }
+        Ok(self.private.as_ref().unwrap().path())
+    }
+
+    /// The checkpoint every rank resumes from: rank 0's `dir`, copied to the others.
+    pub(super) fn share_resume(
+        &mut self,
+        dir: Option<&Path>,
+    ) -> Result<Option<PathBuf>, TrainError> {
+        let into = match self.leads() {
+            true => PathBuf::new(),
+            false => self.private_dir()?.join("resume"),
+        };
+        let shared = {
+            let mut c = lock(&self.collective);
+            ddp::share_checkpoint(&mut *c, dir, &into)
+        };
+        shared.map_err(|e| TrainError::Ranks(CollectiveError::Failed(e)))
+    }
+
+    /// Refuses ranks given different runs, then sets every parameter to rank 0's.
+    pub(super) fn agree<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        config: &TrainConfig,
+        splits: &TokenSplits,
+        model: M,
+    ) -> Result<M, TrainError> {
+        let infos = ember_nn::param_infos::<B, _>(&model);
+        let params = infos
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        let trainable = ddp::reduction_order::<B, _>(&model)
+            .iter()
+            .map(|(_, len)| len)
+            .sum();
+        let identity = RankIdentity {
+            config: toml::to_string(config).unwrap_or_default(),
+            data: ddp::data_fingerprint(&[&splits.train, &splits.val]),
+            params,
+            trainable,
+            expected_world: self.expected_world,
+        };
+        self.with(|c| ddp::check_identity(c, &identity))?;
+        let bucket_bytes = self.bucket_bytes;
+        self.with(|c| ddp::broadcast_parameters(model, c, bucket_bytes))
+    }
+
+    /// This rank's contiguous share of `batch`'s rows (the shares of ranks `0..world` in
+    /// order make up the batch).
+    pub(super) fn my_rows(&self, batch: &Batch) -> Batch {
+        batch.split(self.world).swap_remove(self.rank)
+    }
+
+    /// Sums `values` (a step's weighted losses and metrics) over the ranks.
+    pub(super) fn sum(&self, values: &mut [f64], step: usize) -> Result<(), TrainError> {
+        let what = format!("the loss all-reduce of step {}", step + 1);
+        self.with(|c| c.all_reduce_sum_f64(values, &what))
+    }
+
+    /// Sums a step's gradients over the ranks (see [`ddp::all_reduce_gradients`]).
+    pub(super) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        model: &M,
+        grads: &mut GradientsParams,
+        step: usize,
+    ) -> Result<(), TrainError> {
+        let what = format!("the gradient all-reduce of step {}", step + 1);
+        let bucket_bytes = self.bucket_bytes;
+        self.with(|c| ddp::all_reduce_gradients(model, grads, c, bucket_bytes, &what))?;
+        Ok(())
+    }
+
+    /// Whether `flag` holds on any rank (a stop asked for on rank 0's dashboard).
+    pub(super) fn any(&self, flag: bool, step: usize) -> Result<bool, TrainError> {
+        let mut value = [f64::from(u8::from(flag))];
+        let what = format!("the stop check before step {}", step + 1);
+        self.with(|c| c.all_reduce_sum_f64(&mut value, &what))?;
+        Ok(value[0] > 0.0)
+    }
+}
+
+fn lock(collective: &SharedCollective) -> std::sync::MutexGuard<'_, dyn Collective + 'static> {
+    // A rank that panicked mid-collective leaves the group unusable either way.
+    collective
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
