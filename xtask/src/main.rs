@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 mod arch;
 mod attention_memory;
+mod ddp;
 mod decode;
 mod finetune;
 mod gpt_wide;
@@ -175,46 +176,41 @@ fn train(extra: &[String]) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let root = root();
     let cargo = env!("CARGO");
+    // One feature set for everything built here, so that no crate is compiled twice:
+    // what the environment asks for on top of the defaults.
+    let mut features = Vec::new();
+    if std::env::var_os("EMBER_TEST_MPI").is_some() {
+        // The data-parallel tests over `mpirun` (ember-cli's `data_parallel`).
+        features.push("ember-cli/mpi");
+    }
+    if std::env::var_os("EMBER_TEST_WGPU").is_some() {
+        // ember-nn's model tests run on wgpu too (lavapipe in CI).
+        features.push("ember-nn/test-wgpu");
+    }
+    if std::env::var_os("EMBER_CHECK_CUDA").is_some() {
+        features.push("ember-cli/cuda");
+    }
+    let feature_args: Vec<String> = match features.is_empty() {
+        true => Vec::new(),
+        false => vec!["--features".into(), features.join(",")],
+    };
+    if !features.is_empty() {
+        println!("xtask: features {}", features.join(","));
+    }
     let (passed, failed) = run_counting_tests(
         Command::new(cargo)
             .current_dir(&root)
             .args(["test", "--release", "--workspace"])
+            .args(&feature_args)
             .args(extra),
     )?;
-    run(Command::new(cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "--examples",
-        "-p",
-        "ember-examples",
-    ]))?;
-    let (mut passed, mut failed) = (passed, failed);
-    if std::env::var_os("EMBER_TEST_WGPU").is_some() {
-        println!("xtask: model tests on wgpu");
-        let (p, f) = run_counting_tests(Command::new(cargo).current_dir(&root).args([
-            "test",
-            "--release",
-            "-p",
-            "ember-nn",
-            "--features",
-            "test-wgpu",
-            "--test",
-            "model",
-            "wgpu::",
-        ]))?;
-        passed += p;
-        failed += f;
-    }
+    // The examples, with the same packages and features (nothing rebuilt).
+    run(Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--workspace", "--examples"])
+        .args(&feature_args))?;
     if std::env::var_os("EMBER_CHECK_CUDA").is_some() {
-        println!("xtask: building the CUDA backend");
-        run(Command::new(cargo).current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "ember-cli",
-            "--features",
-            "cuda",
-        ]))?;
+        // The test build's `ember` has the CUDA backend in it.
         let out = Command::new(root.join("target/release/ember"))
             .args(["--backend", "cuda", "info", "--model", "/nonexistent"])
             .output()?;
@@ -344,6 +340,9 @@ fn bench(args: &[String]) -> Result<()> {
     if flag("--suite") == Some("memory") {
         return memory::bench(&data, number("--steps", 6)?);
     }
+    if flag("--suite") == Some("ddp") {
+        return ddp::bench(&data, number("--steps", 30)?);
+    }
     if flag("--suite") == Some("recipes") {
         return recipes::bench(&data, number("--steps", 400)?, flag("--only"));
     }
@@ -368,7 +367,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, decode, finetune, gpt-wide, memory, recipes, serve)"
+                "--suite {other}: unknown suite (known: nanogpt, arch, attention-memory, ddp, decode, finetune, gpt-wide, memory, recipes, serve)"
             )
         }
     }

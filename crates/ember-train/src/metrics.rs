@@ -28,6 +28,10 @@ pub struct StepMetrics {
     /// Shards each micro-batch ran as (`train.batch_shards`, with 0 resolved).
     #[serde(default)]
     pub batch_shards: usize,
+    /// Data-parallel runs: the gradient all-reduce's time on rank 0, ms (flattening
+    /// included; waiting for slower ranks not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_ms: Option<f64>,
     /// MoE models: the Switch load-balancing loss of this step, summed over layers
     /// (unweighted; `train_loss` is the language-model loss alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

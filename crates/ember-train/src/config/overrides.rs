@@ -47,6 +47,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "train.unfreeze",
     "train.prune",
     "train.contrastive",
+    "train.ddp_bucket_mb",
 ];
 
 fn is_optional(path: &str) -> bool {

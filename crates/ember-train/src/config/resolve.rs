@@ -209,6 +209,14 @@ impl TrainConfig {
         // Counts a run multiplies together or spends threads and time on: bounded so that
         // `batch_size × block × grad_accum` cannot overflow and a typo cannot start a
         // million threads (memory is checked separately, before the model is built).
+        if let Some(mb) = t.ddp_bucket_mb
+            && !(mb.is_finite() && (0.0..=65536.0).contains(&mb))
+        {
+            return fail(
+                "train.ddp_bucket_mb",
+                format!("must be between 0 and 65536 MiB, got {mb}"),
+            );
+        }
         for (key, v, max) in [
             ("train.batch_size", t.batch_size, 1 << 24),
             ("train.grad_accum", t.grad_accum, 1 << 20),

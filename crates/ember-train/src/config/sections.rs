@@ -150,6 +150,10 @@ pub struct LoopConfig {
     /// Steps between two captures; 0: every `log_every`.
     #[serde(default)]
     pub capture_every: usize,
+    /// Data-parallel runs: the gradient all-reduce's bucket size in MiB (PyTorch DDP's
+    /// `bucket_cap_mb`; unset: 25); 0 sends one tensor per all-reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddp_bucket_mb: Option<f64>,
     /// An exponential moving average of the weights with this decay (e.g. 0.999), kept in
     /// the checkpoint and evaluated beside the raw weights ([`crate::Ema`]); 0 = off.
     #[serde(default)]

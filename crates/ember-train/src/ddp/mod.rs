@@ -47,18 +47,14 @@ pub struct DataParallel {
     pub collective: SharedCollective,
     /// The world size the user asked for (`--nproc`), checked against the job's.
     pub expected_world: Option<usize>,
-    /// All-reduce bucket size, bytes ([`DEFAULT_BUCKET_BYTES`]; 0: one collective per
-    /// tensor).
-    pub bucket_bytes: usize,
 }
 
 impl DataParallel {
-    /// `collective`'s ranks with PyTorch DDP's bucket size and no expected world size.
+    /// `collective`'s ranks, with no expected world size.
     pub fn new(collective: SharedCollective) -> Self {
         Self {
             collective,
             expected_world: None,
-            bucket_bytes: DEFAULT_BUCKET_BYTES,
         }
     }
 }

@@ -34,12 +34,17 @@ pub(super) struct Ranks {
 
 impl Ranks {
     /// The run's ranks; `None` for a single process (a world of 1).
-    pub(super) fn new(data_parallel: Option<DataParallel>) -> Option<Self> {
+    pub(super) fn new(data_parallel: Option<DataParallel>, config: &TrainConfig) -> Option<Self> {
         let DataParallel {
             collective,
             expected_world,
-            bucket_bytes,
         } = data_parallel?;
+        let bucket_bytes = config
+            .train
+            .ddp_bucket_mb
+            .map_or(ddp::DEFAULT_BUCKET_BYTES, |mb| {
+                (mb * 1024.0 * 1024.0) as usize
+            });
         let (rank, world) = {
             let c = lock(&collective);
             (c.rank(), c.world())
@@ -179,16 +184,18 @@ impl Ranks {
     }
 
     /// Sums a step's gradients over the ranks (see [`ddp::all_reduce_gradients`]).
+    /// Returns how long it took, ms.
     pub(super) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         model: &M,
         grads: &mut GradientsParams,
         step: usize,
-    ) -> Result<(), TrainError> {
+    ) -> Result<f64, TrainError> {
         let what = format!("the gradient all-reduce of step {}", step + 1);
         let bucket_bytes = self.bucket_bytes;
+        let start = std::time::Instant::now();
         self.with(|c| ddp::all_reduce_gradients(model, grads, c, bucket_bytes, &what))?;
-        Ok(())
+        Ok(start.elapsed().as_secs_f64() * 1e3)
     }
 
     /// Whether `flag` holds on any rank (a stop asked for on rank 0's dashboard).

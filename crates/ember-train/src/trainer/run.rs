@@ -164,6 +164,7 @@ where
                 objective: out.metrics,
                 hook_val_loss,
                 capture: out.capture,
+                allreduce_ms: out.allreduce_ms,
                 ..Default::default()
             };
             if self.config.model.moe.is_some() {

@@ -38,6 +38,8 @@ pub(super) struct StepOutcome {
     pub(super) skipped: bool,
     /// `train.capture` on this step: per module, activation and gradient statistics.
     pub(super) capture: BTreeMap<String, crate::metrics::CapturedModule>,
+    /// Data-parallel runs: the gradient all-reduce's duration, ms.
+    pub(super) allreduce_ms: Option<f64>,
 }
 
 /// What one micro-batch (or one shard of it) contributes to a step.
@@ -262,6 +264,7 @@ where
             }
         }
         let mut grads = accumulator.grads();
+        let mut allreduce_ms = None;
         if let Some(ranks) = &self.ranks {
             // Every rank's weighted share summed: the global batch's step.
             let mut values = vec![train_loss];
@@ -273,7 +276,9 @@ where
                 *value = *summed;
             }
             self.tally.set_step_values(&values[1 + metrics.len()..]);
-            ranks.sum_gradients(model, &mut grads, step)?;
+            // Timed after the ranks met at the sum above: the exchange, not a wait for
+            // a slower rank.
+            allreduce_ms = Some(ranks.sum_gradients(model, &mut grads, step)?);
         }
         // Under loss scaling an overflow in the forward pass (a non-finite loss) skips the
         // step like one in the backward pass; the run diverges only when the scale
@@ -362,6 +367,7 @@ where
             loss_scale,
             skipped: !apply,
             capture,
+            allreduce_ms,
         })
     }
 }
