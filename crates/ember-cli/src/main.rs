@@ -98,6 +98,7 @@ fn main() -> ExitCode {
     let nproc = match &cli.command {
         Command::Train(args) => args.nproc,
         Command::Distill(args) => args.student.nproc,
+        Command::Finetune(args) => args.nproc,
         _ => None,
     };
     if let Some(n) = nproc.filter(|&n| n > 1)

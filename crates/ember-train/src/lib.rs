@@ -23,7 +23,7 @@ pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TrainState};
 pub use config::{ConfigError, PRESETS, Precision, TrainConfig};
-pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune};
+pub use finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, finetune, finetune_with};
 pub use hooks::{Ema, GradualPrune, HookState, HookTensor, StepHook, StepInfo};
 pub use loss::{CrossEntropy, LmLoss};
 pub use metrics::{CapturedModule, StepMetrics};

@@ -667,3 +667,70 @@ fn activation_checkpointing_fine_tunes_like_none() {
     .unwrap_err();
     assert!(err.0.starts_with("train.activation_checkpointing"), "{err}");
 }
+
+/// Data-parallel LoRA with the ranks as threads: resumed from the same one-step
+/// checkpoint (rank 0's is sent to the other), two ranks train like one process with the
+/// same global batch (every step's loss, the adapter), and only the adapter's gradients
+/// take part (the base is frozen on every rank).
+#[test]
+fn a_data_parallel_finetune_trains_like_one_process() {
+    use ember_train::ddp::{Collective as _, DataParallel, LocalGroup};
+    use ember_train::finetune_with;
+    use std::sync::{Arc, Mutex};
+    let _turn = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = examples(tmp.path(), 40);
+    let settings = ["train.batch_shards=1", "peft.lora_dropout=0.0"];
+    let mut first = config("lora", &settings);
+    first.train.steps = 1;
+    let start = tmp.path().join("start");
+    finetune::<B>(first, &options(&start, &data, None), &Default::default()).unwrap();
+    let mut rest = config("lora", &settings);
+    rest.train.steps = 4;
+    let single = tmp.path().join("single");
+    finetune::<B>(
+        rest.clone(),
+        &options(&single, &data, Some(start.clone())),
+        &Default::default(),
+    )
+    .unwrap();
+    let ddp = tmp.path().join("ddp");
+    let groups = LocalGroup::new(2, std::time::Duration::from_secs(60));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                let out = match group.rank() {
+                    0 => ddp.clone(),
+                    _ => tmp.path().join("rank1-unused"),
+                };
+                let options = options(&out, &data, Some(start.clone()));
+                let rest = rest.clone();
+                s.spawn(move || {
+                    let dp = DataParallel::new(Arc::new(Mutex::new(group)));
+                    finetune_with::<B>(rest, &options, Some(dp), &Default::default())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+    });
+    assert!(!tmp.path().join("rank1-unused").exists());
+    let loss = |dir: &Path| -> Vec<(u64, f64)> {
+        losses(dir)
+            .into_iter()
+            .map(|(step, bits)| (step, f64::from_bits(bits)))
+            .collect()
+    };
+    let (a, b) = (loss(&single), loss(&ddp));
+    assert_eq!(a.len(), b.len());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "step {step}: {x} vs {y}");
+    }
+    for ((name, x), (_, y)) in adapter(&single).iter().zip(&adapter(&ddp)) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-5, "{name}: {p} vs {q}");
+        }
+    }
+}

@@ -45,11 +45,21 @@ pub struct FinetuneArgs {
     /// No per-step output.
     #[arg(long)]
     pub quiet: bool,
+    /// Fine-tune data-parallel over N local processes, started through `mpirun`/`mpiexec`
+    /// (an `mpi` build of ember and an MPI runtime); under `mpirun -np N ember finetune …`
+    /// the job's ranks are used and this, if given, must equal N.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Data-parallel runs: seconds a rank waits in a collective before it ends the job,
+    /// naming the ranks that did not answer.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub collective_timeout: f64,
 }
 
 /// `ember finetune` on backend `B`.
 pub fn run<B: FusedBackend>(on: &On<B>, args: FinetuneArgs) -> Result<(), CliError> {
     crate::allocator::keep_freed_memory();
+    crate::ranks::check_flags(args.nproc, args.collective_timeout)?;
     // A resume starts from the checkpoint's settings; flags change them from there.
     let saved = match &args.resume {
         Some(path) => Some(
@@ -67,21 +77,32 @@ pub fn run<B: FusedBackend>(on: &On<B>, args: FinetuneArgs) -> Result<(), CliErr
         saved: saved.as_ref(),
     })
     .map_err(|e| CliError::Usage(e.to_string()))?;
+    // Inside an MPI job: this process is one rank (the others print and write nothing).
+    let data_parallel = crate::ranks::join(args.nproc, args.collective_timeout)?;
+    let follower = crate::ranks::is_follower();
     let options = FinetuneOptions {
         model: args.model,
         data: args.data,
         out_dir: args.out,
         resume: args.resume,
         force: args.force,
-        verbose: !args.quiet,
+        verbose: !args.quiet && !follower,
         cpu_backend: on.cpu,
     };
     // `selective` checkpointing is burn's balanced strategy (as for `ember train`).
     let summary = if config.train.activation_checkpointing == ActivationCheckpointing::Selective {
-        ember_train::finetune::<Autodiff<B, BalancedCheckpointing>>(config, &options, &on.device)?
+        ember_train::finetune_with::<Autodiff<B, BalancedCheckpointing>>(
+            config,
+            &options,
+            data_parallel,
+            &on.device,
+        )?
     } else {
-        ember_train::finetune::<Autodiff<B>>(config, &options, &on.device)?
+        ember_train::finetune_with::<Autodiff<B>>(config, &options, data_parallel, &on.device)?
     };
+    if follower {
+        return Ok(());
+    }
     let speed = if summary.median_step_ms > 0.0 {
         format!(
             "median {:.1} ms/step ({:.0} tokens/s)",

@@ -81,15 +81,7 @@ pub fn run_with<B: FusedBackend>(
     teacher: Option<Teacher>,
 ) -> Result<(), CliError> {
     crate::allocator::keep_freed_memory();
-    if args.nproc == Some(0) {
-        return Err(CliError::Usage("--nproc: must be at least 1".into()));
-    }
-    if !(args.collective_timeout > 0.0 && args.collective_timeout.is_finite()) {
-        return Err(CliError::Usage(format!(
-            "--collective-timeout: must be a positive number of seconds, got {}",
-            args.collective_timeout
-        )));
-    }
+    crate::ranks::check_flags(args.nproc, args.collective_timeout)?;
     let config = TrainConfig::resolve(
         args.preset.as_deref(),
         args.config.as_deref(),

@@ -17,6 +17,19 @@ fn announced_world() -> Option<usize> {
         .find_map(|var| std::env::var(var).ok()?.parse().ok())
 }
 
+/// Refuses `--nproc 0` and a collective timeout that is not a positive number of seconds.
+pub fn check_flags(nproc: Option<usize>, timeout_s: f64) -> Result<(), CliError> {
+    if nproc == Some(0) {
+        return Err(CliError::Usage("--nproc: must be at least 1".into()));
+    }
+    if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+        return Err(CliError::Usage(format!(
+            "--collective-timeout: must be a positive number of seconds, got {timeout_s}"
+        )));
+    }
+    Ok(())
+}
+
 /// Joins the MPI job this process was started in, if any: the data-parallel setting of
 /// the run. `nproc`: the world size the user asked for; `timeout_s`: how long a
 /// collective may wait.

@@ -372,3 +372,75 @@ fn a_stopped_rank_is_named_when_the_collective_times_out() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(ember_train::Checkpoint::open(&out.join("checkpoint")).is_ok());
 }
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_lora_finetune_over_two_ranks_trains_like_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let text: String = (0..40)
+        .map(|i| {
+            let (a, b) = (i * 7 % 31, i * 13 % 17);
+            format!(
+                "{{\"prompt\": \"{a} plus {b} is\", \"completion\": \" {}\"}}\n",
+                a + b
+            )
+        })
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-hf/tests/fixtures/mistral-sliding-window");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "lora",
+            "--quiet",
+        ];
+        for set in [
+            "peft.r=4",
+            "peft.lora_dropout=0.0",
+            "data.seq_len=24",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.batch_shards=1",
+            "train.eval_every=3",
+            "train.log_every=1",
+            "optim.lr=1e-2",
+        ] {
+            args.extend(["--set", set]);
+        }
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
+    let (single, ddp) = (tmp.path().join("single"), tmp.path().join("ddp"));
+    succeeded(&run(&single, &[]));
+    let out = run(&ddp, &["--nproc", "2"]);
+    succeeded(&out);
+    // The two processes drew their LoRA initializations alike (same seed) and rank 0's
+    // was broadcast: the runs agree from the first step.
+    let (a, b) = (metrics(&single), metrics(&ddp));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x.train_loss - y.train_loss).abs() <= 1e-5,
+            "step {}: {} vs {}",
+            x.step,
+            x.train_loss,
+            y.train_loss
+        );
+        assert!(
+            (x.grad_norm - y.grad_norm).abs() <= 1e-5,
+            "step {}: {} vs {}",
+            x.step,
+            x.grad_norm,
+            y.grad_norm
+        );
+    }
+}

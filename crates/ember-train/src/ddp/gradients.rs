@@ -155,14 +155,20 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
     }
 }
 
-/// Every float parameter of `model` set to rank 0's values, in buckets of at most
-/// `bucket_bytes`; parameters keep their ids and whether they train.
+/// Every float parameter of `model` (`trainable_only`: those that require a gradient, as
+/// when the frozen rest is a base model every rank loaded itself) set to rank 0's
+/// values, in buckets of at most `bucket_bytes`; parameters keep their ids and whether
+/// they train.
 pub fn broadcast_parameters<B: Backend, M: Module<B>>(
     model: M,
     collective: &mut dyn Collective,
     bucket_bytes: usize,
+    trainable_only: bool,
 ) -> Result<M, CollectiveError> {
-    let values = ember_nn::param_values(&model);
+    let values = match trainable_only {
+        true => ember_nn::trainable_values(&model),
+        false => ember_nn::param_values(&model),
+    };
     let mut flat: Vec<f32> = Vec::new();
     let mut tensors = Vec::new();
     for (_, data) in &values {
@@ -188,7 +194,8 @@ pub fn broadcast_parameters<B: Backend, M: Module<B>>(
             (path, copy)
         })
         .collect();
-    ember_nn::replace_params(model, &mut |path, _| {
+    let sent: std::collections::HashSet<String> = by_path.keys().cloned().collect();
+    ember_nn::replace_params_where(model, &|path| sent.contains(path), &mut |path, _| {
         by_path
             .remove(path)
             .ok_or_else(|| format!("no broadcast value for `{path}`"))

@@ -20,6 +20,9 @@ pub struct RankIdentity {
     pub trainable: usize,
     /// The world size this rank was told to expect (`--nproc`), if any.
     pub expected_world: Option<usize>,
+    /// A fine-tune's base model fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// FNV-1a over `tokens` (train, then validation), seeded by their lengths: the data
@@ -82,6 +85,13 @@ pub fn check_identity(
             problems.push(format!(
                 "rank {rank}: its data differ from rank 0's (token fingerprint {:016x}, rank 0 {:016x}); give every rank the same --data",
                 other.data, first.data
+            ));
+        }
+        if other.base != first.base {
+            problems.push(format!(
+                "rank {rank}: its base model differs from rank 0's (fingerprint {}, rank 0 {}); give every rank the same --model",
+                other.base.as_deref().unwrap_or("-"),
+                first.base.as_deref().unwrap_or("-")
             ));
         }
         if (other.params, other.trainable) != (first.params, first.trainable) {
@@ -247,6 +257,7 @@ mod tests {
             params: 10,
             trainable: 10,
             expected_world: None,
+            base: None,
         }
     }
 

@@ -19,5 +19,5 @@ pub use checkpoint::{BaseRecord, FinetuneCheckpoint, FinetuneState, is_finetune}
 pub use config::{FinetuneConfig, FinetuneSources, PeftMethod, PeftSettings};
 pub use data::{Framing, SftBatch, SftData};
 pub use method::{Tuned, attach};
-pub use run::{FinetuneOptions, FinetuneSummary, finetune, trainable_line};
+pub use run::{FinetuneOptions, FinetuneSummary, finetune, finetune_with, trainable_line};
 pub use step::heldout_loss;

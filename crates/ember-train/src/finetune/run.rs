@@ -29,6 +29,7 @@ use crate::run_dir::{self, RunLock};
 use crate::shards::Shards;
 use crate::trainer::TrainError;
 use crate::trainer::precision::PrecisionScope;
+use crate::trainer::ranks::Ranks;
 use crate::trainer::report::{Reporter, median_ms};
 
 /// Where a fine-tune reads and writes.
@@ -101,7 +102,23 @@ where
     B: AutodiffBackend + FusedBackend,
     B::InnerBackend: FusedBackend,
 {
-    let mut run = FinetuneRun::<B>::open(config, options, device)?;
+    finetune_with::<B>(config, options, None, device)
+}
+
+/// [`finetune`] as one rank of a data-parallel job (see [`crate::ddp`]): each rank loads
+/// the base itself, rank 0's adapter (and checkpoint) is sent to the others, only the
+/// adapter's gradients are summed, and rank 0 alone evaluates and writes.
+pub fn finetune_with<B>(
+    config: FinetuneConfig,
+    options: &FinetuneOptions,
+    data_parallel: Option<crate::ddp::DataParallel>,
+    device: &B::Device,
+) -> Result<FinetuneSummary, TrainError>
+where
+    B: AutodiffBackend + FusedBackend,
+    B::InnerBackend: FusedBackend,
+{
+    let mut run = FinetuneRun::<B>::open(config, options, data_parallel, device)?;
     while !run.done() {
         let out = run.step()?;
         run.after_step(out)?;
@@ -132,6 +149,8 @@ pub(super) struct FinetuneRun<'a, B: AutodiffBackend + FusedBackend> {
     pub(super) elapsed_before: f64,
     pub(super) started: Instant,
     pub(super) step_times: Vec<f64>,
+    /// Data-parallel runs: this rank's place among the others.
+    pub(super) ranks: Option<Ranks>,
     _lock: RunLock,
     _precision: PrecisionScope,
 }
@@ -144,9 +163,39 @@ where
     pub(super) fn open(
         config: FinetuneConfig,
         options: &FinetuneOptions,
+        data_parallel: Option<crate::ddp::DataParallel>,
         device: &'a B::Device,
     ) -> Result<Self, TrainError> {
         config.validate()?;
+        // Data-parallel: every rank resumes from rank 0's checkpoint; the others run in
+        // a private directory.
+        let mut ranks = Ranks::new(data_parallel, None);
+        let rank_options;
+        let options = match ranks.as_mut() {
+            Some(ranks) => {
+                ranks.refuse_small_batch(config.train.batch_size)?;
+                let rank0_checkpoint = match ranks.leads() {
+                    true => options
+                        .resume
+                        .as_deref()
+                        .map(FinetuneCheckpoint::open)
+                        .transpose()
+                        .map_err(TrainError::Resume)?
+                        .map(|ckpt| ckpt.dir),
+                    false => None,
+                };
+                let mut mine = options.clone();
+                mine.resume = ranks.share_resume(rank0_checkpoint.as_deref())?;
+                if !ranks.leads() {
+                    mine.out_dir = ranks.private_run_dir()?;
+                    mine.force = true;
+                    mine.verbose = false;
+                }
+                rank_options = mine;
+                &rank_options
+            }
+            None => options,
+        };
         let resume = options
             .resume
             .as_deref()
@@ -289,15 +338,29 @@ where
                 data: data.digest.clone(),
             },
         };
+        if let Some(ranks) = ranks.as_mut() {
+            // The same fine-tune on every rank (settings, examples, base), from rank 0's
+            // adapter; each rank loaded the frozen base itself.
+            let data_fingerprint = (data.digest.bytes << 32) ^ u64::from(data.digest.crc32);
+            tuned = ranks.agree_on::<B, _>(
+                toml::to_string(&config).unwrap_or_default(),
+                data_fingerprint,
+                Some(base.fingerprint.clone()),
+                tuned,
+                true,
+            )?;
+        }
         let schedule = config.optim.schedule(config.train.steps)?;
         let resumed_at = resume.as_ref().map(|c| (c.dir.as_path(), c.state.step));
         let mut report =
             Reporter::open(&options.out_dir, resumed_at, replace, options.verbose, None)?;
         let t = &config.train;
         let no_dropout = config.peft.lora_dropout == 0.0 && tuned.model.config().dropout == 0.0;
+        let world = ranks.as_ref().map_or(1, |r| r.world);
         let (shards, n_shards) = Shards::for_run(
             t.batch_shards,
-            t.batch_size,
+            // A rank's share of each micro-batch.
+            t.batch_size.div_ceil(world),
             options.cpu_backend,
             no_dropout,
         )?;
@@ -341,6 +404,7 @@ where
             elapsed_before,
             started: Instant::now(),
             step_times: Vec::new(),
+            ranks,
             config,
             _lock: lock,
             _precision: precision,
@@ -363,7 +427,9 @@ where
         let step = self.state.step;
         let done = step == t.steps;
         let mut val_loss = None;
-        if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
+        // Data-parallel: rank 0 alone evaluates, records and saves.
+        let leads = self.ranks.as_ref().is_none_or(|r| r.leads());
+        if leads && t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || done) {
             val_loss = self.evaluate();
             self.state.last_val_loss = val_loss.or(self.state.last_val_loss);
         }
@@ -392,6 +458,9 @@ where
     }
 
     fn save(&self) -> Result<(), TrainError> {
+        if self.ranks.as_ref().is_some_and(|r| !r.leads()) {
+            return Ok(());
+        }
         checkpoint::save(
             &self.checkpoint_dir,
             SaveParts {

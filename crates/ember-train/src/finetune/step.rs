@@ -112,6 +112,15 @@ where
         let dropout = self.config.peft.lora_dropout > 0.0 || tuned.model.config().dropout > 0.0;
         let seeded = dropout && self.n_shards == 1;
         for (micro, batch) in batches.iter().enumerate() {
+            // Data-parallel: this rank's rows of the global micro-batch.
+            let own_rows;
+            let batch = match &self.ranks {
+                Some(ranks) => {
+                    own_rows = ranks.my_rows(batch);
+                    &own_rows
+                }
+                None => batch,
+            };
             let share = batch.trained as f64 / covered.max(1) as f64;
             let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
             let parts = self.shards.run(tuned, batch, |model, part, weight| {
@@ -126,9 +135,18 @@ where
                 accumulator.accumulate(tuned, grads);
             }
         }
+        let mut grads = accumulator.grads();
+        if let Some(ranks) = &self.ranks {
+            // Every rank's weighted share summed: the global batch's step (the adapter's
+            // gradients only: the base is frozen).
+            let mut loss = [train_loss];
+            ranks.sum(&mut loss, step)?;
+            train_loss = loss[0];
+            ranks.sum_gradients(tuned, &mut grads, step)?;
+        }
         let (grads, grad_norm) = step_gradients(
             tuned,
-            accumulator.grads(),
+            grads,
             train_loss,
             step,
             &self.clipping,

@@ -34,7 +34,7 @@ mod init_from;
 pub mod loss_scale;
 mod options;
 pub(crate) mod precision;
-mod ranks;
+pub(crate) mod ranks;
 pub(crate) mod report;
 mod run;
 mod setup;

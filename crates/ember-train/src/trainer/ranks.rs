@@ -14,17 +14,18 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use ember_data::{Batch, TokenSplits};
+use ember_data::TokenSplits;
 
 use super::error::TrainError;
 use super::options::TrainOptions;
 use crate::config::{ConfigError, TrainConfig};
 use crate::ddp::{self, Collective, CollectiveError, DataParallel, RankIdentity, SharedCollective};
+use crate::shards::Rows;
 
-pub(super) struct Ranks {
+pub(crate) struct Ranks {
     collective: SharedCollective,
-    pub(super) rank: usize,
-    pub(super) world: usize,
+    pub(crate) rank: usize,
+    pub(crate) world: usize,
     bucket_bytes: usize,
     /// `--nproc`, when the caller was told a world size to expect.
     expected_world: Option<usize>,
@@ -34,17 +35,14 @@ pub(super) struct Ranks {
 
 impl Ranks {
     /// The run's ranks; `None` for a single process (a world of 1).
-    pub(super) fn new(data_parallel: Option<DataParallel>, config: &TrainConfig) -> Option<Self> {
+    pub(crate) fn new(data_parallel: Option<DataParallel>, bucket_mb: Option<f64>) -> Option<Self> {
         let DataParallel {
             collective,
             expected_world,
         } = data_parallel?;
-        let bucket_bytes = config
-            .train
-            .ddp_bucket_mb
-            .map_or(ddp::DEFAULT_BUCKET_BYTES, |mb| {
-                (mb * 1024.0 * 1024.0) as usize
-            });
+        let bucket_bytes = bucket_mb.map_or(ddp::DEFAULT_BUCKET_BYTES, |mb| {
+            (mb * 1024.0 * 1024.0) as usize
+        });
         let (rank, world) = {
             let c = lock(&collective);
             (c.rank(), c.world())
@@ -62,7 +60,7 @@ impl Ranks {
         })
     }
 
-    pub(super) fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         self.rank == 0
     }
 
@@ -83,10 +81,15 @@ impl Ranks {
                 self.world
             )));
         }
-        if t.batch_size < self.world {
+        self.refuse_small_batch(t.batch_size)
+    }
+
+    /// A micro-batch of `batch_size` rows must give every rank one.
+    pub(crate) fn refuse_small_batch(&self, batch_size: usize) -> Result<(), ConfigError> {
+        if batch_size < self.world {
             return Err(ConfigError(format!(
-                "train.batch_size = {}: fewer rows than the {} ranks; every rank needs at least one row of each micro-batch",
-                t.batch_size, self.world
+                "train.batch_size = {batch_size}: fewer rows than the {} ranks; every rank needs at least one row of each micro-batch",
+                self.world
             )));
         }
         Ok(())
@@ -104,11 +107,15 @@ impl Ranks {
         if self.leads() {
             return Ok(mine);
         }
-        let dir = self.private_dir()?.to_path_buf();
-        mine.out_dir = dir.join("run");
+        mine.out_dir = self.private_run_dir()?;
         mine.force = true;
         mine.verbose = false;
         Ok(mine)
+    }
+
+    /// Ranks above 0: the run directory they work in instead of `--out`.
+    pub(crate) fn private_run_dir(&mut self) -> Result<PathBuf, TrainError> {
+        Ok(self.private_dir()?.join("run"))
     }
 
     fn private_dir(&mut self) -> Result<&Path, TrainError> {
@@ -128,7 +135,7 @@ impl Ranks {
     }
 
     /// The checkpoint every rank resumes from: rank 0's `dir`, copied to the others.
-    pub(super) fn share_resume(
+    pub(crate) fn share_resume(
         &mut self,
         dir: Option<&Path>,
     ) -> Result<Option<PathBuf>, TrainError> {
@@ -150,6 +157,22 @@ impl Ranks {
         splits: &TokenSplits,
         model: M,
     ) -> Result<M, TrainError> {
+        let config = toml::to_string(config).unwrap_or_default();
+        let data = ddp::data_fingerprint(&[&splits.train, &splits.val]);
+        self.agree_on::<B, M>(config, data, None, model, false)
+    }
+
+    /// [`Self::agree`] for any run: its configuration as TOML, a fingerprint of its data,
+    /// and of a base model every rank loads itself (`trainable_only`: then only the
+    /// trainable parameters are broadcast).
+    pub(crate) fn agree_on<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        config: String,
+        data: u64,
+        base: Option<String>,
+        model: M,
+        trainable_only: bool,
+    ) -> Result<M, TrainError> {
         let infos = ember_nn::param_infos::<B, _>(&model);
         let params = infos
             .iter()
@@ -160,32 +183,33 @@ impl Ranks {
             .map(|(_, len)| len)
             .sum();
         let identity = RankIdentity {
-            config: toml::to_string(config).unwrap_or_default(),
-            data: ddp::data_fingerprint(&[&splits.train, &splits.val]),
+            config,
+            data,
             params,
             trainable,
             expected_world: self.expected_world,
+            base,
         };
         self.with(|c| ddp::check_identity(c, &identity))?;
         let bucket_bytes = self.bucket_bytes;
-        self.with(|c| ddp::broadcast_parameters(model, c, bucket_bytes))
+        self.with(|c| ddp::broadcast_parameters(model, c, bucket_bytes, trainable_only))
     }
 
     /// This rank's contiguous share of `batch`'s rows (the shares of ranks `0..world` in
     /// order make up the batch).
-    pub(super) fn my_rows(&self, batch: &Batch) -> Batch {
+    pub(crate) fn my_rows<R: Rows>(&self, batch: &R) -> R {
         batch.split(self.world).swap_remove(self.rank)
     }
 
     /// Sums `values` (a step's weighted losses and metrics) over the ranks.
-    pub(super) fn sum(&self, values: &mut [f64], step: usize) -> Result<(), TrainError> {
+    pub(crate) fn sum(&self, values: &mut [f64], step: usize) -> Result<(), TrainError> {
         let what = format!("the loss all-reduce of step {}", step + 1);
         self.with(|c| c.all_reduce_sum_f64(values, &what))
     }
 
     /// Sums a step's gradients over the ranks (see [`ddp::all_reduce_gradients`]).
     /// Returns how long it took, ms.
-    pub(super) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    pub(crate) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         model: &M,
         grads: &mut GradientsParams,

@@ -97,7 +97,7 @@ where
             .map_err(TrainError::Hooks)?;
         // Data-parallel: every rank resumes from rank 0's checkpoint; the others run in
         // a private directory.
-        let mut ranks = Ranks::new(data_parallel, &config);
+        let mut ranks = Ranks::new(data_parallel, config.train.ddp_bucket_mb);
         let rank_options;
         let options = match ranks.as_mut() {
             Some(ranks) => {
