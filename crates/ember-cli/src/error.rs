@@ -42,7 +42,10 @@ impl fmt::Display for CliError {
 impl From<ember_train::TrainError> for CliError {
     fn from(err: ember_train::TrainError) -> Self {
         match err {
-            ember_train::TrainError::Config(_) => CliError::Usage(err.to_string()),
+            ember_train::TrainError::Config(_)
+            | ember_train::TrainError::Ranks(ember_train::ddp::CollectiveError::Mismatch(_)) => {
+                CliError::Usage(err.to_string())
+            }
             ember_train::TrainError::Data(e) => CliError::from_data("--data", e),
             ember_train::TrainError::Model(e) => e.into(),
             _ => CliError::Runtime(err.to_string()),

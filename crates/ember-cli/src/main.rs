@@ -95,14 +95,19 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // `--nproc N` outside an MPI job: this command again as N ranks under mpirun.
-    let nproc = match &cli.command {
-        Command::Train(args) => args.nproc,
-        Command::Distill(args) => args.student.nproc,
-        Command::Finetune(args) => args.nproc,
-        _ => None,
+    let (nproc, timeout) = match &cli.command {
+        Command::Train(args) => (args.nproc, args.collective_timeout),
+        Command::Distill(args) => (args.student.nproc, args.student.collective_timeout),
+        Command::Finetune(args) => (args.nproc, args.collective_timeout),
+        _ => (None, 1.0),
     };
+    if let Err(err) = ranks::check_flags(nproc, timeout) {
+        eprintln!("error: {err}");
+        return ExitCode::from(err.exit_code());
+    }
     if let Some(n) = nproc.filter(|&n| n > 1)
         && !ember_train::ddp::launched_by_mpi()
+        && std::env::var_os(ranks::CHILD).is_none()
     {
         return ranks::launch(n).unwrap_or_else(|err| {
             eprintln!("error: {err}");

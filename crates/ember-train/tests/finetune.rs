@@ -728,7 +728,10 @@ fn a_data_parallel_finetune_trains_like_one_process() {
     for ((step, x), (_, y)) in a.iter().zip(&b) {
         assert!((x - y).abs() < 1e-5, "step {step}: {x} vs {y}");
     }
-    for ((name, x), (_, y)) in adapter(&single).iter().zip(&adapter(&ddp)) {
+    let (wa, wb) = (adapter(&single), adapter(&ddp));
+    assert!(!wa.is_empty());
+    assert_eq!(wa.len(), wb.len());
+    for ((name, x), (_, y)) in wa.iter().zip(&wb) {
         for (p, q) in x.iter().zip(y) {
             assert!((p - q).abs() < 1e-5, "{name}: {p} vs {q}");
         }

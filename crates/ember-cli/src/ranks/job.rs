@@ -8,7 +8,15 @@ use ember_train::ddp::{DataParallel, SharedCollective};
 use crate::error::CliError;
 
 /// The job this process joined (until [`finish`]).
-static JOB: Mutex<Option<(SharedCollective, usize, usize)>> = Mutex::new(None);
+struct Job {
+    collective: SharedCollective,
+    rank: usize,
+    world: usize,
+    /// Answers the other ranks' liveness probes between collectives.
+    keep_alive: ember_train::ddp::KeepAlive,
+}
+
+static JOB: Mutex<Option<Job>> = Mutex::new(None);
 
 /// The world size an MPI launcher announced in the environment, before MPI starts.
 fn announced_world() -> Option<usize> {
@@ -45,7 +53,12 @@ pub fn join(nproc: Option<usize>, timeout_s: f64) -> Result<Option<DataParallel>
         use ember_train::ddp::Collective;
         let (rank, world) = (collective.rank(), collective.world());
         let shared: SharedCollective = std::sync::Arc::new(Mutex::new(collective));
-        *JOB.lock().unwrap_or_else(|p| p.into_inner()) = Some((shared.clone(), rank, world));
+        *JOB.lock().unwrap_or_else(|p| p.into_inner()) = Some(Job {
+            collective: shared.clone(),
+            rank,
+            world,
+            keep_alive: ember_train::ddp::spawn_keep_alive(shared.clone()),
+        });
         let mut data_parallel = DataParallel::new(shared);
         data_parallel.expected_world = nproc;
         Ok(Some(data_parallel))
@@ -53,13 +66,13 @@ pub fn join(nproc: Option<usize>, timeout_s: f64) -> Result<Option<DataParallel>
     #[cfg(not(feature = "mpi"))]
     {
         let _ = timeout_s;
+        // Only a launcher that says it started this process alone is harmless here.
         match announced_world() {
-            Some(world) if world > 1 || nproc.is_some_and(|n| n > 1) => {
-                Err(CliError::Usage(format!(
-                    "started by an MPI launcher as one of {world} ranks, but this ember was built without MPI: build it with `cargo build --release -p ember-cli --features mpi`"
-                )))
-            }
-            _ => Ok(None),
+            Some(1) if nproc.is_none_or(|n| n == 1) => Ok(None),
+            world => Err(CliError::Usage(format!(
+                "started by an MPI launcher{}, but this ember was built without MPI: build it with `cargo build --release -p ember-cli --features mpi`",
+                world.map_or(String::new(), |n| format!(" as one of {n} ranks"))
+            ))),
         }
     }
 }
@@ -69,14 +82,14 @@ pub fn is_follower() -> bool {
     JOB.lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .is_some_and(|(_, rank, _)| *rank != 0)
+        .is_some_and(|job| job.rank != 0)
 }
 
 /// `"rank R of N: "` inside a job of several ranks, else empty.
 pub fn rank_label() -> String {
     let job = JOB.lock().unwrap_or_else(|p| p.into_inner());
     match job.as_ref() {
-        Some((_, rank, world)) if *world > 1 => format!("rank {rank} of {world}: "),
+        Some(job) if job.world > 1 => format!("rank {} of {}: ", job.rank, job.world),
         _ => match (announced_world(), std::env::var("OMPI_COMM_WORLD_RANK")) {
             (Some(world), Ok(rank)) if world > 1 => format!("rank {rank} of {world}: "),
             _ => String::new(),
@@ -88,15 +101,25 @@ pub fn rank_label() -> String {
 /// `code` as the job's status. Without a job, returns.
 pub fn stop_job(code: u8) {
     let job = JOB.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some((collective, _, world)) = job
-        && world > 1
+    if let Some(job) = job
+        && job.world > 1
     {
-        let mut c = collective.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = job.collective.lock().unwrap_or_else(|p| p.into_inner());
         c.abort(i32::from(code));
     }
 }
 
-/// Leaves the job after success: MPI is finalized once the trainer has let go of it.
+/// Leaves the job after success: the keep-alive thread stops, then MPI is finalized (the
+/// trainer has let go of it).
 pub fn finish() {
-    JOB.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let job = JOB.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(Job {
+        collective,
+        keep_alive,
+        ..
+    }) = job
+    {
+        drop(keep_alive);
+        drop(collective);
+    }
 }

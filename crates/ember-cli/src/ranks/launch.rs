@@ -6,6 +6,10 @@ use std::process::{Command, ExitCode};
 
 use crate::error::CliError;
 
+/// Set in the ranks' environment: they never launch again, whatever the launcher tells
+/// them.
+pub const CHILD: &str = "EMBER_DDP_RANK";
+
 /// Runs this command again as `nproc` ranks under `mpirun`/`mpiexec` (or `$EMBER_MPIRUN`)
 /// and returns their outcome: 0 when every rank succeeded, 2 for a usage or
 /// configuration error, 1 for anything else.
@@ -23,7 +27,7 @@ pub fn launch(nproc: usize) -> Result<ExitCode, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Runtime(format!("--nproc: cannot find this program: {e}")))?;
     let mut cmd = Command::new(&launcher);
-    cmd.arg("-np").arg(nproc.to_string());
+    cmd.arg("-np").arg(nproc.to_string()).env(CHILD, "1");
     // Each rank's share of the cores for its thread pool, unless the user chose.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -38,6 +42,8 @@ pub fn launch(nproc: usize) -> Result<ExitCode, CliError> {
             "none",
             "-x",
             "RAYON_NUM_THREADS",
+            "-x",
+            CHILD,
         ]);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {

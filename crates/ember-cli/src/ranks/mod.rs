@@ -5,4 +5,4 @@ mod job;
 mod launch;
 
 pub use job::{check_flags, finish, is_follower, join, rank_label, stop_job};
-pub use launch::launch;
+pub use launch::{CHILD, launch};

@@ -4,6 +4,7 @@
 //! Built with the `mpi` feature and run where `mpirun` is installed (CI installs
 //! OpenMPI); without the feature, `--nproc` must say how to get it.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -106,7 +107,13 @@ fn assert_same_run(a: &Path, b: &Path, tol: f64) {
             (p, q) => assert_eq!(p.is_some(), q.is_some(), "step {}", x.step),
         }
     }
-    for ((name, wa), (_, wb)) in weights(a).iter().zip(&weights(b)) {
+    let (wa, wb) = (weights(a), weights(b));
+    assert!(!wa.is_empty());
+    assert_eq!(
+        wa.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        wb.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for ((name, wa), (_, wb)) in wa.iter().zip(&wb) {
         for (p, q) in wa.iter().zip(wb) {
             assert!(f64::from((p - q).abs()) <= tol, "{name}: {p} vs {q}");
         }
@@ -189,7 +196,8 @@ fn ranks_given_different_runs_or_the_wrong_count_are_refused() {
         ));
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // A configuration error: exit 2 (through MPI_Abort's status).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("rank 1: optim.lr = 0.002 (rank 0: 0.001)"),
         "{stderr}"
@@ -202,7 +210,8 @@ fn ranks_given_different_runs_or_the_wrong_count_are_refused() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // A configuration error: exit 2 (through MPI_Abort's status).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("--nproc 3, but the job has 2 ranks"),
         "{stderr}"
@@ -260,7 +269,19 @@ fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
     None
 }
 
-/// Waits (up to `limit`) for `child` to end; kills it and fails past that.
+/// Kills its processes when dropped, whatever the test's outcome: the launcher's process
+/// group (mpirun and the ranks) and any pid added.
+struct Reaper(Vec<String>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for target in &self.0 {
+            let _ = Command::new("kill").args(["-KILL", "--", target]).status();
+        }
+    }
+}
+
+/// Waits (up to `limit`) for `child` to end; kills its group and fails past that.
 fn wait_bounded(mut child: Child, limit: Duration) -> (Output, Duration) {
     let start = Instant::now();
     loop {
@@ -268,7 +289,9 @@ fn wait_bounded(mut child: Child, limit: Duration) -> (Output, Duration) {
             return (child.wait_with_output().unwrap(), start.elapsed());
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let out = child.wait_with_output().unwrap();
             panic!(
                 "the job did not end within {limit:?}\nstderr:\n{}",
@@ -281,7 +304,7 @@ fn wait_bounded(mut child: Child, limit: Duration) -> (Output, Duration) {
 
 /// Starts a long two-rank run checkpointing every 2 steps and waits for its first
 /// checkpoint.
-fn start_long_run(data: &Path, out: &Path, extra: &[&str]) -> Child {
+fn start_long_run(data: &Path, out: &Path, extra: &[&str]) -> (Child, Reaper) {
     let mut a = args(
         data,
         out,
@@ -295,12 +318,15 @@ fn start_long_run(data: &Path, out: &Path, extra: &[&str]) -> Child {
         ],
     );
     a.extend_from_slice(extra);
+    // Its own process group, so that a failing test can kill mpirun and the ranks.
     let child = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(&a)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
+    let reaper = Reaper(vec![format!("-{}", child.id())]);
     let start = Instant::now();
     while !out.join("checkpoint/train_state.json").exists() {
         assert!(
@@ -309,7 +335,7 @@ fn start_long_run(data: &Path, out: &Path, extra: &[&str]) -> Child {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    (child, reaper)
 }
 
 fn signal(pid: i32, sig: &str) {
@@ -326,7 +352,7 @@ fn a_killed_rank_ends_the_job_quickly_and_the_run_resumes_from_its_checkpoint() 
     let tmp = tempfile::tempdir().unwrap();
     let data = corpus(tmp.path());
     let out = tmp.path().join("killed");
-    let child = start_long_run(&data, &out, &[]);
+    let (child, _reaper) = start_long_run(&data, &out, &[]);
     let pid = rank_pid(&out, 1).expect("rank 1 is running");
     signal(pid, "-KILL");
     let (output, took) = wait_bounded(child, Duration::from_secs(60));
@@ -355,8 +381,10 @@ fn a_stopped_rank_is_named_when_the_collective_times_out() {
     let tmp = tempfile::tempdir().unwrap();
     let data = corpus(tmp.path());
     let out = tmp.path().join("stopped");
-    let child = start_long_run(&data, &out, &["--collective-timeout", "3"]);
+    let (child, mut reaper) = start_long_run(&data, &out, &["--collective-timeout", "5"]);
     let pid = rank_pid(&out, 1).expect("rank 1 is running");
+    // Whatever happens, the stopped rank must not outlive the test.
+    reaper.0.push(pid.to_string());
     signal(pid, "-STOP");
     let (output, took) = wait_bounded(child, Duration::from_secs(60));
     // Whatever happened, the stopped rank must not outlive the test.

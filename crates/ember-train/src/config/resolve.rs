@@ -210,11 +210,11 @@ impl TrainConfig {
         // `batch_size × block × grad_accum` cannot overflow and a typo cannot start a
         // million threads (memory is checked separately, before the model is built).
         if let Some(mb) = t.ddp_bucket_mb
-            && !(mb.is_finite() && (0.0..=65536.0).contains(&mb))
+            && !(mb.is_finite() && (0.0..=1024.0).contains(&mb))
         {
             return fail(
                 "train.ddp_bucket_mb",
-                format!("must be between 0 and 65536 MiB, got {mb}"),
+                format!("must be between 0 and 1024 MiB, got {mb}"),
             );
         }
         for (key, v, max) in [

@@ -80,4 +80,7 @@ pub trait Collective: Send {
     /// Ends every rank of the job now (after this rank has reported an error), with exit
     /// status `code` where the library lets this rank choose it.
     fn abort(&mut self, code: i32) -> !;
+    /// Between collectives: tells ranks that wait on this one that it is alive (see
+    /// [`spawn_keep_alive`](super::spawn_keep_alive)); nothing by default.
+    fn keep_alive(&mut self) {}
 }

@@ -112,11 +112,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
             return;
         }
         let len = param.shape().num_elements();
+        // The device of the reduced gradients: the parameters' (a rank may have none).
+        self.device
+            .get_or_insert_with(|| param.val().inner().device());
         let grad = self.grads.remove::<B::InnerBackend, D>(param.id);
         let present = grad.is_some();
         match grad {
             Some(grad) => {
-                self.device.get_or_insert_with(|| grad.device());
                 let data = grad.into_data().convert::<f32>();
                 self.values
                     .extend_from_slice(data.as_slice::<f32>().expect("converted to f32"));
@@ -224,6 +226,100 @@ pub fn reduction_order<B: AutodiffBackend, M: AutodiffModule<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ddp::LocalGroup;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::Linear;
+    use std::time::Duration;
+
+    type A = Autodiff<Flex>;
+
+    /// A `[3, 2]` linear map whose weight is `w` everywhere and bias `b` (frozen when
+    /// `frozen_bias`).
+    fn linear(w: f32, b: f32, frozen_bias: bool) -> Linear<A> {
+        let device = Default::default();
+        let bias = Param::from_tensor(Tensor::<A, 1>::full([2], b, &device));
+        Linear {
+            weight: Param::from_tensor(Tensor::full([3, 2], w, &device)),
+            bias: Some(bias.set_require_grad(!frozen_bias)),
+        }
+    }
+
+    fn values<const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    fn on_ranks<T: Send>(world: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
+        let groups = LocalGroup::new(world, Duration::from_secs(10));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = groups.into_iter().map(|g| s.spawn(|| f(g))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn rank_0_parameters_reach_every_rank_and_trainable_only_leaves_the_frozen_ones() {
+        let out = on_ranks(3, |mut g| {
+            let r = g.rank() as f32;
+            // Buckets of 16 bytes: the weight (6 values) alone, then the bias.
+            let all =
+                broadcast_parameters(linear(r + 1.0, 10.0 * (r + 1.0), false), &mut g, 16, false)
+                    .unwrap();
+            let some =
+                broadcast_parameters(linear(r + 1.0, 10.0 * (r + 1.0), true), &mut g, 16, true)
+                    .unwrap();
+            (
+                values(all.weight.val()),
+                values(all.bias.unwrap().val()),
+                values(some.weight.val()),
+                values(some.bias.as_ref().unwrap().val()),
+                some.bias.unwrap().is_require_grad(),
+            )
+        });
+        for (rank, (w, b, w_some, b_some, bias_trains)) in out.into_iter().enumerate() {
+            assert_eq!(w, vec![1.0; 6]);
+            assert_eq!(b, vec![10.0; 2]);
+            assert_eq!(w_some, vec![1.0; 6]);
+            // The frozen bias is each rank's own.
+            assert_eq!(b_some, vec![10.0 * (rank as f32 + 1.0); 2]);
+            assert!(!bias_trains);
+        }
+    }
+
+    #[test]
+    fn gradients_are_summed_and_one_any_rank_has_is_everyone_s() {
+        let out = on_ranks(2, |mut g| {
+            let model = linear(0.0, 0.0, false);
+            let device = Default::default();
+            let mut grads = GradientsParams::new();
+            // Rank 0 has a weight gradient only, rank 1 a bias gradient and a weight one.
+            let r = g.rank() as f32;
+            grads.register::<Flex, 2>(model.weight.id, Tensor::full([3, 2], r + 1.0, &device));
+            if g.rank() == 1 {
+                let bias = model.bias.as_ref().unwrap();
+                grads.register::<Flex, 1>(bias.id, Tensor::full([2], 5.0, &device));
+            }
+            let stats = all_reduce_gradients(&model, &mut grads, &mut g, 0, "test").unwrap();
+            let w = grads
+                .get::<Flex, 2>(model.weight.id)
+                .map(|t| t.into_data().to_vec::<f32>().unwrap());
+            let b = grads
+                .get::<Flex, 1>(model.bias.as_ref().unwrap().id)
+                .map(|t| t.into_data().to_vec::<f32>().unwrap());
+            (w, b, stats)
+        });
+        for (w, b, stats) in out {
+            assert_eq!(w, Some(vec![3.0; 6]));
+            assert_eq!(b, Some(vec![5.0; 2]));
+            // One collective per tensor, and one for which gradients exist.
+            assert_eq!(
+                stats,
+                ReduceStats {
+                    collectives: 3,
+                    values: 8
+                }
+            );
+        }
+    }
 
     #[test]
     fn buckets_hold_whole_tensors_up_to_the_cap() {

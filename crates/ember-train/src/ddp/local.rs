@@ -25,6 +25,8 @@ struct Exchange {
     round: u64,
     slots: Vec<Option<Vec<u8>>>,
     last: Arc<Vec<Vec<u8>>>,
+    /// A rank timed out: every later collective fails.
+    broken: bool,
 }
 
 impl LocalGroup {
@@ -36,6 +38,7 @@ impl LocalGroup {
                 round: 0,
                 slots: vec![None; world],
                 last: Arc::new(Vec::new()),
+                broken: false,
             }),
             arrived: Condvar::new(),
         });
@@ -53,6 +56,11 @@ impl LocalGroup {
     fn exchange(&mut self, mine: &[u8], what: &str) -> Result<Arc<Vec<Vec<u8>>>, CollectiveError> {
         let poisoned = || CollectiveError::Failed(format!("{what}: another rank panicked"));
         let mut state = self.shared.state.lock().map_err(|_| poisoned())?;
+        if state.broken {
+            return Err(CollectiveError::Failed(format!(
+                "{what}: an earlier collective of this group timed out"
+            )));
+        }
         let round = state.round;
         state.slots[self.rank] = Some(mine.to_vec());
         if state.slots.iter().all(Option::is_some) {
@@ -69,6 +77,9 @@ impl LocalGroup {
                 let silent = (0..self.world)
                     .filter(|&r| state.slots[r].is_none())
                     .collect();
+                // The group is broken: a late rank must not complete this round with the
+                // contributions of ranks that have given up on it.
+                state.broken = true;
                 return Err(CollectiveError::Timeout {
                     what: what.to_string(),
                     after_s: self.timeout.as_secs_f64(),

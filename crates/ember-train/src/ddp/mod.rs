@@ -41,6 +41,42 @@ pub fn launched_by_mpi() -> bool {
 /// with [`Collective::abort`] when the run fails).
 pub type SharedCollective = std::sync::Arc<std::sync::Mutex<dyn Collective>>;
 
+/// Calls [`Collective::keep_alive`] every 200 ms from a thread, whenever no collective is
+/// in progress, until the returned guard is dropped: a rank busy between collectives
+/// (rank 0 evaluating or saving a checkpoint) still answers the others' liveness probes.
+pub fn spawn_keep_alive(collective: SharedCollective) -> KeepAlive {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ember-keep-alive".into())
+        .spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                // A collective in progress answers probes itself.
+                if let Ok(mut c) = collective.try_lock() {
+                    c.keep_alive();
+                }
+            }
+        })
+        .ok();
+    KeepAlive { stop, thread }
+}
+
+/// Stops [`spawn_keep_alive`]'s thread (and waits for it) when dropped.
+pub struct KeepAlive {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// What a data-parallel run is given (`TrainExtras::data_parallel`).
 pub struct DataParallel {
     /// The ranks; a world of 1 trains as a single process.

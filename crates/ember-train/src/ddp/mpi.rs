@@ -2,10 +2,13 @@
 //! `mpi` crate (rsmpi) over the system's OpenMPI or MPICH.
 //!
 //! Every collective is MPI's non-blocking form, polled against a deadline: when it does
-//! not complete in time, this rank probes the others (a point-to-point message each,
-//! answered by any rank that is itself polling), names the ones that stay silent, prints
-//! that, and ends the job through `MPI_Abort`. A rank that dies is noticed sooner by the
-//! launcher, which ends the job naming it ("mpirun noticed that process rank 1 …").
+//! not complete in time, this rank probes the others (a point-to-point message each),
+//! names the ones that stay silent, prints that, and ends the job through `MPI_Abort`. A
+//! rank answers probes while it polls a collective of its own and, between collectives
+//! (rank 0 evaluating or saving), from [`MpiCollective::keep_alive`], which
+//! [`spawn_keep_alive`] calls from a thread: a busy rank is never taken for a lost one,
+//! and when every rank answers the wait goes on. A rank that dies is noticed sooner by
+//! the launcher, which ends the job naming it ("mpirun noticed that process rank 1 …").
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ const PROBE: mpi::Tag = 30_001;
 const ANSWER: mpi::Tag = 30_002;
 /// How long a timed-out rank waits for the answers to its probes.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
+/// The most elements one MPI call moves (its counts are C ints).
+const MAX_COUNT: usize = 1 << 28;
 
 /// This process's place in an MPI job.
 pub struct MpiCollective {
@@ -64,7 +69,7 @@ impl MpiCollective {
     /// Waits for `request`, answering probes meanwhile; past the deadline, names the
     /// silent ranks and aborts the job (the request's buffers cannot be given back).
     fn wait<'a, D: ?Sized, S: Scope<'a>>(&self, mut request: Request<'a, D, S>, what: &str) {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut polls = 0u32;
         loop {
             match request.test() {
@@ -74,6 +79,11 @@ impl MpiCollective {
             self.answer_probes();
             if start.elapsed() > self.timeout {
                 let silent = self.silent_ranks();
+                if silent.is_empty() {
+                    // Every rank is alive (a slow step, rank 0 saving): wait on.
+                    start = Instant::now();
+                    continue;
+                }
                 let err = CollectiveError::Timeout {
                     what: what.to_string(),
                     after_s: self.timeout.as_secs_f64(),
@@ -139,23 +149,31 @@ impl MpiCollective {
     where
         T: Equivalence + Copy,
     {
-        self.calls += 1;
-        let send = buf.to_vec();
-        mpi::request::scope(|scope| {
-            let request =
-                self.world
-                    .immediate_all_reduce_into(scope, &send[..], buf, SystemOperation::sum());
-            self.wait(request, what);
-        });
+        // MPI counts are C ints: long buffers go in pieces.
+        for piece in buf.chunks_mut(MAX_COUNT) {
+            self.calls += 1;
+            let send = piece.to_vec();
+            mpi::request::scope(|scope| {
+                let request = self.world.immediate_all_reduce_into(
+                    scope,
+                    &send[..],
+                    piece,
+                    SystemOperation::sum(),
+                );
+                self.wait(request, what);
+            });
+        }
     }
 
     fn broadcast<T: Equivalence>(&mut self, buf: &mut [T], what: &str) {
-        self.calls += 1;
-        let root = self.world.process_at_rank(0);
-        mpi::request::scope(|scope| {
-            let request = root.immediate_broadcast_into(scope, buf);
-            self.wait(request, what);
-        });
+        for piece in buf.chunks_mut(MAX_COUNT) {
+            self.calls += 1;
+            let root = self.world.process_at_rank(0);
+            mpi::request::scope(|scope| {
+                let request = root.immediate_broadcast_into(scope, piece);
+                self.wait(request, what);
+            });
+        }
     }
 
     fn all_gather<T: Equivalence + Copy + Default>(&mut self, mine: &[T], what: &str) -> Vec<T> {
@@ -204,10 +222,7 @@ impl Collective for MpiCollective {
         let mut len = [buf.len() as u64];
         self.broadcast(&mut len, what);
         buf.resize(len[0] as usize, 0);
-        // MPI counts are C ints: large payloads go in pieces.
-        for piece in buf.chunks_mut(1 << 30) {
-            self.broadcast(piece, what);
-        }
+        self.broadcast(buf, what);
         Ok(())
     }
 
@@ -234,5 +249,9 @@ impl Collective for MpiCollective {
 
     fn abort(&mut self, code: i32) -> ! {
         self.world.abort(code)
+    }
+
+    fn keep_alive(&mut self) {
+        self.answer_probes();
     }
 }

@@ -86,7 +86,13 @@ where
         let step = self.state.step;
         let started = Instant::now();
         // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
-        B::seed(device, t.seed.wrapping_add(step as u64 + 1));
+        // Data-parallel: each rank's rows get masks of their own (rank 0's are a single
+        // process's).
+        let rank_salt = self
+            .ranks
+            .as_ref()
+            .map_or(0, |r| (r.rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        B::seed(device, t.seed.wrapping_add(step as u64 + 1) ^ rank_salt);
         let rows = &self.data.train;
         let batches: Vec<SftBatch> = (0..t.grad_accum)
             .map(|_| {
@@ -122,7 +128,8 @@ where
                 None => batch,
             };
             let share = batch.trained as f64 / covered.max(1) as f64;
-            let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
+            let seed =
+                t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9) ^ rank_salt;
             let parts = self.shards.run(tuned, batch, |model, part, weight| {
                 let mut checkpoints = BlockCheckpoints::new(t.activation_checkpointing);
                 if seeded {

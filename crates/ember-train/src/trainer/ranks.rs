@@ -207,6 +207,26 @@ impl Ranks {
         self.with(|c| c.all_reduce_sum_f64(values, &what))
     }
 
+    /// Gives `metrics` every name any rank has (0 where this rank has none), so that
+    /// their values line up in [`Self::sum`].
+    pub(crate) fn align_names(
+        &self,
+        metrics: &mut std::collections::BTreeMap<String, f64>,
+        step: usize,
+    ) -> Result<(), TrainError> {
+        let mine = metrics.keys().cloned().collect::<Vec<_>>().join("\n");
+        let what = format!("the metric names of step {}", step + 1);
+        let all = self.with(|c| c.all_gather_bytes(mine.as_bytes(), &what))?;
+        for names in &all {
+            for name in String::from_utf8_lossy(names).split('\n') {
+                if !name.is_empty() {
+                    metrics.entry(name.to_string()).or_insert(0.0);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sums a step's gradients over the ranks (see [`ddp::all_reduce_gradients`]).
     /// Returns how long it took, ms.
     pub(crate) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(

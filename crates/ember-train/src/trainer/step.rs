@@ -154,7 +154,13 @@ where
         let step = self.state.step;
         let step_start = Instant::now();
         // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
-        B::seed(device, t.seed.wrapping_add(step as u64 + 1));
+        // Data-parallel: each rank's rows get masks of their own (rank 0's are a single
+        // process's).
+        let rank_salt = self
+            .ranks
+            .as_ref()
+            .map_or(0, |r| (r.rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        B::seed(device, t.seed.wrapping_add(step as u64 + 1) ^ rank_salt);
         if self.freezing.changes_at(step) {
             let model = self
                 .model
@@ -224,7 +230,8 @@ where
             } else {
                 0.0
             };
-            let seed = t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9);
+            let seed =
+                t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9) ^ rank_salt;
             let parts = self.shards.run(model, batch, |model, rows, weight| {
                 let mut checkpoints = BlockCheckpoints::new(t.activation_checkpointing);
                 if dropout_seeds {
@@ -267,6 +274,8 @@ where
         let mut allreduce_ms = None;
         if let Some(ranks) = &self.ranks {
             // Every rank's weighted share summed: the global batch's step.
+            // (An objective may leave a metric out where a rank's rows give it nothing.)
+            ranks.align_names(&mut metrics, step)?;
             let mut values = vec![train_loss];
             values.extend(metrics.values());
             values.extend(self.tally.step_values());

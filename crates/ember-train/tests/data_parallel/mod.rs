@@ -260,7 +260,7 @@ fn ranks_given_different_runs_are_refused_naming_the_difference() {
 }
 
 #[test]
-fn a_batch_smaller_than_the_world_and_contrastive_runs_are_refused() {
+fn a_batch_smaller_than_the_world_is_refused() {
     let _turn = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let data = vec![corpus(tmp.path())];
