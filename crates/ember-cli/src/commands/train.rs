@@ -177,8 +177,10 @@ impl Start<'_> {
         A: AutodiffBackend<InnerBackend = B, Device = B::Device> + FusedBackend,
         B: FusedBackend,
     {
-        let mut extras = TrainExtras::<A>::default();
-        extras.data_parallel = self.data_parallel.take();
+        let mut extras = TrainExtras::<A> {
+            data_parallel: self.data_parallel.take(),
+            ..Default::default()
+        };
         if self.tui {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {

@@ -68,8 +68,10 @@ fn run_ranks(
                 let options = quiet_options(out, data, resume.map(Path::to_path_buf));
                 s.spawn(move || {
                     let collective: SharedCollective = Arc::new(Mutex::new(group));
-                    let mut extras = TrainExtras::<B>::default();
-                    extras.data_parallel = Some(DataParallel::new(collective));
+                    let mut extras = TrainExtras::<B> {
+                        data_parallel: Some(DataParallel::new(collective)),
+                        ..Default::default()
+                    };
                     if let Some(init) = init {
                         let model = Checkpoint::open(init)
                             .unwrap()
@@ -243,8 +245,10 @@ fn ranks_given_different_runs_are_refused_naming_the_difference() {
                 let options =
                     quiet_options(tmp.path().join(format!("out{}", group.rank())), &data, None);
                 s.spawn(move || {
-                    let mut extras = TrainExtras::<B>::default();
-                    extras.data_parallel = Some(DataParallel::new(Arc::new(Mutex::new(group))));
+                    let extras = TrainExtras::<B> {
+                        data_parallel: Some(DataParallel::new(Arc::new(Mutex::new(group)))),
+                        ..Default::default()
+                    };
                     train_with::<B>(config, &options, extras, &Default::default())
                 })
             })
