@@ -17,6 +17,7 @@ use super::method::Tuned;
 use super::run::FinetuneRun;
 use crate::loss::masked_cross_entropy;
 use crate::trainer::TrainError;
+use crate::trainer::ranks::Ranks;
 use crate::trainer::step_gradients;
 
 /// What a step did.
@@ -86,12 +87,7 @@ where
         let step = self.state.step;
         let started = Instant::now();
         // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
-        // Data-parallel: each rank's rows get masks of their own (rank 0's are a single
-        // process's).
-        let rank_salt = self
-            .ranks
-            .as_ref()
-            .map_or(0, |r| (r.rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let rank_salt = Ranks::seed_salt(self.ranks.as_ref());
         B::seed(device, t.seed.wrapping_add(step as u64 + 1) ^ rank_salt);
         let rows = &self.data.train;
         let batches: Vec<SftBatch> = (0..t.grad_accum)

@@ -60,6 +60,12 @@ impl Ranks {
         })
     }
 
+    /// What a rank mixes into its dropout seeds: each rank's rows get masks of their own
+    /// (rank 0's, and a single process's, are unchanged).
+    pub(crate) fn seed_salt(ranks: Option<&Self>) -> u64 {
+        ranks.map_or(0, |r| (r.rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03))
+    }
+
     pub(crate) fn leads(&self) -> bool {
         self.rank == 0
     }

@@ -16,6 +16,7 @@ use ember_nn::{BlockCheckpoints, FusedBackend, GradientCapture, GradientStats, T
 use super::error::TrainError;
 use super::evaluate::batch_tensors;
 use super::loss_scale::LossScale;
+use super::ranks::Ranks;
 use super::setup::Run;
 use crate::objective::{MoeStats, Objective, ObjectiveBatch};
 use crate::shards::Rows;
@@ -154,12 +155,7 @@ where
         let step = self.state.step;
         let step_start = Instant::now();
         // Dropout draws from the backend RNG; seeding it per step keeps resumes exact.
-        // Data-parallel: each rank's rows get masks of their own (rank 0's are a single
-        // process's).
-        let rank_salt = self
-            .ranks
-            .as_ref()
-            .map_or(0, |r| (r.rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let rank_salt = Ranks::seed_salt(self.ranks.as_ref());
         B::seed(device, t.seed.wrapping_add(step as u64 + 1) ^ rank_salt);
         if self.freezing.changes_at(step) {
             let model = self
