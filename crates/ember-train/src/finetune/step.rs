@@ -115,14 +115,7 @@ where
         let seeded = dropout && self.n_shards == 1;
         for (micro, batch) in batches.iter().enumerate() {
             // Data-parallel: this rank's rows of the global micro-batch.
-            let own_rows;
-            let batch = match &self.ranks {
-                Some(ranks) => {
-                    own_rows = ranks.my_rows(batch);
-                    &own_rows
-                }
-                None => batch,
-            };
+            let batch = &*Ranks::own_rows(self.ranks.as_ref(), batch);
             let share = batch.trained as f64 / covered.max(1) as f64;
             let seed =
                 t.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9) ^ rank_salt;

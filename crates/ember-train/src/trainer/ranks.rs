@@ -202,9 +202,15 @@ impl Ranks {
     }
 
     /// This rank's contiguous share of `batch`'s rows (the shares of ranks `0..world` in
-    /// order make up the batch).
-    pub(crate) fn my_rows<R: Rows>(&self, batch: &R) -> R {
-        batch.split(self.world).swap_remove(self.rank)
+    /// order make up the batch); a single process's is the whole batch.
+    pub(crate) fn own_rows<'b, R: Rows + Clone>(
+        ranks: Option<&Self>,
+        batch: &'b R,
+    ) -> std::borrow::Cow<'b, R> {
+        match ranks {
+            Some(r) => std::borrow::Cow::Owned(batch.split(r.world).swap_remove(r.rank)),
+            None => std::borrow::Cow::Borrowed(batch),
+        }
     }
 
     /// Sums `values` (a step's weighted losses and metrics) over the ranks.

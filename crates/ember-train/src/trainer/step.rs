@@ -213,14 +213,7 @@ where
         let activation_grads = GradientStats::default();
         for (micro, batch) in batches.iter().enumerate() {
             // Data-parallel: this rank's rows of the global micro-batch.
-            let own_rows;
-            let batch = match &self.ranks {
-                Some(ranks) => {
-                    own_rows = ranks.my_rows(batch);
-                    &own_rows
-                }
-                None => batch,
-            };
+            let batch = &*Ranks::own_rows(self.ranks.as_ref(), batch);
             let share = if step_weight > 0.0 {
                 batch.weight() / step_weight
             } else {
