@@ -174,22 +174,15 @@ where
         let options = match ranks.as_mut() {
             Some(ranks) => {
                 ranks.refuse_small_batch(config.train.batch_size)?;
-                let rank0_checkpoint = match ranks.leads() {
-                    true => options
-                        .resume
-                        .as_deref()
-                        .map(FinetuneCheckpoint::open)
-                        .transpose()
+                let (resume, private_out) = ranks.place(options.resume.as_deref(), |path| {
+                    Ok(FinetuneCheckpoint::open(path)
                         .map_err(TrainError::Resume)?
-                        .map(|ckpt| ckpt.dir),
-                    false => None,
-                };
+                        .dir)
+                })?;
                 let mut mine = options.clone();
-                mine.resume = ranks.share_resume(rank0_checkpoint.as_deref())?;
-                if !ranks.leads() {
-                    mine.out_dir = ranks.private_run_dir()?;
-                    mine.force = true;
-                    mine.verbose = false;
+                mine.resume = resume;
+                if let Some(out) = private_out {
+                    (mine.out_dir, mine.force, mine.verbose) = (out, true, false);
                 }
                 rank_options = mine;
                 &rank_options

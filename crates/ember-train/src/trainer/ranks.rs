@@ -17,7 +17,6 @@ use burn::tensor::backend::AutodiffBackend;
 use ember_data::TokenSplits;
 
 use super::error::TrainError;
-use super::options::TrainOptions;
 use crate::config::{ConfigError, TrainConfig};
 use crate::ddp::{self, Collective, CollectiveError, DataParallel, RankIdentity, SharedCollective};
 use crate::shards::Rows;
@@ -101,26 +100,28 @@ impl Ranks {
         Ok(())
     }
 
-    /// Rank 0: `options` itself. The others: a private run directory, silent, resuming
-    /// from `resume` (their copy of rank 0's checkpoint).
-    pub(super) fn options_for_rank(
+    /// Where this rank runs: the checkpoint it resumes from (rank 0's `--resume`,
+    /// resolved by `open` to its directory and copied to the others) and, above rank 0,
+    /// the private run directory that replaces `--out`.
+    pub(crate) fn place(
         &mut self,
-        options: &TrainOptions,
-        resume: Option<PathBuf>,
-    ) -> Result<TrainOptions, TrainError> {
-        let mut mine = options.clone();
-        mine.resume = resume;
-        if self.leads() {
-            return Ok(mine);
-        }
-        mine.out_dir = self.private_run_dir()?;
-        mine.force = true;
-        mine.verbose = false;
-        Ok(mine)
+        resume: Option<&Path>,
+        open: impl FnOnce(&Path) -> Result<PathBuf, TrainError>,
+    ) -> Result<(Option<PathBuf>, Option<PathBuf>), TrainError> {
+        let rank0_checkpoint = match (self.leads(), resume) {
+            (true, Some(path)) => Some(open(path)?),
+            _ => None,
+        };
+        let resume = self.share_resume(rank0_checkpoint.as_deref())?;
+        let private_out = match self.leads() {
+            true => None,
+            false => Some(self.private_run_dir()?),
+        };
+        Ok((resume, private_out))
     }
 
     /// Ranks above 0: the run directory they work in instead of `--out`.
-    pub(crate) fn private_run_dir(&mut self) -> Result<PathBuf, TrainError> {
+    fn private_run_dir(&mut self) -> Result<PathBuf, TrainError> {
         Ok(self.private_dir()?.join("run"))
     }
 
@@ -141,10 +142,7 @@ impl Ranks {
     }
 
     /// The checkpoint every rank resumes from: rank 0's `dir`, copied to the others.
-    pub(crate) fn share_resume(
-        &mut self,
-        dir: Option<&Path>,
-    ) -> Result<Option<PathBuf>, TrainError> {
+    fn share_resume(&mut self, dir: Option<&Path>) -> Result<Option<PathBuf>, TrainError> {
         let into = match self.leads() {
             true => PathBuf::new(),
             false => self.private_dir()?.join("resume"),

@@ -102,18 +102,15 @@ where
         let options = match ranks.as_mut() {
             Some(ranks) => {
                 ranks.refuse_unsupported(&config)?;
-                let rank0_checkpoint = match ranks.leads() {
-                    true => options
-                        .resume
-                        .as_deref()
-                        .map(Checkpoint::open)
-                        .transpose()
-                        .map_err(TrainError::Resume)?
-                        .map(|ckpt| ckpt.dir),
-                    false => None,
-                };
-                let resume = ranks.share_resume(rank0_checkpoint.as_deref())?;
-                rank_options = ranks.options_for_rank(options, resume)?;
+                let (resume, private_out) = ranks.place(options.resume.as_deref(), |path| {
+                    Ok(Checkpoint::open(path).map_err(TrainError::Resume)?.dir)
+                })?;
+                let mut mine = options.clone();
+                mine.resume = resume;
+                if let Some(out) = private_out {
+                    (mine.out_dir, mine.force, mine.verbose) = (out, true, false);
+                }
+                rank_options = mine;
                 &rank_options
             }
             None => options,
