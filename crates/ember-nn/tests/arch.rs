@@ -141,8 +141,14 @@ fn moe_matches_the_dense_mixture_in_values_and_gradients() {
             let w = expert.down_proj.weight.val();
             match (w.grad(&g_got), w.grad(&g_want)) {
                 (Some(a), Some(b)) => {
+                    // f32 rounding relative to the gradient's size (the test binary's other
+                    // tests draw from the same generator, so the weights vary run to run).
+                    let scale: f32 = b.clone().abs().max().into_scalar().elem();
                     let d = max_diff(a, b);
-                    assert!(d < 1e-5, "top-{top_k} expert {e} down_proj differs by {d}");
+                    assert!(
+                        d < 1e-5 * scale.max(1.0),
+                        "top-{top_k} expert {e} down_proj differs by {d} (largest {scale})"
+                    );
                 }
                 // An expert no token chose is never run: its dense gradient must be zero.
                 (None, Some(b)) => {
